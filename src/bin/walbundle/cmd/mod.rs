@@ -1,0 +1,7 @@
+//! One file per verb; each parses nothing itself and calls the library.
+
+pub mod demo;
+pub mod list;
+pub mod restore;
+pub mod snapshot;
+pub mod verify;

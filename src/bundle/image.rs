@@ -1,0 +1,310 @@
+//! Generation images: the database file, page by page, as one zstd frame (`format/`
+//! "Generation image"). A plain zstd frame on purpose: `zstd -d image.zst -o app.db` recovers
+//! the database with no walbundle at hand.
+//!
+//! The encoder hashes what it compresses and what it writes; the decoder bounds its window and
+//! its output by what the manifest honestly claims, and checks every hash and the state
+//! checksum, so a damaged or hostile image is refused with the field that is wrong.
+
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::checksum::StateChecksum;
+use crate::chain::manifest::{GenerationManifest, hex};
+use crate::error::{Error, Result};
+
+/// Largest zstd window the decoder accepts: 2^27 = 128 MiB, zstd's own default limit. An
+/// honest walbundle image uses far less; a crafted one cannot make us allocate more.
+pub const MAX_WINDOW_LOG: u32 = 27;
+
+/// A writer that hashes and counts what passes through it.
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    sha: Sha256,
+    len: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            sha: Sha256::new(),
+            len: 0,
+        }
+    }
+    /// Unwrap: inner writer, bytes written, SHA-256 in hex.
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.len, hex(&self.sha.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes and counts what passes through it.
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    sha: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wrap `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            sha: Sha256::new(),
+            len: 0,
+        }
+    }
+    /// Read the rest, then return bytes read and SHA-256 in hex.
+    pub fn drain(mut self) -> io::Result<(u64, String)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((self.len, hex(&self.sha.finalize())))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// What an encoded image turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// Compressed bytes.
+    pub size: u64,
+    /// SHA-256 of the compressed bytes.
+    pub sha256: String,
+    /// Uncompressed bytes.
+    pub raw_size: u64,
+    /// SHA-256 of the uncompressed bytes.
+    pub raw_sha256: String,
+    /// State checksum of the pages.
+    pub state: StateChecksum,
+    /// Pages written.
+    pub pages: u32,
+}
+
+/// Streams pages into a compressed image.
+pub struct ImageEncoder<W: Write> {
+    enc: zstd::stream::write::Encoder<'static, HashingWriter<W>>,
+    raw_sha: Sha256,
+    state: StateChecksum,
+    page_size: u32,
+    pages: u32,
+    raw: u64,
+}
+
+impl<W: Write> ImageEncoder<W> {
+    /// An encoder at zstd `level` with `workers` compression threads (0: compress inline),
+    /// pledging `page_count` pages so the frame records its content size.
+    pub fn new(
+        w: W,
+        level: i32,
+        workers: u32,
+        page_size: u32,
+        page_count: u32,
+    ) -> io::Result<Self> {
+        let mut enc = zstd::stream::write::Encoder::new(HashingWriter::new(w), level)?;
+        enc.include_checksum(true)?;
+        enc.include_contentsize(true)?;
+        enc.set_pledged_src_size(Some(u64::from(page_size) * u64::from(page_count)))?;
+        if workers > 0 {
+            enc.multithread(workers)?;
+        }
+        Ok(Self {
+            enc,
+            raw_sha: Sha256::new(),
+            state: StateChecksum::default(),
+            page_size,
+            pages: 0,
+            raw: 0,
+        })
+    }
+
+    /// Append the next page (page numbers are implied: 1, 2, ...).
+    pub fn write_page(&mut self, page: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(page.len(), self.page_size as usize);
+        self.pages += 1;
+        self.state.toggle(self.page_size, self.pages, page);
+        self.raw_sha.update(page);
+        self.raw += page.len() as u64;
+        self.enc.write_all(page)
+    }
+
+    /// Finish the frame; returns the inner writer and the summary.
+    pub fn finish(self) -> io::Result<(W, ImageSummary)> {
+        let hw = self.enc.finish()?;
+        let (w, size, sha256) = hw.finish();
+        Ok((
+            w,
+            ImageSummary {
+                size,
+                sha256,
+                raw_size: self.raw,
+                raw_sha256: hex(&self.raw_sha.finalize()),
+                state: self.state,
+                pages: self.pages,
+            },
+        ))
+    }
+}
+
+/// Decode the image at `path` described by `m`, handing each page to `sink(pgno, page)`, and
+/// check sizes, both hashes and the state checksum. `progress(bytes)` is called per page.
+///
+/// # Errors
+/// `Corrupt` naming `path` and what disagrees; `Io` on read failures; any error from `sink`.
+pub fn decode_image(
+    path: &Path,
+    m: &GenerationManifest,
+    mut sink: impl FnMut(u32, &[u8]) -> Result<()>,
+    mut progress: impl FnMut(u64),
+) -> Result<ImageSummary> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::corrupt(path, "image file is missing")
+        } else {
+            Error::io(path, "opening image", e)
+        }
+    })?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "reading metadata", e))?
+        .len();
+    if file_len != m.image.size {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "image is {file_len} bytes, manifest field `image.size` says {}",
+                m.image.size
+            ),
+        ));
+    }
+    let hr = HashingReader::new(file);
+    let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 17, hr))
+        .map_err(|e| Error::io(path, "starting decompression", e))?;
+    dec.window_log_max(MAX_WINDOW_LOG)
+        .map_err(|e| Error::io(path, "configuring decoder", e))?;
+    let mut dec = dec.single_frame();
+    let page_size = m.page_size as usize;
+    let mut page = vec![0u8; page_size];
+    let mut raw_sha = Sha256::new();
+    let mut state = StateChecksum::default();
+    let zerr = |e: io::Error| {
+        Error::corrupt(
+            path,
+            format!("compressed stream is damaged or truncated ({e})"),
+        )
+    };
+    for pgno in 1..=m.page_count {
+        read_exact_or(&mut dec, &mut page)
+            .map_err(zerr)?
+            .then_some(())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    path,
+                    format!(
+                        "image ends at page {} of {} (manifest `page_count`): truncated",
+                        pgno - 1,
+                        m.page_count
+                    ),
+                )
+            })?;
+        raw_sha.update(&page);
+        state.toggle(m.page_size, pgno, &page);
+        sink(pgno, &page)?;
+        progress(page_size as u64);
+    }
+    // The frame must end exactly here: one more byte means the image lies about its size.
+    let mut extra = [0u8; 1];
+    if dec.read(&mut extra).map_err(zerr)? != 0 {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "image decompresses to more than manifest `image.raw_size` ({})",
+                m.image.raw_size
+            ),
+        ));
+    }
+    let (size, sha256) = dec
+        .finish()
+        .into_inner()
+        .drain()
+        .map_err(|e| Error::io(path, "reading", e))?;
+    let raw_sha256 = hex(&raw_sha.finalize());
+    if sha256 != m.image.sha256 {
+        return Err(Error::corrupt(
+            path,
+            "SHA-256 of the image file does not match manifest `image.sha256`",
+        ));
+    }
+    if raw_sha256 != m.image.raw_sha256 {
+        return Err(Error::corrupt(
+            path,
+            "SHA-256 of the decompressed image does not match `image.raw_sha256`",
+        ));
+    }
+    if state.to_hex() != m.state_checksum {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "state checksum {} does not match manifest `state_checksum` {}",
+                state.to_hex(),
+                m.state_checksum
+            ),
+        ));
+    }
+    Ok(ImageSummary {
+        size,
+        sha256,
+        raw_size: m.image.raw_size,
+        raw_sha256,
+        state,
+        pages: m.page_count,
+    })
+}
+
+/// Fill `buf` completely; `Ok(false)` on a clean end of stream before the first byte or midway.
+fn read_exact_or(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// SHA-256 and length of a whole file, streaming.
+///
+/// # Errors
+/// `Io` naming the file.
+pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    HashingReader::new(BufReader::with_capacity(1 << 20, f))
+        .drain()
+        .map_err(|e| Error::io(path, "reading", e))
+}

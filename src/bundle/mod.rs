@@ -1,0 +1,4 @@
+//! Bytes of the on-disk format that need no I/O: checksums and codecs.
+
+pub mod checksum;
+pub mod image;

@@ -1,0 +1,234 @@
+//! The live source database: locating it, checking it is SQLite, opening the connections the
+//! capture protocol needs, and the guard against destinations inside the source's folder.
+//!
+//! Connections opened here never checkpoint on close (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`) and
+//! never auto-checkpoint, so walbundle closing its connections can neither checkpoint nor delete
+//! the application's WAL.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, config::DbConfig};
+
+use crate::chain::manifest::SourceIdentity;
+use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
+
+/// What the first 100 bytes of a database file say.
+#[derive(Debug, Clone, Copy)]
+pub struct DbHeader {
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// File format write version: 1 rollback journal, 2 WAL.
+    pub write_version: u8,
+}
+
+/// A source database, located and canonicalised.
+#[derive(Debug, Clone)]
+pub struct SourceDb {
+    /// The path as the user gave it.
+    pub path: PathBuf,
+    /// Canonical absolute path.
+    pub canonical: PathBuf,
+}
+
+impl SourceDb {
+    /// Locate `path`: it must exist and be a regular file.
+    ///
+    /// # Errors
+    /// `Io` (not found, permission) or `Usage` (a folder) naming the path.
+    pub fn locate(path: &Path) -> Result<Self> {
+        let md = std::fs::metadata(path).map_err(|e| {
+            Error::io(path, "opening source database", e)
+                .hint("check the path; walbundle never creates the database it backs up")
+        })?;
+        if md.is_dir() {
+            return Err(Error::usage("is a folder, not a SQLite database file").at(path));
+        }
+        let canonical = std::fs::canonicalize(path).ctx(path, "resolving path")?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            canonical,
+        })
+    }
+
+    /// Stem of the file name: the default set name (`app.db` → `app`).
+    pub fn default_set_name(&self) -> String {
+        self.canonical
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "db".into())
+    }
+
+    /// The identity a set records.
+    pub fn identity(&self) -> SourceIdentity {
+        SourceIdentity {
+            path: self.canonical.to_string_lossy().into_owned(),
+            host: crate::sys::hostname(),
+        }
+    }
+
+    /// Read and check the database header. Call only while this process holds no SQLite
+    /// connection to the file: closing our own descriptor would drop SQLite's POSIX locks.
+    ///
+    /// # Errors
+    /// `Corrupt` for an empty, truncated or non-SQLite file; `Io` if unreadable.
+    pub fn read_header(&self) -> Result<DbHeader> {
+        let p = &self.path;
+        let mut f = File::open(p).ctx(p, "opening source database")?;
+        let mut b = [0u8; 100];
+        let mut n = 0;
+        while n < 100 {
+            match f.read(&mut b[n..]).ctx(p, "reading database header")? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        drop(f);
+        if n == 0 {
+            return Err(
+                Error::corrupt(p, "is empty (0 bytes): not a SQLite database yet")
+                    .hint("nothing to back up until the application has created it"),
+            );
+        }
+        if b[..16.min(n)] != b"SQLite format 3\0"[..16.min(n)] {
+            return Err(Error::corrupt(
+                p,
+                "is not a SQLite database (no \"SQLite format 3\" header)",
+            ));
+        }
+        if n < 100 {
+            return Err(Error::corrupt(
+                p,
+                format!("is truncated: {n} bytes, shorter than a SQLite header"),
+            ));
+        }
+        // The SQLite header stores the page size big-endian (sqlite.org/fileformat2.html).
+        let raw = (u32::from(b[16]) << 8) | u32::from(b[17]);
+        let page_size = if raw == 1 { 65536 } else { raw };
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return Err(Error::corrupt(
+                p,
+                format!("header page size {raw} is invalid: damaged file"),
+            ));
+        }
+        Ok(DbHeader {
+            page_size,
+            write_version: b[18],
+        })
+    }
+
+    /// Open a connection for walbundle's own use (never checkpoints on its own). With
+    /// `query_only` it cannot write; the barrier connection needs `BEGIN IMMEDIATE` and so is
+    /// opened without it (it only ever rolls back).
+    ///
+    /// # Errors
+    /// `Sqlite`/`Busy` naming the database.
+    pub fn connect(&self, busy_timeout: Duration, query_only: bool) -> Result<Connection> {
+        let p = &self.path;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let c = Connection::open_with_flags(p, flags).sql_ctx(p, "opening database")?;
+        c.busy_timeout(busy_timeout)
+            .sql_ctx(p, "setting busy timeout")?;
+        c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .sql_ctx(p, "disabling checkpoint on close")?;
+        if query_only {
+            c.pragma_update(None, "query_only", true)
+                .sql_ctx(p, "setting query_only")?;
+        }
+        Ok(c)
+    }
+
+    /// Path of the WAL file.
+    pub fn wal_path(&self) -> PathBuf {
+        sidecar(&self.path, "-wal")
+    }
+
+    /// Path of the wal-index file.
+    pub fn shm_path(&self) -> PathBuf {
+        sidecar(&self.path, "-shm")
+    }
+}
+
+/// `path` with `suffix` appended to its file name (SQLite's sidecar naming).
+pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Descriptors on `-shm` files, opened once and never closed while the process lives: closing
+/// any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included.
+static SHM_FILES: Mutex<Vec<(PathBuf, Arc<File>)>> = Mutex::new(Vec::new());
+
+/// A long-lived read-only descriptor on the `-shm` file of `src`.
+///
+/// # Errors
+/// `Io` if it cannot be opened.
+pub fn shm_file(src: &SourceDb) -> Result<Arc<File>> {
+    let p = src.shm_path();
+    let mut files = SHM_FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, f)) = files.iter().find(|(q, _)| *q == p) {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(File::open(&p).ctx(&p, "opening wal-index")?);
+    files.push((p, f.clone()));
+    Ok(f)
+}
+
+/// Refuse a destination inside the folder that holds the source database, unless allowed.
+///
+/// # Errors
+/// `Refused` naming both paths.
+pub fn guard_destination(src: &SourceDb, dest: &Path, allow_inside: bool) -> Result<()> {
+    let Some(src_dir) = src.canonical.parent() else {
+        return Ok(());
+    };
+    let dest_abs = canonical_prefix(dest)?;
+    if dest_abs.starts_with(src_dir) && !allow_inside {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "destination lies inside {}, the folder of the database it backs up: a backup \
+                 there dies with the data, and a sync of that folder would copy it too",
+                src_dir.display()
+            ),
+        )
+        .at(dest)
+        .hint("choose a destination outside that folder, or pass --allow-inside-source"));
+    }
+    Ok(())
+}
+
+/// Canonicalise the longest existing ancestor of `p` and append the rest.
+fn canonical_prefix(p: &Path) -> Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .ctx(p, "reading current folder")?
+            .join(p)
+    };
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(existing) {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
+}

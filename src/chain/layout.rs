@@ -1,0 +1,100 @@
+//! Names inside a backup set (`format/` "Set layout"). Every name walbundle reads is checked
+//! against these patterns; anything else in the set folder is someone else's and left alone.
+
+/// The set record, at the set's root.
+pub const SET_FILE: &str = "walbundle-set.json";
+/// A generation's manifest, inside its folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// A generation's compressed image, inside its folder.
+pub const IMAGE_FILE: &str = "image.zst";
+
+/// Folder name of the generation at bundle sequence `seq`.
+pub fn generation_dir(seq: u64) -> String {
+    format!("gen-{seq:012}")
+}
+
+/// Parse a generation folder name.
+pub fn parse_generation_dir(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("gen-")?;
+    (digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// A chain id: `YYYYMMDDTHHMMSSZ-xxxxxxxx` (UTC start time, 32 random bits in hex); sorts by
+/// start time.
+pub fn is_chain_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 25
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+/// A new chain id for a chain starting at `now`.
+pub fn new_chain_id(now: jiff::Timestamp) -> String {
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "{}-{:08x}",
+        now.strftime("%Y%m%dT%H%M%SZ"),
+        u32::from_le_bytes(r)
+    )
+}
+
+/// A new random 128-bit id in hex.
+pub fn new_set_id() -> String {
+    let mut r = [0u8; 16];
+    if getrandom::fill(&mut r).is_err() {
+        // No OS randomness: fall back to time and pid, still unique in practice.
+        let t = jiff::Timestamp::now().as_nanosecond();
+        r = (t ^ (i128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    super::manifest::hex(&r)
+}
+
+/// True for every name walbundle writes inside a set (and only those): what it may delete.
+pub fn is_own_name(name: &str) -> bool {
+    name == SET_FILE
+        || name == MANIFEST_FILE
+        || name == IMAGE_FILE
+        || name.starts_with(crate::store::TEMP_PREFIX)
+        || parse_generation_dir(name).is_some()
+        || is_chain_id(name)
+}
+
+/// Check a set name given by the user or derived from a file name.
+pub fn check_set_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("{name:?} cannot name a set"));
+    }
+    if name.starts_with('.') {
+        return Err(format!(
+            "set name {name:?} starts with '.', which walbundle reserves"
+        ));
+    }
+    if name.contains(['/', '\\', '\0']) {
+        return Err(format!("set name {name:?} contains a path separator"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_generation_dir(&generation_dir(42)), Some(42));
+        assert_eq!(parse_generation_dir("gen-42"), None);
+        assert_eq!(parse_generation_dir("gen-00000000004x"), None);
+        let id = new_chain_id(jiff::Timestamp::now());
+        assert!(is_chain_id(&id), "{id}");
+        assert!(!is_chain_id("20261121T053550Z-ABCDEF12"));
+    }
+}

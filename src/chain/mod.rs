@@ -1,0 +1,313 @@
+//! Backup sets: where artifacts live, what they are named, and what a set holds.
+//!
+//! A set is one folder per database under a destination (`DEST/<name>`), holding a set record,
+//! and one folder per *chain* — a stretch of history that walbundle can prove continuous. A chain
+//! starts with a full snapshot (generation 0) and may later hold bundles and compacted
+//! generations. See `format/README.md` for the layout a stranger could implement from.
+
+pub mod layout;
+pub mod manifest;
+pub mod retention;
+pub mod verify;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::store::LocalStore;
+use layout::{IMAGE_FILE, MANIFEST_FILE, SET_FILE};
+use manifest::{
+    GenerationManifest, MANIFEST_VERSION, MAX_MANIFEST_BYTES, SET_FORMAT, Sealed, SetRecord,
+    SourceIdentity,
+};
+
+/// The folder of set `name` under destination `dest`.
+pub fn set_dir(dest: &Path, name: &str) -> PathBuf {
+    dest.join(name)
+}
+
+/// The version string recorded in artifacts.
+pub fn tool_version() -> String {
+    format!("walbundle {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An opened backup set.
+#[derive(Debug)]
+pub struct BackupSet {
+    store: LocalStore,
+    record: SetRecord,
+    lock: Option<File>,
+}
+
+impl BackupSet {
+    /// Open an existing set at `dir`.
+    ///
+    /// # Errors
+    /// `Io` if the folder is missing or unreadable; `Corrupt` if its set record is damaged.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let md = std::fs::metadata(dir).ctx(dir, "opening backup set")?;
+        if !md.is_dir() {
+            return Err(Error::usage("is not a folder; a backup set is a folder").at(dir));
+        }
+        let store = LocalStore::new(dir);
+        let rec_path = store.path(SET_FILE);
+        if !rec_path.exists() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("has no {SET_FILE}: it is not a walbundle backup set (or its set record was lost)"),
+            )
+            .at(dir)
+            .hint("point at DEST/<name>, the folder `walbundle snapshot` reported"));
+        }
+        let bytes = store.read_bounded(SET_FILE, MAX_MANIFEST_BYTES)?;
+        let record = SetRecord::from_sealed_bytes(&rec_path, &bytes)?;
+        if record.set_id.len() != 32 || !record.set_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::corrupt(
+                &rec_path,
+                "field `set_id` is not 32 hex digits",
+            ));
+        }
+        Ok(Self {
+            store,
+            record,
+            lock: None,
+        })
+    }
+
+    /// Open the set `name` under `dest` for `source`, creating it if it does not exist.
+    ///
+    /// # Errors
+    /// `Refused` if the set exists for a different database, or the folder exists and is not a
+    /// set; `Io` if the destination cannot be created.
+    pub fn open_or_create(dest: &Path, name: &str, source: &SourceIdentity) -> Result<Self> {
+        layout::check_set_name(name).map_err(Error::usage)?;
+        let dir = set_dir(dest, name);
+        let store = LocalStore::new(&dir);
+        if store.path(SET_FILE).exists() {
+            let set = Self::open(&dir)?;
+            if &set.record.source != source {
+                return Err(Error::refused(format!(
+                    "this set backs up {} on host {}, not {} on host {}",
+                    set.record.source.path, set.record.source.host, source.path, source.host
+                ))
+                .at(&dir)
+                .hint(format!(
+                    "give this database its own set with --name (e.g. --name {name}-2), \
+                     or choose another --dest"
+                )));
+            }
+            return Ok(set);
+        }
+        if dir.exists() {
+            let non_empty = std::fs::read_dir(&dir)
+                .ctx(&dir, "listing")?
+                .any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.')));
+            if non_empty {
+                return Err(Error::refused(
+                    "exists and is not a walbundle backup set; refusing to write into it",
+                )
+                .at(&dir)
+                .hint("choose another set name with --name, or another --dest"));
+            }
+        }
+        store.ensure_root()?;
+        let record = SetRecord {
+            format: SET_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            set_id: layout::new_set_id(),
+            name: name.into(),
+            source: source.clone(),
+            created: jiff::Timestamp::now().to_string(),
+            tool: tool_version(),
+            self_sha256: String::new(),
+        };
+        match store.put_new(SET_FILE, &record.to_sealed_bytes()) {
+            Ok(()) => Ok(Self {
+                store,
+                record,
+                lock: None,
+            }),
+            // Another process created it first: use theirs if it is for the same source.
+            Err(e) if e.kind() == ErrorKind::Refused => Self::open_or_create(dest, name, source),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Take the set's writer lock (one snapshotter or capturer at a time), or refuse.
+    ///
+    /// # Errors
+    /// `Busy` if another process holds it.
+    pub fn lock_writer(&mut self) -> Result<()> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let dir = self.store.root();
+        let f = File::open(dir).ctx(dir, "opening set folder for locking")?;
+        if !crate::sys::try_flock_exclusive(&f).ctx(dir, "locking set")? {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "another walbundle process is writing to this set (snapshot or capture)",
+            )
+            .at(dir)
+            .hint("wait for it to finish; a running `capture` already keeps the set current"));
+        }
+        self.lock = Some(f);
+        Ok(())
+    }
+
+    /// The set's folder.
+    pub fn dir(&self) -> &Path {
+        self.store.root()
+    }
+
+    /// The store holding the set's files.
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    /// The set record.
+    pub fn record(&self) -> &SetRecord {
+        &self.record
+    }
+
+    /// Scan the set: chains, generations (manifests parsed, errors kept), and unrelated files.
+    ///
+    /// # Errors
+    /// `Io` if a folder cannot be listed. Damaged manifests are not errors here: they are
+    /// recorded in the inventory for `verify` and `list` to report.
+    pub fn inventory(&self) -> Result<Inventory> {
+        let mut inv = Inventory::default();
+        for ent in self.store.list("")? {
+            if ent.name == SET_FILE {
+                continue;
+            }
+            if !(ent.is_dir && layout::is_chain_id(&ent.name)) {
+                inv.unrelated.push(ent.name);
+                continue;
+            }
+            inv.chains.push(self.chain_inventory(&ent.name)?);
+        }
+        Ok(inv)
+    }
+
+    fn chain_inventory(&self, id: &str) -> Result<ChainInventory> {
+        let mut chain = ChainInventory {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        for ent in self.store.list(id)? {
+            let key = format!("{id}/{}", ent.name);
+            match layout::parse_generation_dir(&ent.name) {
+                Some(seq) if ent.is_dir => {
+                    chain
+                        .generations
+                        .push(self.generation_entry(id, seq, &key)?);
+                }
+                _ => chain.unrelated.push(key),
+            }
+        }
+        chain.generations.sort_by_key(|g| g.seq);
+        Ok(chain)
+    }
+
+    fn generation_entry(&self, chain: &str, seq: u64, key: &str) -> Result<GenerationEntry> {
+        let mkey = format!("{key}/{MANIFEST_FILE}");
+        let mpath = self.store.path(&mkey);
+        let manifest = match self.store.read_bounded(&mkey, MAX_MANIFEST_BYTES) {
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
+                Err(Error::corrupt(&mpath, "manifest is missing"))
+            }
+            Err(e) => Err(e),
+            Ok(bytes) => GenerationManifest::from_sealed_bytes(&mpath, &bytes).and_then(|m| {
+                m.validate(&mpath)?;
+                if m.set_id != self.record.set_id {
+                    return Err(Error::corrupt(
+                        &mpath,
+                        format!(
+                            "field `set_id` is {}, but this set is {}: a generation from another set",
+                            m.set_id, self.record.set_id
+                        ),
+                    ));
+                }
+                if m.chain_id != chain || m.seq != seq {
+                    return Err(Error::corrupt(
+                        &mpath,
+                        format!(
+                            "manifest says chain {} generation {}, but it lies in {key}: moved or copied",
+                            m.chain_id, m.seq
+                        ),
+                    ));
+                }
+                Ok(m)
+            }),
+        };
+        Ok(GenerationEntry {
+            seq,
+            key: key.to_string(),
+            manifest,
+            image_path: self.store.path(&format!("{key}/{IMAGE_FILE}")),
+        })
+    }
+}
+
+/// What a set holds.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// Chains, oldest first.
+    pub chains: Vec<ChainInventory>,
+    /// Names at the set's root that are not walbundle's (left alone).
+    pub unrelated: Vec<String>,
+}
+
+impl Inventory {
+    /// Generations with a valid manifest, across chains.
+    pub fn valid_generations(
+        &self,
+    ) -> impl Iterator<Item = (&ChainInventory, &GenerationEntry, &GenerationManifest)> {
+        self.chains.iter().flat_map(|c| {
+            c.generations
+                .iter()
+                .filter_map(move |g| g.manifest.as_ref().ok().map(|m| (c, g, m)))
+        })
+    }
+
+    /// Highest transaction number any valid artifact claims (0 for an empty set).
+    pub fn max_txn(&self) -> u64 {
+        self.valid_generations()
+            .map(|(_, _, m)| m.txn)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The newest restorable generation (highest transaction number; ties: newest chain).
+    pub fn newest_generation(
+        &self,
+    ) -> Option<(&ChainInventory, &GenerationEntry, &GenerationManifest)> {
+        self.valid_generations()
+            .max_by(|a, b| (a.2.txn, &a.0.id).cmp(&(b.2.txn, &b.0.id)))
+    }
+}
+
+/// One chain of a set.
+#[derive(Debug, Default)]
+pub struct ChainInventory {
+    /// The chain id (its folder name).
+    pub id: String,
+    /// Generations by sequence.
+    pub generations: Vec<GenerationEntry>,
+    /// Entries in the chain folder that are not walbundle's.
+    pub unrelated: Vec<String>,
+}
+
+/// One generation folder.
+#[derive(Debug)]
+pub struct GenerationEntry {
+    /// Bundle sequence it sits at.
+    pub seq: u64,
+    /// Its folder's key in the store.
+    pub key: String,
+    /// The parsed manifest, or why it could not be used.
+    pub manifest: Result<GenerationManifest>,
+    /// Path of its image file.
+    pub image_path: PathBuf,
+}

@@ -1,0 +1,121 @@
+//! Retention for snapshot-only sets: which chains to retire, and retiring them safely.
+//!
+//! A chain is kept if *any* rule keeps it: it is among the `keep` newest, or its newest state is
+//! younger than `retain_days`. The newest chain is always kept, and a chain whose manifests
+//! cannot be read is never deleted (walbundle deletes only what it can prove is its own).
+//!
+//! Deletion is crash-safe: each generation folder is first renamed to a temporary name (so it
+//! stops being a restore point in one step and listings ignore it), then its known files are
+//! removed. Files walbundle did not write are left where they are.
+
+use serde::Serialize;
+
+use super::layout::{IMAGE_FILE, MANIFEST_FILE};
+use super::{BackupSet, Inventory};
+use crate::error::{IoContext, Result};
+
+/// Which generations to keep.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetentionPolicy {
+    /// Keep at least this many newest chains.
+    pub keep: Option<usize>,
+    /// Keep every chain whose newest state is younger than this many days.
+    pub retain_days: Option<u64>,
+}
+
+impl RetentionPolicy {
+    /// True if no rule was given (retention does nothing).
+    pub fn is_empty(&self) -> bool {
+        self.keep.is_none() && self.retain_days.is_none()
+    }
+}
+
+/// A chain retention will retire.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retire {
+    /// Chain id.
+    pub chain_id: String,
+    /// Its newest state time.
+    pub state_time: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Decide which chains to retire.
+pub fn plan(inv: &Inventory, policy: &RetentionPolicy, now: jiff::Timestamp) -> Vec<Retire> {
+    if policy.is_empty() {
+        return Vec::new();
+    }
+    // Chains whose every generation manifest is valid, newest first by state.
+    let mut chains: Vec<(&str, u64, jiff::Timestamp, String)> = inv
+        .chains
+        .iter()
+        .filter(|c| !c.generations.is_empty() && c.generations.iter().all(|g| g.manifest.is_ok()))
+        .filter_map(|c| {
+            let m = c
+                .generations
+                .iter()
+                .filter_map(|g| g.manifest.as_ref().ok())
+                .max_by_key(|m| m.txn)?;
+            let t: jiff::Timestamp = m.state_time.parse().ok()?;
+            Some((c.id.as_str(), m.txn, t, m.state_time.clone()))
+        })
+        .collect();
+    chains.sort_by(|a, b| (b.1, b.0).cmp(&(a.1, a.0)));
+    let mut out = Vec::new();
+    for (i, (id, _, t, ts)) in chains.iter().enumerate() {
+        if i == 0 {
+            continue;
+        }
+        let kept_by_count = policy.keep.is_some_and(|k| i < k);
+        let age_days = now.duration_since(*t).as_secs() / 86_400;
+        let kept_by_age = policy
+            .retain_days
+            .is_some_and(|d| age_days < i64::try_from(d).unwrap_or(i64::MAX));
+        if !kept_by_count && !kept_by_age {
+            let mut why = Vec::new();
+            if let Some(k) = policy.keep {
+                why.push(format!("not among the {k} newest"));
+            }
+            if let Some(d) = policy.retain_days {
+                why.push(format!("older than {d} days"));
+            }
+            out.push(Retire {
+                chain_id: (*id).to_string(),
+                state_time: ts.clone(),
+                reason: why.join(", "),
+            });
+        }
+    }
+    out
+}
+
+/// Retire `chains` from `set`. The caller holds the writer lock.
+///
+/// # Errors
+/// `Io` if a deletion fails; what was already retired stays retired, the rest is untouched.
+pub fn apply(set: &BackupSet, chains: &[Retire]) -> Result<()> {
+    let store = set.store();
+    let inv = set.inventory()?;
+    for r in chains {
+        let Some(chain) = inv.chains.iter().find(|c| c.id == r.chain_id) else {
+            continue;
+        };
+        for g in &chain.generations {
+            let from = store.path(&g.key);
+            let tmp_key = format!(
+                "{}/{}",
+                chain.id,
+                crate::store::temp_key_name(&format!("retired-{}", g.seq))
+            );
+            let to = store.path(&tmp_key);
+            crate::sys::rename_noreplace(&from, &to).ctx(&from, "retiring generation")?;
+            crate::store::sync_dir(&store.path(&chain.id))?;
+            store.remove_file(&format!("{tmp_key}/{MANIFEST_FILE}"))?;
+            store.remove_file(&format!("{tmp_key}/{IMAGE_FILE}"))?;
+            store.remove_dir_if_empty(&tmp_key)?;
+        }
+        store.remove_dir_if_empty(&chain.id)?;
+    }
+    Ok(())
+}

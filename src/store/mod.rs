@@ -1,0 +1,416 @@
+//! The one seam through which every byte reaches a destination.
+//!
+//! A destination offers what both a local folder and an object store can honour: write-once
+//! publication (put-if-absent, never replace), reads, one-level listings, and deletion. Nothing
+//! is ever modified after it is published. Local publication is temp name in the same folder →
+//! write → fsync → rename without replace → fsync the folder, so a sync client that copies the
+//! folder at any instant sees either nothing or the whole file under its final name.
+//!
+//! A *group* (a generation: its image and manifest) is published as one folder: staged under a
+//! temporary name and renamed into place in one step, so its files appear together or not at all.
+//!
+//! Only this module calls fsync on destination files.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, IoContext, Result};
+use crate::sys;
+
+/// Prefix of every temporary name walbundle creates in a destination. Listings skip it.
+pub const TEMP_PREFIX: &str = ".wbtmp-";
+
+/// Temporaries older than this are stale even if their writer's pid cannot be checked
+/// (another host writing to a shared folder).
+const STALE_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// One entry of a listing.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// File or folder name (one path component).
+    pub name: String,
+    /// Whether it is a folder.
+    pub is_dir: bool,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Last modification time.
+    pub modified: Option<SystemTime>,
+}
+
+/// A destination folder on a local (or mounted) file system.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+fn host_tag() -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(sys::hostname().as_bytes());
+    format!("{:08x}", h >> 32)
+}
+
+/// A temporary name (one path component) for something that will become, or stop being,
+/// `final_name`.
+pub fn temp_key_name(final_name: &str) -> String {
+    temp_name(final_name)
+}
+
+fn temp_name(final_name: &str) -> String {
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "{TEMP_PREFIX}{}-{}-{:08x}-{final_name}",
+        host_tag(),
+        std::process::id(),
+        u32::from_le_bytes(r)
+    )
+}
+
+/// fsync a folder so a rename or creation inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(dir, "syncing folder")
+}
+
+impl LocalStore {
+    /// A store rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The local path of `key` (a `/`-separated relative name made by walbundle, never by input).
+    pub fn path(&self, key: &str) -> PathBuf {
+        let mut p = self.root.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p.push(part);
+        }
+        p
+    }
+
+    /// Create the root and any missing parents, fsyncing each parent whose entry was added.
+    pub fn ensure_root(&self) -> Result<()> {
+        ensure_dir_durable(&self.root)
+    }
+
+    /// Create folder `key` (and parents) durably if missing.
+    pub fn ensure_dir(&self, key: &str) -> Result<()> {
+        ensure_dir_durable(&self.path(key))
+    }
+
+    /// Publish `data` at `key`; fails with `AlreadyExists` (kind Refused) if it exists.
+    pub fn put_new(&self, key: &str, data: &[u8]) -> Result<()> {
+        let final_path = self.path(key);
+        let dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_else(|| "file".into());
+        let tmp = dir.join(temp_name(&name));
+        let res = (|| {
+            let mut f = File::create_new(&tmp).ctx(&tmp, "creating temporary file")?;
+            f.write_all(data).ctx(&tmp, "writing")?;
+            f.sync_all().ctx(&tmp, "syncing")?;
+            drop(f);
+            publish_rename(&tmp, &final_path)?;
+            sync_dir(&dir)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Stage a group of files to be published together as folder `key`.
+    pub fn stage_dir(&self, key: &str) -> Result<StagedDir> {
+        let final_path = self.path(key);
+        let parent = final_path.parent().unwrap_or(&self.root).to_path_buf();
+        ensure_dir_durable(&parent)?;
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let tmp = parent.join(temp_name(&name.unwrap_or_else(|| "group".into())));
+        fs::create_dir(&tmp).ctx(&tmp, "creating staging folder")?;
+        Ok(StagedDir {
+            tmp,
+            final_path,
+            parent,
+            subdirs: Vec::new(),
+            published: false,
+        })
+    }
+
+    /// Open `key` for reading.
+    pub fn open(&self, key: &str) -> Result<File> {
+        let p = self.path(key);
+        File::open(&p).ctx(&p, "opening")
+    }
+
+    /// Read all of `key`, refusing files larger than `max` bytes (a manifest has no honest
+    /// reason to be large, and a hostile one must not make us allocate without bound).
+    pub fn read_bounded(&self, key: &str, max: u64) -> Result<Vec<u8>> {
+        let p = self.path(key);
+        let f = File::open(&p).ctx(&p, "opening")?;
+        let len = f.metadata().ctx(&p, "reading metadata")?.len();
+        if len > max {
+            return Err(Error::corrupt(
+                &p,
+                format!("file is {len} bytes, more than the {max} such a file can honestly hold"),
+            ));
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        f.take(max + 1).read_to_end(&mut buf).ctx(&p, "reading")?;
+        Ok(buf)
+    }
+
+    /// One-level listing of folder `key`, without walbundle's temporaries. A missing folder
+    /// lists as empty.
+    pub fn list(&self, key: &str) -> Result<Vec<Entry>> {
+        let dir = self.path(key);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, "listing", e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.ctx(&dir, "listing")?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let md = ent.metadata().ctx(ent.path(), "reading metadata")?;
+            out.push(Entry {
+                name,
+                is_dir: md.is_dir(),
+                size: md.len(),
+                modified: md.modified().ok(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Delete file `key`. Missing is fine (an interrupted earlier deletion).
+    pub fn remove_file(&self, key: &str) -> Result<()> {
+        let p = self.path(key);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&p, "deleting", e)),
+        }
+    }
+
+    /// Remove folder `key` if it is empty; `Ok(false)` if it holds anything (left alone).
+    pub fn remove_dir_if_empty(&self, key: &str) -> Result<bool> {
+        let p = self.path(key);
+        match fs::remove_dir(&p) {
+            Ok(()) => {
+                if let Some(parent) = p.parent() {
+                    sync_dir(parent)?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
+            Err(e) => Err(Error::io(&p, "removing folder", e)),
+        }
+    }
+
+    /// Remove walbundle temporaries in folder `key` left by dead writers: same host and the
+    /// writer's pid is gone, or older than a day. Returns how many were removed.
+    pub fn clean_stale_temps(&self, key: &str) -> Result<usize> {
+        let dir = self.path(key);
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mine = host_tag();
+        let mut n = 0;
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+                continue;
+            };
+            let mut parts = rest.splitn(3, '-');
+            let (host, pid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let pid: u32 = pid.parse().unwrap_or(0);
+            let dead_here = host == mine && !sys::pid_alive(pid);
+            let old = ent
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_AGE);
+            if dead_here || old {
+                let p = ent.path();
+                let removed = if p.is_dir() {
+                    remove_own_tree(&p)
+                } else {
+                    fs::remove_file(&p).is_ok()
+                };
+                if removed {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Remove the files walbundle names inside `dir` (recursively) and the folders that end up
+/// empty; anything else is left alone. True if `dir` itself is gone.
+fn remove_own_tree(dir: &Path) -> bool {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let p = ent.path();
+            if !crate::chain::layout::is_own_name(&name) {
+                continue;
+            }
+            if p.is_dir() {
+                remove_own_tree(&p);
+            } else {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+    fs::remove_dir(dir).is_ok()
+}
+
+/// Create `dir` and missing parents, fsyncing the parent of every folder created.
+pub fn ensure_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(Error::io(dir, "creating folder", e)),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn publish_rename(tmp: &Path, final_path: &Path) -> Result<()> {
+    sys::rename_noreplace(tmp, final_path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            Error::refused("already exists; published artifacts are never replaced").at(final_path)
+        } else {
+            Error::io(final_path, "publishing (rename)", e)
+        }
+    })
+}
+
+/// A folder being written under a temporary name; [`StagedDir::publish`] renames it into place.
+/// Dropped unpublished, it removes itself.
+#[derive(Debug)]
+pub struct StagedDir {
+    tmp: PathBuf,
+    final_path: PathBuf,
+    parent: PathBuf,
+    subdirs: Vec<PathBuf>,
+    published: bool,
+}
+
+impl StagedDir {
+    /// Create subfolder `name` inside the staged folder (fsynced at publication).
+    pub fn mkdir(&mut self, name: &str) -> Result<()> {
+        let p = self.tmp.join(name);
+        fs::create_dir(&p).ctx(&p, "creating staging folder")?;
+        self.subdirs.push(p);
+        Ok(())
+    }
+
+    /// Create file `name` inside the staged folder.
+    pub fn create_file(&self, name: &str) -> Result<StagedFile> {
+        let path = self.tmp.join(name);
+        let f = File::create_new(&path).ctx(&path, "creating")?;
+        Ok(StagedFile {
+            w: BufWriter::with_capacity(1 << 20, f),
+            path,
+            written: 0,
+        })
+    }
+
+    /// Write a whole small file inside the staged folder and fsync it.
+    pub fn write_file(&self, name: &str, data: &[u8]) -> Result<()> {
+        let mut f = self.create_file(name)?;
+        f.write_all(data).ctx(&f.path, "writing")?;
+        f.finish()?;
+        Ok(())
+    }
+
+    /// Path of a staged file (for reading it back before publishing).
+    pub fn file_path(&self, name: &str) -> PathBuf {
+        self.tmp.join(name)
+    }
+
+    /// Where the folder will appear.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// fsync the staged folder, rename it into place (never over an existing one), fsync the
+    /// parent.
+    pub fn publish(mut self) -> Result<()> {
+        for d in &self.subdirs {
+            sync_dir(d)?;
+        }
+        sync_dir(&self.tmp)?;
+        publish_rename(&self.tmp, &self.final_path)?;
+        self.published = true;
+        sync_dir(&self.parent)
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// A file being written inside a [`StagedDir`].
+#[derive(Debug)]
+pub struct StagedFile {
+    w: BufWriter<File>,
+    path: PathBuf,
+    written: u64,
+}
+
+impl StagedFile {
+    /// Flush and fsync; returns the bytes written.
+    pub fn finish(mut self) -> Result<u64> {
+        self.w.flush().ctx(&self.path, "writing")?;
+        self.w.get_ref().sync_all().ctx(&self.path, "syncing")?;
+        Ok(self.written)
+    }
+
+    /// The staged file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Write for StagedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.w.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
