@@ -1,1 +1,10 @@
+//! walbundle's integration tests: one binary, real SQLite databases, real writer processes,
+//! real files, the real `walbundle` executable.
 
+mod support;
+
+mod corruption;
+mod errors;
+mod golden;
+mod retention;
+mod snapshot;

@@ -184,6 +184,8 @@ impl Drop for TempFile {
 pub enum Target {
     /// The newest committed state the set holds.
     Latest,
+    /// The state after transaction number `n` (as `list` shows it).
+    Txn(u64),
 }
 
 /// What a restore will replay.
@@ -215,20 +217,61 @@ pub struct RestorePlan {
 /// `Corrupt` if the set holds no usable generation.
 pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
     let inv = set.inventory()?;
-    let Target::Latest = target;
-    let Some((chain, gen_, m)) = inv.newest_generation() else {
-        let first_err = inv
-            .chains
-            .iter()
-            .flat_map(|c| c.generations.iter())
-            .find_map(|g| g.manifest.as_ref().err().map(ToString::to_string));
-        let mut e =
-            Error::new(ErrorKind::Corrupt, "the set holds no restorable generation").at(set.dir());
-        if let Some(first) = first_err {
-            e = e.context(format!("every generation is damaged (first: {first})"));
-        }
-        return Err(e.hint("run `walbundle verify` on the set for details"));
+    let damaged: Vec<(&str, &crate::chain::GenerationEntry)> = inv
+        .chains
+        .iter()
+        .flat_map(|c| {
+            c.generations
+                .iter()
+                .filter(|g| g.manifest.is_err())
+                .map(move |g| (c.id.as_str(), g))
+        })
+        .collect();
+    let chosen = match target {
+        Target::Latest => inv.newest_generation(),
+        Target::Txn(n) => inv.valid_generations().find(|(_, _, m)| m.txn == *n),
     };
+    let Some((chain, gen_, m)) = chosen else {
+        let mut e = match target {
+            Target::Latest => {
+                Error::new(ErrorKind::Corrupt, "the set holds no restorable generation")
+            }
+            Target::Txn(n) => Error::new(
+                ErrorKind::Usage,
+                format!("the set has no restorable point at txn {n}"),
+            ),
+        }
+        .at(set.dir());
+        if let Some((_, g)) = damaged.first()
+            && let Err(first) = &g.manifest
+        {
+            e = e.context(format!("damaged generation ({first})"));
+        }
+        return Err(e.hint(
+            "`walbundle list` shows the restorable points; `walbundle verify` names every problem",
+        ));
+    };
+    // Never restore less than asked: a damaged generation that may be newer than the chosen
+    // one (same or later chain, same or later position) stops a `Latest` restore.
+    if *target == Target::Latest
+        && let Some((_, g)) = damaged
+            .iter()
+            .find(|(c, g)| *c > chain.id.as_str() || (*c == chain.id && g.seq > gen_.seq))
+        && let Err(why) = &g.manifest
+    {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "a generation that may hold a newer state than txn {} is damaged: {why}",
+                m.txn
+            ),
+        )
+        .at(set.dir())
+        .hint(format!(
+            "run `walbundle verify` for details; to restore the newest intact point instead, pass --txn {}",
+            m.txn
+        )));
+    }
     Ok(RestorePlan {
         set: set.dir().to_path_buf(),
         chain_id: chain.id.clone(),
@@ -341,9 +384,17 @@ pub fn restore(
         .file_name()
         .map_or_else(|| "restore.db".into(), |n| n.to_string_lossy().into_owned());
     let (tmp, mut f) = TempFile::create_in(&dir, &name)?;
-    let summary = materialize(&plan.image, &plan.manifest, &mut f, tmp.path(), progress)?;
+    let hint = |e: Error| {
+        if e.kind() == ErrorKind::Corrupt && e.hint_text().is_none() {
+            e.hint("nothing was published; `walbundle verify` names every problem and `walbundle list` the other restorable points (--txn N)")
+        } else {
+            e
+        }
+    };
+    let summary =
+        materialize(&plan.image, &plan.manifest, &mut f, tmp.path(), progress).map_err(hint)?;
     drop(f);
-    integrity_check(tmp.path(), opts.check)?;
+    integrity_check(tmp.path(), opts.check).map_err(hint)?;
 
     let mut moved = Vec::new();
     if !existing.is_empty() {

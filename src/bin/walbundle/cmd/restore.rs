@@ -39,6 +39,9 @@ pub struct Args {
     /// SQLite check of the restored database before it is published.
     #[arg(long, value_enum, default_value = "full")]
     pub check: RestoreCheck,
+    /// Restore the state after transaction N (a point `walbundle list` shows) instead of the newest.
+    #[arg(long, value_name = "N")]
+    pub txn: Option<u64>,
     /// Print the plan (what would be replayed) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -48,7 +51,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     let set = BackupSet::open(&a.set)?;
-    let plan = replay::plan(&set, &Target::Latest)?;
+    let target = a.txn.map_or(Target::Latest, Target::Txn);
+    let plan = replay::plan(&set, &target)?;
     if a.dry_run {
         if a.common.json {
             ui::json(&serde_json::json!({ "ok": true, "dry_run": true, "plan": plan }));

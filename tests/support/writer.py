@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""A real application for walbundle's tests: commits transactions to a SQLite database
+from its own process, recording each transaction id inside the transaction (table txlog)
+and, after COMMIT returns, in a log file ("<txn_id>\t<unix time>").
+
+A restored copy is correct iff its txlog is exactly 1..k for some k, every logged id <= k
+was committed, and integrity_check passes.
+
+  writer.py --db app.db --init --rows 1000 [--page-size 4096] [--journal wal|delete]
+  writer.py --db app.db --txns 500 --rate 200 --log commits.tsv [--large-every 50]
+            [--rollback-every 7] [--checkpoint-every 0 --checkpoint-mode PASSIVE]
+"""
+import argparse, os, random, sqlite3, sys, time
+
+def connect(path, args):
+    c = sqlite3.connect(path, isolation_level=None, timeout=30)
+    c.execute("PRAGMA busy_timeout=30000")
+    return c
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--init", action="store_true")
+    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--page-size", type=int, default=4096)
+    ap.add_argument("--journal", default="wal")
+    ap.add_argument("--txns", type=int, default=0)
+    ap.add_argument("--duration", type=float, default=0)
+    ap.add_argument("--rate", type=float, default=0)
+    ap.add_argument("--log")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--large-every", type=int, default=0)
+    ap.add_argument("--rollback-every", type=int, default=0)
+    ap.add_argument("--checkpoint-every", type=int, default=0)
+    ap.add_argument("--checkpoint-mode", default="PASSIVE")
+    ap.add_argument("--synchronous", default="NORMAL")
+    a = ap.parse_args()
+    rng = random.Random(a.seed)
+    if a.init:
+        c = connect(a.db, a)
+        c.execute(f"PRAGMA page_size={a.page_size}")
+        c.execute(f"PRAGMA journal_mode={a.journal}")
+        c.executescript("""
+            CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, txn_id INTEGER, v BLOB);
+            CREATE INDEX IF NOT EXISTS items_txn ON items(txn_id);
+            CREATE TABLE IF NOT EXISTS txlog(txn_id INTEGER PRIMARY KEY, t REAL);""")
+        c.execute("BEGIN")
+        for i in range(a.rows):
+            c.execute("INSERT INTO items(txn_id, v) VALUES(0, ?)", (rng.randbytes(200) + b"x" * 300,))
+        c.execute("COMMIT")
+        c.close()
+        return 0
+    c = connect(a.db, a)
+    c.execute(f"PRAGMA synchronous={a.synchronous}")
+    nxt = c.execute("SELECT coalesce(max(txn_id),0)+1 FROM txlog").fetchone()[0]
+    nrows = c.execute("SELECT coalesce(max(id),0) FROM items").fetchone()[0]
+    log = open(a.log, "a", buffering=1) if a.log else None
+    t0 = time.time(); i = 0
+    while (a.txns == 0 or i < a.txns) and (a.duration == 0 or time.time() - t0 < a.duration):
+        if a.rate:
+            d = t0 + i / a.rate - time.time()
+            if d > 0: time.sleep(d)
+        i += 1
+        c.execute("BEGIN IMMEDIATE")
+        large = a.large_every and i % a.large_every == 0
+        for _ in range(300 if large else rng.randint(1, 3)):
+            if nrows and rng.random() < 0.5 and not large:
+                c.execute("UPDATE items SET v=?, txn_id=? WHERE id=?",
+                          (rng.randbytes(rng.randint(50, 1500)), nxt, rng.randint(1, nrows)))
+            else:
+                nrows += 1
+                c.execute("INSERT INTO items(id, txn_id, v) VALUES(?,?,?)",
+                          (nrows, nxt, rng.randbytes(rng.randint(50, 1500))))
+        if a.rollback_every and i % a.rollback_every == 0:
+            c.execute("ROLLBACK")
+            nrows = c.execute("SELECT coalesce(max(id),0) FROM items").fetchone()[0]
+            continue
+        c.execute("INSERT INTO txlog VALUES(?, ?)", (nxt, time.time()))
+        c.execute("COMMIT")
+        if log: log.write(f"{nxt}\t{time.time():.6f}\n")
+        nxt += 1
+        if a.checkpoint_every and i % a.checkpoint_every == 0:
+            c.execute(f"PRAGMA wal_checkpoint({a.checkpoint_mode})").fetchall()
+    if log: log.close()
+    c.close()
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
