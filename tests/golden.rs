@@ -78,8 +78,17 @@ fn bless() {
     for p in pages(&raw, 512) {
         enc.write_page(p).unwrap();
     }
-    let (bytes, sum) = enc.finish().unwrap();
+    let (bytes, _) = enc.finish().unwrap();
     std::fs::write(gen_dir().join("image.zst"), &bytes).unwrap();
+    let sum = walbundle::bundle::image::decode_image_unchecked(
+        &gen_dir().join("image.zst"),
+        512,
+        page_count,
+        None,
+        |_, _| Ok(()),
+        |_| {},
+    )
+    .unwrap();
     let m = GenerationManifest {
         format: GENERATION_FORMAT.into(),
         version: MANIFEST_VERSION,

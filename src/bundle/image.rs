@@ -19,41 +19,6 @@ use crate::error::{Error, Result};
 /// honest walbundle image uses far less; a crafted one cannot make us allocate more.
 pub const MAX_WINDOW_LOG: u32 = 27;
 
-/// A writer that hashes and counts what passes through it.
-#[derive(Debug)]
-pub struct HashingWriter<W> {
-    inner: W,
-    sha: Sha256,
-    len: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    /// Wrap `inner`.
-    pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            sha: Sha256::new(),
-            len: 0,
-        }
-    }
-    /// Unwrap: inner writer, bytes written, SHA-256 in hex.
-    pub fn finish(self) -> (W, u64, String) {
-        (self.inner, self.len, hex(&self.sha.finalize()))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// A reader that hashes and counts what passes through it.
 #[derive(Debug)]
 pub struct HashingReader<R> {
@@ -104,10 +69,24 @@ pub struct ImageSummary {
     pub pages: u32,
 }
 
-/// Streams pages into a compressed image.
+/// What the encoder knows without hashing (hashes come from decoding what it wrote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedImage {
+    /// Compressed bytes written.
+    pub size: u64,
+    /// Uncompressed bytes.
+    pub raw_size: u64,
+    /// State checksum of the pages given.
+    pub state: StateChecksum,
+    /// Pages given.
+    pub pages: u32,
+}
+
+/// Streams pages into a compressed image. It computes the state checksum of what it is given,
+/// but no SHA-256: those are taken from decoding the written image (which proves the artifact
+/// rather than the intent), keeping the reading thread free to read.
 pub struct ImageEncoder<W: Write> {
-    enc: zstd::stream::write::Encoder<'static, HashingWriter<W>>,
-    raw_sha: Sha256,
+    enc: zstd::stream::write::Encoder<'static, CountingWriter<W>>,
     state: StateChecksum,
     page_size: u32,
     pages: u32,
@@ -124,16 +103,18 @@ impl<W: Write> ImageEncoder<W> {
         page_size: u32,
         page_count: u32,
     ) -> io::Result<Self> {
-        let mut enc = zstd::stream::write::Encoder::new(HashingWriter::new(w), level)?;
+        let mut enc =
+            zstd::stream::write::Encoder::new(CountingWriter { inner: w, len: 0 }, level)?;
         enc.include_checksum(true)?;
         enc.include_contentsize(true)?;
         enc.set_pledged_src_size(Some(u64::from(page_size) * u64::from(page_count)))?;
         if workers > 0 {
             enc.multithread(workers)?;
+            // Smaller jobs than zstd's default (4 windows) keep memory flat and low.
+            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(2 << 20))?;
         }
         Ok(Self {
             enc,
-            raw_sha: Sha256::new(),
             state: StateChecksum::default(),
             page_size,
             pages: 0,
@@ -146,26 +127,40 @@ impl<W: Write> ImageEncoder<W> {
         debug_assert_eq!(page.len(), self.page_size as usize);
         self.pages += 1;
         self.state.toggle(self.page_size, self.pages, page);
-        self.raw_sha.update(page);
         self.raw += page.len() as u64;
         self.enc.write_all(page)
     }
 
-    /// Finish the frame; returns the inner writer and the summary.
-    pub fn finish(self) -> io::Result<(W, ImageSummary)> {
-        let hw = self.enc.finish()?;
-        let (w, size, sha256) = hw.finish();
+    /// Finish the frame; returns the inner writer and what was written.
+    pub fn finish(self) -> io::Result<(W, EncodedImage)> {
+        let cw = self.enc.finish()?;
         Ok((
-            w,
-            ImageSummary {
-                size,
-                sha256,
+            cw.inner,
+            EncodedImage {
+                size: cw.len,
                 raw_size: self.raw,
-                raw_sha256: hex(&self.raw_sha.finalize()),
                 state: self.state,
                 pages: self.pages,
             },
         ))
+    }
+}
+
+/// Counts bytes written through it.
+#[derive(Debug)]
+pub struct CountingWriter<W> {
+    inner: W,
+    len: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -177,6 +172,53 @@ impl<W: Write> ImageEncoder<W> {
 pub fn decode_image(
     path: &Path,
     m: &GenerationManifest,
+    sink: impl FnMut(u32, &[u8]) -> Result<()>,
+    progress: impl FnMut(u64),
+) -> Result<ImageSummary> {
+    let s = decode_image_unchecked(
+        path,
+        m.page_size,
+        m.page_count,
+        Some(m.image.size),
+        sink,
+        progress,
+    )?;
+    if s.sha256 != m.image.sha256 {
+        return Err(Error::corrupt(
+            path,
+            "SHA-256 of the image file does not match manifest `image.sha256`",
+        ));
+    }
+    if s.raw_sha256 != m.image.raw_sha256 {
+        return Err(Error::corrupt(
+            path,
+            "SHA-256 of the decompressed image does not match `image.raw_sha256`",
+        ));
+    }
+    if s.state.to_hex() != m.state_checksum {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "state checksum {} does not match manifest `state_checksum` {}",
+                s.state.to_hex(),
+                m.state_checksum
+            ),
+        ));
+    }
+    Ok(s)
+}
+
+/// Decode `page_count` pages of `page_size` from the image at `path` and compute (not check)
+/// its hashes and state checksum. The frame must hold exactly that many bytes; with
+/// `expected_size`, the file must be exactly that long.
+///
+/// # Errors
+/// `Corrupt` for a short, long or undecodable image; `Io` on read failures.
+pub fn decode_image_unchecked(
+    path: &Path,
+    page_size: u32,
+    page_count: u32,
+    expected_size: Option<u64>,
     mut sink: impl FnMut(u32, &[u8]) -> Result<()>,
     mut progress: impl FnMut(u64),
 ) -> Result<ImageSummary> {
@@ -191,13 +233,12 @@ pub fn decode_image(
         .metadata()
         .map_err(|e| Error::io(path, "reading metadata", e))?
         .len();
-    if file_len != m.image.size {
+    if let Some(want) = expected_size
+        && file_len != want
+    {
         return Err(Error::corrupt(
             path,
-            format!(
-                "image is {file_len} bytes, manifest field `image.size` says {}",
-                m.image.size
-            ),
+            format!("image is {file_len} bytes, manifest field `image.size` says {want}"),
         ));
     }
     let hr = HashingReader::new(file);
@@ -206,8 +247,7 @@ pub fn decode_image(
     dec.window_log_max(MAX_WINDOW_LOG)
         .map_err(|e| Error::io(path, "configuring decoder", e))?;
     let mut dec = dec.single_frame();
-    let page_size = m.page_size as usize;
-    let mut page = vec![0u8; page_size];
+    let mut page = vec![0u8; page_size as usize];
     let mut raw_sha = Sha256::new();
     let mut state = StateChecksum::default();
     let zerr = |e: io::Error| {
@@ -216,24 +256,20 @@ pub fn decode_image(
             format!("compressed stream is damaged or truncated ({e})"),
         )
     };
-    for pgno in 1..=m.page_count {
-        read_exact_or(&mut dec, &mut page)
-            .map_err(zerr)?
-            .then_some(())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    path,
-                    format!(
-                        "image ends at page {} of {} (manifest `page_count`): truncated",
-                        pgno - 1,
-                        m.page_count
-                    ),
-                )
-            })?;
+    for pgno in 1..=page_count {
+        if !read_exact_or(&mut dec, &mut page).map_err(zerr)? {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "image ends at page {} of {page_count} (manifest `page_count`): truncated",
+                    pgno - 1
+                ),
+            ));
+        }
         raw_sha.update(&page);
-        state.toggle(m.page_size, pgno, &page);
+        state.toggle(page_size, pgno, &page);
         sink(pgno, &page)?;
-        progress(page_size as u64);
+        progress(u64::from(page_size));
     }
     // The frame must end exactly here: one more byte means the image lies about its size.
     let mut extra = [0u8; 1];
@@ -241,8 +277,8 @@ pub fn decode_image(
         return Err(Error::corrupt(
             path,
             format!(
-                "image decompresses to more than manifest `image.raw_size` ({})",
-                m.image.raw_size
+                "image decompresses to more than page_size x page_count ({})",
+                u64::from(page_size) * u64::from(page_count)
             ),
         ));
     }
@@ -251,36 +287,13 @@ pub fn decode_image(
         .into_inner()
         .drain()
         .map_err(|e| Error::io(path, "reading", e))?;
-    let raw_sha256 = hex(&raw_sha.finalize());
-    if sha256 != m.image.sha256 {
-        return Err(Error::corrupt(
-            path,
-            "SHA-256 of the image file does not match manifest `image.sha256`",
-        ));
-    }
-    if raw_sha256 != m.image.raw_sha256 {
-        return Err(Error::corrupt(
-            path,
-            "SHA-256 of the decompressed image does not match `image.raw_sha256`",
-        ));
-    }
-    if state.to_hex() != m.state_checksum {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "state checksum {} does not match manifest `state_checksum` {}",
-                state.to_hex(),
-                m.state_checksum
-            ),
-        ));
-    }
     Ok(ImageSummary {
         size,
         sha256,
-        raw_size: m.image.raw_size,
-        raw_sha256,
+        raw_size: u64::from(page_size) * u64::from(page_count),
+        raw_sha256: hex(&raw_sha.finalize()),
         state,
-        pages: m.page_count,
+        pages: page_count,
     })
 }
 

@@ -27,7 +27,7 @@ use crate::chain::manifest::{
 };
 use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
 use crate::progress::Progress;
-use crate::replay::{CheckLevel, check_generation};
+use crate::replay::{CheckLevel, check_image};
 
 /// How to take a snapshot.
 #[derive(Debug, Clone)]
@@ -259,10 +259,32 @@ pub fn snapshot(
     r.execute_batch("COMMIT")
         .sql_ctx(p, "ending read transaction")?;
     drop(r);
-    let (file, summary) = enc.finish().ctx(&image_path, "compressing")?;
+    let (file, written) = enc.finish().ctx(&image_path, "compressing")?;
     file.finish()?;
     progress.end();
     let read_ms = ms(t_read.elapsed());
+
+    // Verified before it is trusted: decode what was written into a scratch database, take the
+    // hashes from the artifact itself, require the same state checksum as the pages read from
+    // the source, and let SQLite check the scratch copy.
+    let t_verify = Instant::now();
+    let scratch = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let summary = check_image(
+        &image_path,
+        page_size,
+        page_count,
+        &scratch,
+        opts.check,
+        progress,
+    )
+    .map_err(|e| e.context("verifying the new image before publishing"))?;
+    if summary.state != written.state || summary.size != written.size {
+        return Err(Error::corrupt(
+            &image_path,
+            "image read back differs from what was written",
+        ));
+    }
+    let verify_ms = ms(t_verify.elapsed());
 
     let mut manifest = GenerationManifest {
         format: GENERATION_FORMAT.into(),
@@ -294,19 +316,6 @@ pub fn snapshot(
         check: opts.check.as_str().into(),
         self_sha256: String::new(),
     };
-
-    // Verified before it is trusted: decode what we wrote, compare, and let SQLite check it.
-    let t_verify = Instant::now();
-    let scratch = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let check = check_generation(&image_path, &manifest, &scratch, opts.check, progress)
-        .map_err(|e| e.context("verifying the new image before publishing"))?;
-    if check != summary {
-        return Err(Error::corrupt(
-            &image_path,
-            "image read back differs from what was written",
-        ));
-    }
-    let verify_ms = ms(t_verify.elapsed());
 
     manifest.created = jiff::Timestamp::now().to_string();
     staged.write_file(

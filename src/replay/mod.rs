@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use crate::bundle::image::{ImageSummary, decode_image};
+use crate::bundle::image::{ImageSummary, decode_image, decode_image_unchecked};
 use crate::capture::source::sidecar;
 use crate::chain::BackupSet;
 use crate::chain::manifest::GenerationManifest;
@@ -446,6 +446,44 @@ pub fn check_generation(
     let (tmp, mut f) = TempFile::create_in(scratch_dir, "verify.db")?;
     let s = materialize(image, m, &mut f, tmp.path(), progress)?;
     drop(f);
+    integrity_check(tmp.path(), level).map_err(|e| {
+        if e.kind() == ErrorKind::Corrupt {
+            Error::corrupt(image, format!("the image decodes, but {}", e.message()))
+        } else {
+            e
+        }
+    })?;
+    Ok(s)
+}
+
+/// Decode an image not yet described by a manifest (`page_size` × `page_count`) into a scratch
+/// file, compute its hashes and state checksum, and run the SQLite check on it.
+///
+/// # Errors
+/// `Corrupt` naming the image if it does not decode or fails the check.
+pub fn check_image(
+    image: &Path,
+    page_size: u32,
+    page_count: u32,
+    scratch_dir: &Path,
+    level: CheckLevel,
+    progress: &dyn Progress,
+) -> Result<ImageSummary> {
+    let (tmp, mut f) = TempFile::create_in(scratch_dir, "verify.db")?;
+    progress.begin("verifying", u64::from(page_size) * u64::from(page_count));
+    let mut w = BufWriter::with_capacity(1 << 20, &mut f);
+    let s = decode_image_unchecked(
+        image,
+        page_size,
+        page_count,
+        None,
+        |_, page| w.write_all(page).ctx(tmp.path(), "writing"),
+        |n| progress.advance(n),
+    )?;
+    w.flush().ctx(tmp.path(), "writing")?;
+    drop(w);
+    drop(f);
+    progress.end();
     integrity_check(tmp.path(), level).map_err(|e| {
         if e.kind() == ErrorKind::Corrupt {
             Error::corrupt(image, format!("the image decodes, but {}", e.message()))

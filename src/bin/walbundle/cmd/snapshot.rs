@@ -29,6 +29,9 @@ pub struct Args {
     /// zstd compression level for the image (1 fastest, 19 smallest).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub level: i32,
+    /// zstd compression threads beside the reading thread (0: compress on the reading thread).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub threads: u32,
     /// Seconds to wait for the database's locks (the write barrier).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub busy_timeout: f64,
@@ -68,6 +71,7 @@ pub fn run(a: Args) -> Result<u8> {
     let opts = SnapshotOptions {
         check: a.check.into(),
         level: a.level,
+        workers: a.threads,
         busy_timeout: Duration::from_secs_f64(a.busy_timeout.max(0.0)),
         scratch_dir: a.scratch.clone(),
         ..SnapshotOptions::default()
