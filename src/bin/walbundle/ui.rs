@@ -31,7 +31,7 @@ impl Progress for Bar {
         let b = ProgressBar::new(total);
         b.set_style(
             ProgressStyle::with_template(
-                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                "{msg:>9} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
