@@ -173,21 +173,25 @@ fn full_destination() {
     );
 }
 
+/// A WAL database of `rows` incompressible 3000-byte rows (slow enough to snapshot to be caught
+/// in the act).
+fn big_random_db(db: &std::path::Path, rows: u32) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(b BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<{rows})
+         INSERT INTO t SELECT randomblob(3000) FROM n;"
+    ))
+    .unwrap();
+}
+
 /// A snapshot killed half way leaves nothing under a final name; the next run cleans up.
 #[test]
 fn interrupted_snapshot_publishes_nothing() {
     let t = Tmp::new();
     let db = t.mkdir("src").join("app.db");
     let dest = t.mkdir("dest");
-    {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch(
-            "PRAGMA journal_mode=WAL; CREATE TABLE t(b BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<60000)
-             INSERT INTO t SELECT randomblob(3000) FROM n;",
-        )
-        .unwrap();
-    }
+    big_random_db(&db, 60000);
     let set = dest.join("app");
     let mut killed_midway = false;
     for delay_ms in [150u64, 300, 600, 1000] {
@@ -244,15 +248,7 @@ fn a_second_writer_on_the_same_set_is_refused() {
     let t = Tmp::new();
     let db = t.mkdir("src").join("app.db");
     let dest = t.mkdir("dest");
-    {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch(
-            "PRAGMA journal_mode=WAL; CREATE TABLE t(b BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<40000)
-             INSERT INTO t SELECT randomblob(3000) FROM n;",
-        )
-        .unwrap();
-    }
+    big_random_db(&db, 40000);
     wb(["snapshot", s(&db), "--dest", s(&dest), "--check", "quick"]).ok();
     let mut first = std::process::Command::new(bin())
         .args(["snapshot", s(&db), "--dest", s(&dest), "--level", "12"])

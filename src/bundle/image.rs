@@ -183,29 +183,49 @@ pub fn decode_image(
         sink,
         progress,
     )?;
-    if s.sha256 != m.image.sha256 {
-        return Err(Error::corrupt(
-            path,
-            "SHA-256 of the image file does not match manifest `image.sha256`",
-        ));
-    }
-    if s.raw_sha256 != m.image.raw_sha256 {
-        return Err(Error::corrupt(
-            path,
-            "SHA-256 of the decompressed image does not match `image.raw_sha256`",
-        ));
-    }
-    if s.state.to_hex() != m.state_checksum {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "state checksum {} does not match manifest `state_checksum` {}",
-                s.state.to_hex(),
-                m.state_checksum
-            ),
-        ));
-    }
+    s.matches(path, m)?;
     Ok(s)
+}
+
+impl ImageSummary {
+    /// Require this decoded image to be the one manifest `m` describes.
+    ///
+    /// # Errors
+    /// `Corrupt` naming `path` and the first field that disagrees.
+    pub fn matches(&self, path: &Path, m: &GenerationManifest) -> Result<()> {
+        if self.size != m.image.size {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "image is {} bytes, manifest field `image.size` says {}",
+                    self.size, m.image.size
+                ),
+            ));
+        }
+        if self.sha256 != m.image.sha256 {
+            return Err(Error::corrupt(
+                path,
+                "SHA-256 of the image file does not match manifest `image.sha256`",
+            ));
+        }
+        if self.raw_sha256 != m.image.raw_sha256 {
+            return Err(Error::corrupt(
+                path,
+                "SHA-256 of the decompressed image does not match `image.raw_sha256`",
+            ));
+        }
+        if self.state.to_hex() != m.state_checksum {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "state checksum {} does not match manifest `state_checksum` {}",
+                    self.state.to_hex(),
+                    m.state_checksum
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Decode `page_count` pages of `page_size` from the image at `path` and compute (not check)

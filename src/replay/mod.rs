@@ -431,11 +431,11 @@ pub fn restore(
     })
 }
 
-/// Materialise generation `m` from `image` into a scratch file in `scratch_dir` and run the
-/// SQLite check on it; the scratch file is removed afterwards.
+/// Materialise generation `m` from `image` into a scratch file in `scratch_dir`, require it to
+/// match its manifest, and run the SQLite check on it; the scratch file is removed afterwards.
 ///
 /// # Errors
-/// As [`materialize`] and [`integrity_check`].
+/// As [`check_image`], and `Corrupt` if the image is not the one `m` describes.
 pub fn check_generation(
     image: &Path,
     m: &GenerationManifest,
@@ -443,16 +443,15 @@ pub fn check_generation(
     level: CheckLevel,
     progress: &dyn Progress,
 ) -> Result<ImageSummary> {
-    let (tmp, mut f) = TempFile::create_in(scratch_dir, "verify.db")?;
-    let s = materialize(image, m, &mut f, tmp.path(), progress)?;
-    drop(f);
-    integrity_check(tmp.path(), level).map_err(|e| {
-        if e.kind() == ErrorKind::Corrupt {
-            Error::corrupt(image, format!("the image decodes, but {}", e.message()))
-        } else {
-            e
-        }
-    })?;
+    let s = check_image(
+        image,
+        m.page_size,
+        m.page_count,
+        scratch_dir,
+        level,
+        progress,
+    )?;
+    s.matches(image, m)?;
     Ok(s)
 }
 
