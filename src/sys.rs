@@ -131,3 +131,27 @@ pub fn pread_full(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Resu
     }
     Ok(done)
 }
+
+/// Set by SIGTERM/SIGINT once [`install_stop_signals`] has run.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Route SIGTERM and SIGINT to [`STOP`] (a long-running capture seals what it has and exits).
+pub fn install_stop_signals() {
+    let handler = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installing a handler that only stores to an atomic.
+        unsafe { libc::signal(sig, handler) };
+    }
+}
+
+/// (device, inode) of a path, to notice a file being replaced.
+pub fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path)?;
+    Ok((md.dev(), md.ino()))
+}

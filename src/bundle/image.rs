@@ -87,6 +87,7 @@ pub struct EncodedImage {
 /// rather than the intent), keeping the reading thread free to read.
 pub struct ImageEncoder<W: Write> {
     enc: zstd::stream::write::Encoder<'static, CountingWriter<W>>,
+    terms: Option<Vec<u64>>,
     state: StateChecksum,
     page_size: u32,
     pages: u32,
@@ -115,6 +116,7 @@ impl<W: Write> ImageEncoder<W> {
         }
         Ok(Self {
             enc,
+            terms: None,
             state: StateChecksum::default(),
             page_size,
             pages: 0,
@@ -122,17 +124,32 @@ impl<W: Write> ImageEncoder<W> {
         })
     }
 
+    /// Also keep each page's state-checksum term (8 bytes a page), for a capturer that must
+    /// update the state from changed pages alone.
+    pub fn collect_terms(&mut self, capacity: u32) {
+        self.terms = Some(Vec::with_capacity(capacity as usize));
+    }
+
+    /// The collected terms (empty unless [`Self::collect_terms`] was called).
+    pub fn take_terms(&mut self) -> Vec<u64> {
+        self.terms.take().unwrap_or_default()
+    }
+
     /// Append the next page (page numbers are implied: 1, 2, ...).
     pub fn write_page(&mut self, page: &[u8]) -> io::Result<()> {
         debug_assert_eq!(page.len(), self.page_size as usize);
         self.pages += 1;
+        if let Some(t) = self.terms.as_mut() {
+            t.push(super::checksum::term_or_zero(self.page_size, self.pages, page));
+        }
         self.state.toggle(self.page_size, self.pages, page);
         self.raw += page.len() as u64;
         self.enc.write_all(page)
     }
 
     /// Finish the frame; returns the inner writer and what was written.
-    pub fn finish(self) -> io::Result<(W, EncodedImage)> {
+    pub fn finish(mut self) -> io::Result<(W, EncodedImage)> {
+        self.terms = None;
         let cw = self.enc.finish()?;
         Ok((
             cw.inner,

@@ -179,17 +179,35 @@ pub fn snapshot(
     opts: &SnapshotOptions,
     progress: &dyn Progress,
 ) -> Result<SnapshotReport> {
+    let r = src.connect(opts.busy_timeout, true)?;
+    let w = src.connect(opts.busy_timeout, false)?;
+    snapshot_with(set, src, opts, progress, &r, &w, false, None)
+}
+
+/// [`snapshot`] on connections the caller owns: `r` (query-only) reads, `w` takes the write
+/// barrier. With `keep_pin`, `r`'s read transaction is still open when this returns, so the
+/// database cannot move past the snapshot's WAL position unseen (capture continues from it);
+/// otherwise it ends as soon as the pages are read.
+///
+/// # Errors
+/// As [`snapshot`]. With `keep_pin`, `r` may be left inside a read transaction on error.
+pub fn snapshot_with(
+    set: &BackupSet,
+    src: &SourceDb,
+    opts: &SnapshotOptions,
+    progress: &dyn Progress,
+    r: &Connection,
+    w: &Connection,
+    keep_pin: bool,
+    terms: Option<&mut Vec<u64>>,
+) -> Result<SnapshotReport> {
     let stale = set.store().clean_stale_temps("")?;
     let inv = set.inventory()?;
     let previous_chain = inv.chains.last().map(|c| c.id.clone());
     let txn = inv.max_txn() + 1;
-
-    let r = src.connect(opts.busy_timeout, true)?;
-    let w = src.connect(opts.busy_timeout, false)?;
     let p = &src.path;
     let t_read = Instant::now();
-    let (wal, barrier) = begin_pinned_read(src, &r, &w)?;
-    drop(w);
+    let (wal, barrier) = begin_pinned_read(src, r, w)?;
     let state_time = jiff::Timestamp::now();
     let journal_mode: String = r
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
@@ -210,6 +228,9 @@ pub fn snapshot(
     let image_path = image_file.path().to_path_buf();
     let mut enc = ImageEncoder::new(image_file, opts.level, opts.workers, page_size, page_count)
         .ctx(&image_path, "starting compression")?;
+    if terms.is_some() {
+        enc.collect_terms(page_count);
+    }
     progress.begin("snapshot", u64::from(page_size) * u64::from(page_count));
     let zeros = vec![0u8; page_size as usize];
     let mut next: u32 = 1;
@@ -256,9 +277,12 @@ pub fn snapshot(
         enc.write_page(&zeros).ctx(&image_path, "compressing")?;
         next += 1;
     }
-    r.execute_batch("COMMIT")
-        .sql_ctx(p, "ending read transaction")?;
-    drop(r);
+    if !keep_pin {
+        r.execute_batch("COMMIT").sql_ctx(p, "ending read transaction")?;
+    }
+    if let Some(t) = terms {
+        *t = enc.take_terms();
+    }
     let (file, written) = enc.finish().ctx(&image_path, "compressing")?;
     file.finish()?;
     progress.end();

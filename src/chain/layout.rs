@@ -65,6 +65,7 @@ pub fn is_own_name(name: &str) -> bool {
         || name == IMAGE_FILE
         || name.starts_with(crate::store::TEMP_PREFIX)
         || parse_generation_dir(name).is_some()
+        || crate::bundle::wbb::parse_file_name(name).is_some()
         || is_chain_id(name)
 }
 

@@ -197,6 +197,12 @@ impl BackupSet {
         };
         for ent in self.store.list(id)? {
             let key = format!("{id}/{}", ent.name);
+            if let Some(seq) = crate::bundle::wbb::parse_file_name(&ent.name).filter(|_| !ent.is_dir) {
+                let path = self.store.path(&key);
+                let header = read_bundle_header(&path);
+                chain.bundles.push(BundleEntry { seq, key, path, size: ent.size, header });
+                continue;
+            }
             match layout::parse_generation_dir(&ent.name) {
                 Some(seq) if ent.is_dir => {
                     chain
@@ -207,6 +213,7 @@ impl BackupSet {
             }
         }
         chain.generations.sort_by_key(|g| g.seq);
+        chain.bundles.sort_by_key(|b| b.seq);
         Ok(chain)
     }
 
@@ -295,8 +302,46 @@ pub struct ChainInventory {
     pub id: String,
     /// Generations by sequence.
     pub generations: Vec<GenerationEntry>,
+    /// Bundles by sequence (headers read and checked; bodies not).
+    pub bundles: Vec<BundleEntry>,
     /// Entries in the chain folder that are not walbundle's.
     pub unrelated: Vec<String>,
+}
+
+impl ChainInventory {
+    /// The generation-0 manifest (the chain's first snapshot), if readable.
+    pub fn base(&self) -> Option<&GenerationManifest> {
+        self.generations.iter().find(|g| g.seq == 0).and_then(|g| g.manifest.as_ref().ok())
+    }
+}
+
+/// One bundle file.
+#[derive(Debug)]
+pub struct BundleEntry {
+    /// Sequence number from its name.
+    pub seq: u64,
+    /// Key in the store.
+    pub key: String,
+    /// Local path.
+    pub path: PathBuf,
+    /// File size.
+    pub size: u64,
+    /// Its header (CRC-checked), or why it could not be read.
+    pub header: Result<crate::bundle::wbb::BundleHeader>,
+}
+
+fn read_bundle_header(path: &Path) -> Result<crate::bundle::wbb::BundleHeader> {
+    use std::io::Read;
+    let mut f = File::open(path).ctx(path, "opening bundle")?;
+    let mut b = vec![0u8; crate::bundle::wbb::HEADER_LEN];
+    let mut n = 0;
+    while n < b.len() {
+        match f.read(&mut b[n..]).ctx(path, "reading bundle header")? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    crate::bundle::wbb::BundleHeader::decode(path, &b[..n])
 }
 
 /// One generation folder.

@@ -14,9 +14,14 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+pub mod apply;
+pub mod plan;
+
+pub use apply::{Replayed, replay_into};
+pub use plan::{RestorePlan, Stop, Target, parse_time, plan};
+
 use crate::bundle::image::{ImageSummary, decode_image, decode_image_unchecked};
 use crate::capture::source::sidecar;
-use crate::chain::BackupSet;
 use crate::chain::manifest::GenerationManifest;
 use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
 use crate::progress::Progress;
@@ -179,112 +184,6 @@ impl Drop for TempFile {
     }
 }
 
-/// Which state to restore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// The newest committed state the set holds.
-    Latest,
-    /// The state after transaction number `n` (as `list` shows it).
-    Txn(u64),
-}
-
-/// What a restore will replay.
-#[derive(Debug, Clone, Serialize)]
-pub struct RestorePlan {
-    /// The set folder.
-    pub set: PathBuf,
-    /// Chain the state belongs to.
-    pub chain_id: String,
-    /// Generation replayed.
-    pub generation_seq: u64,
-    /// Transaction number of the restored state.
-    pub txn: u64,
-    /// Time the source was in that state.
-    pub state_time: String,
-    /// Page size.
-    pub page_size: u32,
-    /// Pages in the restored database.
-    pub page_count: u32,
-    /// Image file read.
-    pub image: PathBuf,
-    #[serde(skip)]
-    manifest: GenerationManifest,
-}
-
-/// Choose what to replay for `target`.
-///
-/// # Errors
-/// `Corrupt` if the set holds no usable generation.
-pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
-    let inv = set.inventory()?;
-    let damaged: Vec<(&str, &crate::chain::GenerationEntry)> = inv
-        .chains
-        .iter()
-        .flat_map(|c| {
-            c.generations
-                .iter()
-                .filter(|g| g.manifest.is_err())
-                .map(move |g| (c.id.as_str(), g))
-        })
-        .collect();
-    let chosen = match target {
-        Target::Latest => inv.newest_generation(),
-        Target::Txn(n) => inv.valid_generations().find(|(_, _, m)| m.txn == *n),
-    };
-    let Some((chain, gen_, m)) = chosen else {
-        let mut e = match target {
-            Target::Latest => {
-                Error::new(ErrorKind::Corrupt, "the set holds no restorable generation")
-            }
-            Target::Txn(n) => Error::new(
-                ErrorKind::Usage,
-                format!("the set has no restorable point at txn {n}"),
-            ),
-        }
-        .at(set.dir());
-        if let Some((_, g)) = damaged.first()
-            && let Err(first) = &g.manifest
-        {
-            e = e.context(format!("damaged generation ({first})"));
-        }
-        return Err(e.hint(
-            "`walbundle list` shows the restorable points; `walbundle verify` names every problem",
-        ));
-    };
-    // Never restore less than asked: a damaged generation that may be newer than the chosen
-    // one (same or later chain, same or later position) stops a `Latest` restore.
-    if *target == Target::Latest
-        && let Some((_, g)) = damaged
-            .iter()
-            .find(|(c, g)| *c > chain.id.as_str() || (*c == chain.id && g.seq > gen_.seq))
-        && let Err(why) = &g.manifest
-    {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "a generation that may hold a newer state than txn {} is damaged: {why}",
-                m.txn
-            ),
-        )
-        .at(set.dir())
-        .hint(format!(
-            "run `walbundle verify` for details; to restore the newest intact point instead, pass --txn {}",
-            m.txn
-        )));
-    }
-    Ok(RestorePlan {
-        set: set.dir().to_path_buf(),
-        chain_id: chain.id.clone(),
-        generation_seq: gen_.seq,
-        txn: m.txn,
-        state_time: m.state_time.clone(),
-        page_size: m.page_size,
-        page_count: m.page_count,
-        image: gen_.image_path.clone(),
-        manifest: m.clone(),
-    })
-}
-
 /// How to publish a restore.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -305,6 +204,8 @@ pub struct RestoreReport {
     pub out: PathBuf,
     /// Bytes written.
     pub bytes: u64,
+    /// The state reached (transaction, time, state checksum).
+    pub reached: Replayed,
     /// State checksum of the result.
     pub state_checksum: String,
     /// SQLite check that passed.
@@ -391,8 +292,7 @@ pub fn restore(
             e
         }
     };
-    let summary =
-        materialize(&plan.image, &plan.manifest, &mut f, tmp.path(), progress).map_err(hint)?;
+    let reached = replay_into(plan, &mut f, tmp.path(), progress).map_err(hint)?;
     drop(f);
     integrity_check(tmp.path(), opts.check).map_err(hint)?;
 
@@ -424,8 +324,9 @@ pub fn restore(
     Ok(RestoreReport {
         plan: plan.clone(),
         out: out.clone(),
-        bytes: summary.raw_size,
-        state_checksum: summary.state.to_hex(),
+        bytes: u64::from(reached.page_count) * u64::from(plan.page_size),
+        state_checksum: reached.state_checksum.clone(),
+        reached,
         check: opts.check,
         moved_aside: moved,
     })

@@ -15,8 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Incremental, verifiable backups of live SQLite databases.
 ///
-/// A backup set (one per database, at DEST/<name>) holds generations: verified, page-exact full
-/// snapshots. `snapshot` adds one; `list`, `verify` and `restore` read a set.
+/// A backup set (one per database, at DEST/<name>) holds chains: a verified, page-exact full
+/// snapshot (a generation) and the WAL bundles captured after it. `snapshot` and `capture` write
+/// sets; `list`, `verify` and `restore` read them.
 #[derive(Debug, Parser)]
 #[command(
     name = "walbundle",
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Take one verified full snapshot of a live database now, as a new generation.
     Snapshot(cmd::snapshot::Args),
+    /// Capture continuously: a generation if none is usable, then WAL bundles, until stopped.
+    Capture(cmd::capture::Args),
     /// Show a set's generations, sizes and restorable points.
     List(cmd::list::Args),
     /// Prove a set intact and restorable (exit 0 clean, 1 problems found, 2 could not run).
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (json, result) = match cli.command {
         Command::Snapshot(a) => (a.common.json, cmd::snapshot::run(a)),
+        Command::Capture(a) => (a.common.json, cmd::capture::run(a)),
         Command::List(a) => (a.common.json, cmd::list::run(a)),
         Command::Verify(a) => (a.common.json, cmd::verify::run(a)),
         Command::Restore(a) => (a.common.json, cmd::restore::run(a)),

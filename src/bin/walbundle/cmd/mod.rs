@@ -1,5 +1,6 @@
 //! One file per verb; each parses nothing itself and calls the library.
 
+pub mod capture;
 pub mod demo;
 pub mod list;
 pub mod restore;

@@ -39,6 +39,10 @@ pub struct Args {
     /// SQLite check of the restored database before it is published.
     #[arg(long, value_enum, default_value = "full")]
     pub check: RestoreCheck,
+    /// Restore the last transaction captured at or before TIME: RFC 3339 (any offset, any
+    /// fraction of a second) or relative to now (-30s, -10m, -2h, -1d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub at: Option<String>,
     /// Restore the state after transaction N (a point `walbundle list` shows) instead of the newest.
     #[arg(long, value_name = "N")]
     pub txn: Option<u64>,
@@ -51,22 +55,44 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     let set = BackupSet::open(&a.set)?;
-    let target = a.txn.map_or(Target::Latest, Target::Txn);
+    let target = match (&a.at, a.txn) {
+        (Some(_), Some(_)) => return Err(walbundle::Error::usage("give --at or --txn, not both")),
+        (Some(t), None) => Target::Time(replay::parse_time(t)?),
+        (None, Some(n)) => Target::Txn(n),
+        (None, None) => Target::Latest,
+    };
     let plan = replay::plan(&set, &target)?;
     if a.dry_run {
         if a.common.json {
             ui::json(&serde_json::json!({ "ok": true, "dry_run": true, "plan": plan }));
         } else {
-            ui::out(&format!(
-                "would restore txn {} ({}) from chain {} generation {} ({} pages x {} B) to {}\n",
-                plan.txn,
-                plan.state_time,
+            let stop = match plan.stop {
+                replay::Stop::Txn(n) => format!("txn {n}"),
+                replay::Stop::TimeUs(t) => format!(
+                    "the last txn captured at or before {}",
+                    jiff::Timestamp::from_microsecond(t).map(|t| t.to_string()).unwrap_or_default()
+                ),
+            };
+            let mut s = format!(
+                "would restore {stop} to {}\n  base: chain {} generation {} (txn {}, {})\n",
+                a.out.display(),
                 plan.chain_id,
                 plan.generation_seq,
-                plan.page_count,
-                plan.page_size,
-                a.out.display()
-            ));
+                plan.base_txn,
+                plan.base_time
+            );
+            match (plan.bundles.first(), plan.bundles.last()) {
+                (Some(f), Some(l)) => s.push_str(&format!(
+                    "  then {} bundle(s): seq {}..={} (txn {}..={})\n",
+                    plan.bundles.len(),
+                    f.seq,
+                    l.seq,
+                    f.txns.0,
+                    l.txns.1
+                )),
+                _ => s.push_str("  no bundles\n"),
+            }
+            ui::out(&s);
         }
         return Ok(0);
     }
@@ -75,24 +101,23 @@ pub fn run(a: Args) -> Result<u8> {
         RestoreCheck::Quick => CheckLevel::Quick,
         RestoreCheck::None => CheckLevel::None,
     };
-    let opts = RestoreOptions {
-        out: a.out.clone(),
-        force: a.force,
-        check,
-    };
+    let opts = RestoreOptions { out: a.out.clone(), force: a.force, check };
     let bar = ui::Bar::new(!a.common.json && !a.common.quiet);
     let r = replay::restore(&plan, &opts, &bar)?;
     if a.common.json {
         ui::json(&serde_json::json!({ "ok": true, "restore": r }));
     } else if !a.common.quiet {
         let mut s = format!(
-            "restored {} ({}): txn {} at {}, chain {} generation {}; state checksum {}, {} check passed\n",
+            "restored {} ({}): txn {} at {} (chain {}, generation {} + {} bundle(s), {} txn(s) replayed); \
+             state checksum {}, {} check passed\n",
             r.out.display(),
             ui::bytes(r.bytes),
-            plan.txn,
-            plan.state_time,
+            r.reached.txn,
+            r.reached.time,
             plan.chain_id,
             plan.generation_seq,
+            r.reached.bundles_applied,
+            r.reached.txns_applied,
             r.state_checksum,
             r.check.as_str()
         );

@@ -1,0 +1,863 @@
+//! Continuous capture: committed WAL frames into chained bundles, in checkpoint-controlled
+//! windows, never losing a frame silently.
+//!
+//! Three connections (none ever checkpoints on close, none auto-checkpoints):
+//! - **R** keeps a read transaction open at all times: its read mark stops any other connection
+//!   from restarting the WAL over frames walbundle has not captured yet.
+//! - **W** takes the write barrier (`BEGIN IMMEDIATE`, then `ROLLBACK`) for the instant R's pin
+//!   moves forward: capture the last few frames, end R, (for a restart cut: PASSIVE checkpoint on
+//!   C), begin R again, release. Nothing slow happens inside it.
+//! - **C** runs PASSIVE checkpoints (never RESTART/TRUNCATE: those take the write lock and can
+//!   make frames committed just before them vanish).
+//!
+//! Frames are read with `pread` up to the wal-index's `mxFrame` (the committed frontier; nothing
+//! beyond it is ever read), each checked against the running WAL checksum and the cycle's salts.
+//! A transaction is emitted once its commit frame is seen, with its last version of every page.
+//!
+//! The state checksum after every transaction is kept from one 64-bit term per page (8 bytes a
+//! page), so no old page is ever read back. The terms come from the chain's snapshot, or on
+//! resume from a full read through R whose XOR must equal the chain's recorded state.
+//!
+//! Continuity is proven or a new chain starts, with the reason recorded: WAL salts changing when
+//! R's pin could not have allowed it, a captured frame changing, the database or WAL file being
+//! replaced, the page size changing, the database leaving WAL mode, or (on resume) the WAL no
+//! longer holding the last captured frame unchanged.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::snapshot::{SnapshotOptions, snapshot_with};
+use super::source::{SourceDb, shm_file};
+use super::wal::{FRAME_HEADER_LEN, FrameHeader, ShmHeader, WalHeader, wal_checksum};
+use crate::bundle::checksum::{StateChecksum, lock_byte_page, term_or_zero};
+use crate::bundle::wbb::{self, BodyEncoder, BundleHeader, TxnMeta};
+use crate::chain::BackupSet;
+use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
+use crate::progress::NoProgress;
+use crate::sys::{file_id, pread_full};
+
+/// How capture behaves.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Seal a bundle at least this often while transactions arrive.
+    pub interval: Duration,
+    /// Look for new frames this often.
+    pub poll: Duration,
+    /// When the WAL file grows past this, cut a window that lets the WAL restart.
+    pub max_wal_bytes: u64,
+    /// Seal a bundle early once its uncompressed body reaches this.
+    pub max_bundle_bytes: u64,
+    /// zstd level for bundle bodies.
+    pub level: i32,
+    /// How long the write barrier may wait for the application's write lock before the cut is
+    /// retried at the next poll (writers are never held longer than the barrier's own work).
+    pub barrier_timeout: Duration,
+    /// Options for the full snapshots that start chains.
+    pub snapshot: SnapshotOptions,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            poll: Duration::from_millis(100),
+            max_wal_bytes: 16 << 20,
+            max_bundle_bytes: 32 << 20,
+            level: 1,
+            barrier_timeout: Duration::from_millis(200),
+            snapshot: SnapshotOptions { check: crate::replay::CheckLevel::Quick, ..SnapshotOptions::default() },
+        }
+    }
+}
+
+/// Running totals, exported in logs and `--json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CaptureStats {
+    /// Bundles published.
+    pub bundles: u64,
+    /// Transactions captured.
+    pub txns: u64,
+    /// Bytes of bundles published.
+    pub bundle_bytes: u64,
+    /// Chains started (full snapshots).
+    pub chains_started: u64,
+    /// WAL restarts followed without a gap.
+    pub wal_restarts_followed: u64,
+    /// Write barriers taken.
+    pub barriers: u64,
+    /// Longest write barrier, µs (the longest writers were held by walbundle).
+    pub barrier_max_us: u64,
+    /// Sum of barrier durations, µs.
+    pub barrier_total_us: u64,
+    /// Newest transaction number captured.
+    pub last_txn: u64,
+    /// Current chain.
+    pub chain_id: String,
+}
+
+/// Something a caller may want to log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new chain started from a full snapshot.
+    ChainStarted {
+        /// Chain id.
+        chain_id: String,
+        /// Why.
+        reason: String,
+        /// Transaction number of its base.
+        txn: u64,
+    },
+    /// Capture continues an existing chain.
+    Resumed {
+        /// Chain id.
+        chain_id: String,
+        /// Next bundle sequence.
+        next_seq: u64,
+        /// Last transaction already in the set.
+        txn: u64,
+    },
+    /// A bundle was published.
+    Bundle {
+        /// Chain id.
+        chain_id: String,
+        /// Sequence.
+        seq: u64,
+        /// First and last transaction.
+        txns: (u64, u64),
+        /// File size.
+        bytes: u64,
+        /// WAL frames covered.
+        frames: (u32, u32),
+    },
+    /// The application's WAL restarted and capture followed it without a gap.
+    WalRestarted {
+        /// New salts.
+        salts: (u32, u32),
+    },
+}
+
+/// Where the chain ends: what the next bundle continues from.
+#[derive(Debug, Clone)]
+struct Cursor {
+    chain_id: String,
+    next_seq: u64,
+    prev_digest: [u8; 32],
+    state: StateChecksum,
+    page_size: u32,
+    page_count: u32,
+    next_txn: u64,
+    salts: (u32, u32),
+    frame: u32,
+    cksum: (u32, u32),
+}
+
+/// R's read mark: the WAL cycle and frame it pins, and whether the WAL was fully backfilled then
+/// (only then may the WAL restart once while R is held).
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    salts: (u32, u32),
+    mx: u32,
+    full: bool,
+}
+
+/// A bundle being filled.
+struct Pending {
+    body: BodyEncoder,
+    header: BundleHeader,
+    txns: u32,
+    started: Instant,
+}
+
+/// One captured database.
+pub struct Capturer {
+    src: SourceDb,
+    set: BackupSet,
+    opts: CaptureOptions,
+    r: Connection,
+    w: Connection,
+    c: Connection,
+    shm: Arc<File>,
+    db_id: (u64, u64),
+    cur: Cursor,
+    pin: Pin,
+    /// State-checksum term of every page at the cursor (index pgno-1).
+    terms: Vec<u64>,
+    wal_hdr: Option<WalHeader>,
+    pending: Option<Pending>,
+    last_seal: Instant,
+    events: Vec<Event>,
+    /// Running totals.
+    pub stats: CaptureStats,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Why continuity could not be proven (becomes a new chain's recorded reason).
+struct Gap(String);
+
+impl Capturer {
+    /// Open `src` for capture into `set` (whose writer lock is taken here): resume the newest
+    /// chain if the WAL still proves continuity, else start a new chain with the reason.
+    ///
+    /// # Errors
+    /// `Usage` if the database is not in WAL mode; `Busy` if another process writes the set;
+    /// anything a snapshot can fail with.
+    pub fn start(src: SourceDb, mut set: BackupSet, opts: CaptureOptions) -> Result<Self> {
+        set.lock_writer()?;
+        src.read_header()?;
+        let p = src.path.clone();
+        let r = src.connect(opts.snapshot.busy_timeout, true)?;
+        let w = src.connect(opts.snapshot.busy_timeout, false)?;
+        let c = src.connect(opts.snapshot.busy_timeout, true)?;
+        let mode: String =
+            r.query_row("PRAGMA journal_mode", [], |row| row.get(0)).sql_ctx(&p, "reading journal mode")?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::usage(format!(
+                "is in journal mode {mode}; continuous capture reads the WAL and needs WAL mode"
+            ))
+            .at(&p)
+            .hint("switch the application to `PRAGMA journal_mode=WAL`, or use `walbundle snapshot` on a schedule"));
+        }
+        c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).sql_ctx(&p, "reading schema")?;
+        let shm = shm_file(&src)?;
+        let db_id = file_id(&src.path).ctx(&src.path, "reading file identity")?;
+        let empty_cursor = Cursor {
+            chain_id: String::new(),
+            next_seq: 1,
+            prev_digest: [0; 32],
+            state: StateChecksum::default(),
+            page_size: 0,
+            page_count: 0,
+            next_txn: 1,
+            salts: (0, 0),
+            frame: 0,
+            cksum: (0, 0),
+        };
+        let mut me = Self {
+            src,
+            set,
+            opts,
+            r,
+            w,
+            c,
+            shm,
+            db_id,
+            cur: empty_cursor,
+            pin: Pin { salts: (0, 0), mx: 0, full: false },
+            terms: Vec::new(),
+            wal_hdr: None,
+            pending: None,
+            last_seal: Instant::now(),
+            events: Vec::new(),
+            stats: CaptureStats::default(),
+        };
+        match me.resume()? {
+            Ok(()) => {}
+            Err(Gap(reason)) => me.new_chain(&reason)?,
+        }
+        Ok(me)
+    }
+
+    /// The set being written.
+    pub fn set(&self) -> &BackupSet {
+        &self.set
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The cursor of the newest chain that has a WAL position, if the set has one.
+    fn chain_end(&self) -> Result<Option<Cursor>> {
+        let inv = self.set.inventory()?;
+        let mut best: Option<(u64, Cursor)> = None;
+        for chain in &inv.chains {
+            let Some(base) = chain.base() else { continue };
+            let Some(wal) = base.wal else { continue };
+            let cur = if let Some(last) = chain.bundles.last() {
+                let b = match wbb::read_bundle(&last.path) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == ErrorKind::Corrupt => continue,
+                    Err(e) => return Err(e),
+                };
+                let h = &b.header;
+                Cursor {
+                    chain_id: chain.id.clone(),
+                    next_seq: h.seq + 1,
+                    prev_digest: b.digest,
+                    state: StateChecksum(h.state_after),
+                    page_size: h.page_size,
+                    page_count: h.page_count_after,
+                    next_txn: h.last_txn() + 1,
+                    salts: h.salts,
+                    frame: h.last_frame,
+                    cksum: h.end_checksum,
+                }
+            } else {
+                Cursor {
+                    chain_id: chain.id.clone(),
+                    next_seq: 1,
+                    prev_digest: wbb::sha_bytes(&base.image.sha256).unwrap_or([0; 32]),
+                    state: StateChecksum::from_hex(&base.state_checksum).unwrap_or_default(),
+                    page_size: base.page_size,
+                    page_count: base.page_count,
+                    next_txn: base.txn + 1,
+                    salts: (wal.salt1, wal.salt2),
+                    frame: wal.frame,
+                    cksum: (wal.checksum1, wal.checksum2),
+                }
+            };
+            let end = cur.next_txn;
+            if best.as_ref().is_none_or(|(b, _)| end > *b) {
+                best = Some((end, cur));
+            }
+        }
+        Ok(best.map(|(_, c)| c))
+    }
+
+    /// Try to continue the newest chain. `Ok(Err(gap))` when continuity cannot be proven.
+    fn resume(&mut self) -> Result<std::result::Result<(), Gap>> {
+        let Some(cur) = self.chain_end()? else {
+            return Ok(Err(Gap("first capture of this database".into())));
+        };
+        if self.set.inventory()?.max_txn() >= cur.next_txn {
+            return Ok(Err(Gap("the set's newest point is not the end of a capturable chain".into())));
+        }
+        let p = self.src.path.clone();
+        self.w.execute_batch("BEGIN IMMEDIATE").sql_ctx(&p, "taking the write barrier")?;
+        let t0 = Instant::now();
+        let res = self.check_and_pin(&cur);
+        let rb = self.w.execute_batch("ROLLBACK");
+        self.note_barrier(t0.elapsed());
+        rb.sql_ctx(&p, "releasing the write barrier")?;
+        let gap = match res? {
+            Ok(()) => None,
+            Err(g) => Some(g),
+        };
+        if let Some(g) = gap {
+            let _ = self.r.execute_batch("COMMIT");
+            return Ok(Err(g));
+        }
+        // Prove the state: every page's term through R (pinned exactly at the cursor).
+        let (terms, state) = read_terms(&self.r, &p, cur.page_size)?;
+        if state != cur.state || terms.len() != cur.page_count as usize {
+            let _ = self.r.execute_batch("COMMIT");
+            return Ok(Err(Gap(format!(
+                "the database's content at the last captured frame does not match the chain's \
+                 state checksum ({} pages, {} vs {})",
+                terms.len(),
+                state.to_hex(),
+                cur.state.to_hex()
+            ))));
+        }
+        self.terms = terms;
+        self.stats.chain_id = cur.chain_id.clone();
+        self.stats.last_txn = cur.next_txn - 1;
+        self.events.push(Event::Resumed { chain_id: cur.chain_id.clone(), next_seq: cur.next_seq, txn: cur.next_txn - 1 });
+        self.cur = cur;
+        Ok(Ok(()))
+    }
+
+    /// Under the barrier: does the WAL still hold the cursor's frame unchanged, with nothing
+    /// committed after it? If so, pin R there.
+    fn check_and_pin(&mut self, cur: &Cursor) -> Result<std::result::Result<(), Gap>> {
+        let p = self.src.path.clone();
+        self.r.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;").sql_ctx(&p, "starting read transaction")?;
+        let shm = self.read_shm()?;
+        let wal = self.open_wal()?;
+        let hdr = match &wal {
+            Some(f) => WalHeader::read(f).ctx(self.src.wal_path(), "reading WAL header")?,
+            None => None,
+        };
+        let Some(h) = shm else { return Ok(Err(Gap("the wal-index is not readable".into()))) };
+        if h.mx_frame == 0 && cur.frame == 0 && (hdr.is_none() || hdr.is_some_and(|x| x.salts == cur.salts)) {
+            self.pin = Pin { salts: h.salts, mx: 0, full: true };
+            self.wal_hdr = hdr;
+            return Ok(Ok(()));
+        }
+        let Some(hdr) = hdr else {
+            return Ok(Err(Gap("the WAL was reset since the last captured frame".into())));
+        };
+        if hdr.salts != cur.salts || h.salts != cur.salts {
+            return Ok(Err(Gap(
+                "the WAL restarted since the last capture (the application checkpointed while \
+                 walbundle was not running)"
+                    .into(),
+            )));
+        }
+        if hdr.page_size != cur.page_size {
+            return Ok(Err(Gap(format!("page size changed from {} to {}", cur.page_size, hdr.page_size))));
+        }
+        if cur.frame > 0 {
+            let f = wal.as_ref().map(|f| FrameHeader::read(f, &hdr, cur.frame));
+            let ok = matches!(f, Some(Ok(Some(fh))) if fh.salts == cur.salts && fh.checksum == cur.cksum);
+            if !ok {
+                return Ok(Err(Gap(format!(
+                    "the WAL no longer holds the last captured frame {} unchanged (the source lost \
+                     or rewrote frames, e.g. after power loss with synchronous=NORMAL)",
+                    cur.frame
+                ))));
+            }
+        }
+        if h.mx_frame != cur.frame {
+            return Ok(Err(Gap(format!(
+                "{} frames were committed while walbundle was not running; their before-state \
+                 cannot be proven",
+                h.mx_frame.saturating_sub(cur.frame)
+            ))));
+        }
+        self.pin = Pin { salts: cur.salts, mx: h.mx_frame, full: h.mx_frame == h.n_backfill };
+        self.wal_hdr = Some(hdr);
+        Ok(Ok(()))
+    }
+
+    /// Seal what is pending, then start a new chain from a full snapshot taken with R pinned at
+    /// its position (so the chain continues from exactly there).
+    fn new_chain(&mut self, reason: &str) -> Result<()> {
+        self.seal()?;
+        let _ = self.r.execute_batch("COMMIT");
+        let mut opts = self.opts.snapshot.clone();
+        opts.reason = reason.to_string();
+        let mut terms = Vec::new();
+        let rep = snapshot_with(&self.set, &self.src, &opts, &NoProgress, &self.r, &self.w, true, Some(&mut terms))?;
+        let m = &rep.manifest;
+        let Some(wal) = m.wal else {
+            return Err(Error::usage("left WAL mode during the snapshot").at(&self.src.path));
+        };
+        self.note_barrier(Duration::from_micros(rep.barrier_us));
+        self.terms = terms;
+        self.cur = Cursor {
+            chain_id: m.chain_id.clone(),
+            next_seq: 1,
+            prev_digest: wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]),
+            state: StateChecksum::from_hex(&m.state_checksum).unwrap_or_default(),
+            page_size: m.page_size,
+            page_count: m.page_count,
+            next_txn: m.txn + 1,
+            salts: (wal.salt1, wal.salt2),
+            frame: wal.frame,
+            cksum: (wal.checksum1, wal.checksum2),
+        };
+        self.pin = Pin { salts: self.cur.salts, mx: wal.frame, full: wal.frame == wal.backfilled };
+        self.wal_hdr = self.open_wal()?.and_then(|f| WalHeader::read(&f).ok().flatten());
+        if wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts) {
+            return Err(Error::new(ErrorKind::Corrupt, "WAL changed during the snapshot's barrier").at(self.src.wal_path()));
+        }
+        self.db_id = file_id(&self.src.path).ctx(&self.src.path, "reading file identity")?;
+        self.stats.chains_started += 1;
+        self.stats.chain_id = m.chain_id.clone();
+        self.stats.last_txn = m.txn;
+        self.events.push(Event::ChainStarted { chain_id: m.chain_id.clone(), reason: reason.to_string(), txn: m.txn });
+        Ok(())
+    }
+
+    fn read_shm(&self) -> Result<Option<ShmHeader>> {
+        for _ in 0..50 {
+            if let Some(h) = ShmHeader::read(&self.shm).ctx(self.src.shm_path(), "reading wal-index")? {
+                return Ok(Some(h));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(None)
+    }
+
+    fn open_wal(&self) -> Result<Option<File>> {
+        let wp = self.src.wal_path();
+        match File::open(&wp) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&wp, "opening WAL", e)),
+        }
+    }
+
+    fn note_barrier(&mut self, d: Duration) {
+        let u = us(d);
+        self.stats.barriers += 1;
+        self.stats.barrier_total_us += u;
+        self.stats.barrier_max_us = self.stats.barrier_max_us.max(u);
+    }
+
+    /// One round: capture new committed frames, seal when due, move the pin, restart the chain on
+    /// a gap. Call every `opts.poll`.
+    ///
+    /// # Errors
+    /// Destination and SQLite failures (the caller logs them and retries or exits).
+    pub fn step(&mut self) -> Result<()> {
+        match self.capture_new()? {
+            Ok(()) => {}
+            Err(Gap(reason)) => return self.new_chain(&reason),
+        }
+        let due = self.pending.as_ref().is_some_and(|p| {
+            p.started.elapsed() >= self.opts.interval || p.body.raw_len() >= self.opts.max_bundle_bytes
+        });
+        if due {
+            self.seal()?;
+            self.cut_window()?;
+        } else if self.pending.is_none() && self.last_seal.elapsed() >= self.opts.interval * 5 {
+            // Idle: still move the pin now and then so the application's checkpoints can
+            // backfill and the WAL can restart.
+            self.last_seal = Instant::now();
+            self.cut_window()?;
+        }
+        Ok(())
+    }
+
+    /// Capture everything committed now, seal it, and move the pin (for `--once` and shutdown).
+    ///
+    /// # Errors
+    /// As [`Self::step`].
+    pub fn flush(&mut self) -> Result<()> {
+        match self.capture_new()? {
+            Ok(()) => {}
+            Err(Gap(reason)) => return self.new_chain(&reason),
+        }
+        self.seal()?;
+        self.cut_window()
+    }
+
+    /// Read frames committed since the cursor into the pending bundle.
+    fn capture_new(&mut self) -> Result<std::result::Result<(), Gap>> {
+        match file_id(&self.src.path) {
+            Ok(id) if id == self.db_id => {}
+            Ok(_) => return Ok(Err(Gap("the database file was replaced".into()))),
+            Err(e) => return Err(Error::io(&self.src.path, "checking the database file", e)),
+        }
+        let Some(wal) = self.open_wal()? else { return Ok(Ok(())) };
+        let Some(hdr) = WalHeader::read(&wal).ctx(self.src.wal_path(), "reading WAL header")? else {
+            return Ok(Ok(())); // empty or being reset: nothing committed in it yet
+        };
+        if hdr.salts != self.cur.salts {
+            // A new WAL cycle. Without a gap only if R was pinned with the WAL fully backfilled
+            // at exactly our position: then the restart dropped only frames we hold.
+            if !(self.pin.full && self.pin.salts == self.cur.salts && self.pin.mx == self.cur.frame) {
+                return Ok(Err(Gap(format!(
+                    "the WAL restarted (salts {:08x}/{:08x} -> {:08x}/{:08x}) at a moment walbundle \
+                     cannot prove it held every frame",
+                    self.cur.salts.0, self.cur.salts.1, hdr.salts.0, hdr.salts.1
+                ))));
+            }
+            if hdr.page_size != self.cur.page_size {
+                return Ok(Err(Gap(format!("page size changed from {} to {}", self.cur.page_size, hdr.page_size))));
+            }
+            self.seal()?;
+            self.cur.salts = hdr.salts;
+            self.cur.frame = 0;
+            self.cur.cksum = hdr.checksum;
+            // At most one restart can happen while R is held: any further one is a gap.
+            self.pin = Pin { salts: hdr.salts, mx: 0, full: false };
+            self.stats.wal_restarts_followed += 1;
+            self.events.push(Event::WalRestarted { salts: hdr.salts });
+        }
+        self.wal_hdr = Some(hdr);
+        let Some(shm) = self.read_shm()? else { return Ok(Ok(())) };
+        if shm.salts != hdr.salts || shm.mx_frame <= self.cur.frame {
+            return Ok(Ok(()));
+        }
+        self.scan(&wal, &hdr, shm.mx_frame)
+    }
+
+    /// Scan frames (cursor, bound], all committed, emitting each transaction at its commit frame.
+    fn scan(&mut self, wal: &File, hdr: &WalHeader, bound: u32) -> Result<std::result::Result<(), Gap>> {
+        let ps = hdr.page_size as usize;
+        let wp = self.src.wal_path();
+        let mut buf = vec![0u8; ps + FRAME_HEADER_LEN as usize];
+        let mut cksum = self.cur.cksum;
+        let mut txn_pages: HashMap<u32, u32> = HashMap::new();
+        let mut i = self.cur.frame + 1;
+        while i <= bound {
+            let n = pread_full(wal, &mut buf, hdr.frame_offset(i)).ctx(&wp, "reading WAL frame")?;
+            if n < buf.len() {
+                return Ok(Ok(())); // shorter than the index says: being rewritten; look again later
+            }
+            let fh = FrameHeader::parse(&buf[..24]);
+            if fh.salts != hdr.salts {
+                return Ok(Ok(())); // the WAL is restarting under us; the next poll sees the new cycle
+            }
+            let c = wal_checksum(hdr.big_endian_cksum, &buf[..8], cksum);
+            let c = wal_checksum(hdr.big_endian_cksum, &buf[24..], c);
+            if c != fh.checksum || fh.pgno == 0 {
+                return Ok(Err(Gap(format!("committed WAL frame {i} failed its checksum"))));
+            }
+            cksum = c;
+            txn_pages.insert(fh.pgno, i);
+            if fh.commit_size != 0 {
+                self.emit_txn(wal, hdr, &txn_pages, i, fh.commit_size, c)?;
+                txn_pages.clear();
+            }
+            i += 1;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Add one committed transaction (its pages, last version of each) to the pending bundle.
+    fn emit_txn(
+        &mut self,
+        wal: &File,
+        hdr: &WalHeader,
+        pages: &HashMap<u32, u32>,
+        commit_frame: u32,
+        commit_size: u32,
+        cksum: (u32, u32),
+    ) -> Result<()> {
+        let ps = hdr.page_size;
+        let wp = self.src.wal_path();
+        if self.pending.is_none() {
+            let body = BodyEncoder::new(ps, self.opts.level).ctx(&wp, "starting compression")?;
+            let header = BundleHeader {
+                set_id: wbb::set_id_bytes(&self.set.record().set_id).unwrap_or([0; 16]),
+                chain_id: self.cur.chain_id.clone(),
+                seq: self.cur.next_seq,
+                prev_sha256: self.cur.prev_digest,
+                salts: hdr.salts,
+                first_frame: self.cur.frame + 1,
+                last_frame: 0,
+                end_checksum: (0, 0),
+                page_size: ps,
+                page_count_before: self.cur.page_count,
+                page_count_after: 0,
+                txn_count: 0,
+                first_txn: self.cur.next_txn,
+                state_before: self.cur.state.0,
+                state_after: 0,
+                first_time_us: 0,
+                last_time_us: 0,
+                body_len: 0,
+                body_raw_len: 0,
+            };
+            self.pending = Some(Pending { body, header, txns: 0, started: Instant::now() });
+        }
+        let mut order: Vec<(u32, u32)> = pages.iter().map(|(&p, &f)| (p, f)).collect();
+        order.sort_unstable();
+        order.retain(|&(p, _)| p <= commit_size);
+        let mut buf = vec![0u8; ps as usize + FRAME_HEADER_LEN as usize];
+        let lock = lock_byte_page(ps);
+        // Pages beyond the old size that this transaction does not write are zeros.
+        let old = self.cur.page_count;
+        let zeros = vec![0u8; ps as usize];
+        let mut state = self.cur.state;
+        if commit_size < old {
+            for q in commit_size + 1..=old {
+                state.0 ^= self.terms[q as usize - 1];
+            }
+            self.terms.truncate(commit_size as usize);
+        } else {
+            for q in old + 1..=commit_size {
+                let t = term_or_zero(ps, q, &zeros);
+                state.0 ^= t;
+                self.terms.push(t);
+            }
+        }
+        let time_us = now_us();
+        let meta_state;
+        {
+            let pend = self.pending.as_mut().ok_or_else(|| Error::usage("no pending bundle"))?;
+            // State first (the record carries the state after the transaction).
+            let mut contents: Vec<(u32, Vec<u8>)> = Vec::with_capacity(order.len());
+            for &(pgno, frame) in &order {
+                let n = pread_full(wal, &mut buf, hdr.frame_offset(frame)).ctx(&wp, "reading WAL frame")?;
+                if n < buf.len() || FrameHeader::parse(&buf[..24]).salts != hdr.salts {
+                    return Err(Error::new(ErrorKind::Corrupt, format!("WAL frame {frame} changed while being captured"))
+                        .at(&wp));
+                }
+                let page = &buf[FRAME_HEADER_LEN as usize..];
+                let t = if pgno == lock { 0 } else { crate::bundle::checksum::page_term(pgno, page) };
+                let slot = &mut self.terms[pgno as usize - 1];
+                state.0 ^= *slot ^ t;
+                *slot = t;
+                contents.push((pgno, page.to_vec()));
+            }
+            meta_state = state;
+            let meta = TxnMeta { time_us, page_count: commit_size, commit_frame, state_after: state.0 };
+            let n_pages = u32::try_from(contents.len()).unwrap_or(u32::MAX);
+            pend.body.begin_txn(&meta, n_pages).ctx(&wp, "compressing")?;
+            for (pgno, page) in &contents {
+                pend.body.page(*pgno, page).ctx(&wp, "compressing")?;
+            }
+            pend.body.end_txn().ctx(&wp, "compressing")?;
+            pend.txns += 1;
+            let h = &mut pend.header;
+            if h.first_time_us == 0 {
+                h.first_time_us = time_us;
+            }
+            h.last_time_us = time_us;
+            h.last_frame = commit_frame;
+            h.end_checksum = cksum;
+            h.page_count_after = commit_size;
+            h.txn_count = pend.txns;
+            h.state_after = state.0;
+        }
+        self.cur.state = meta_state;
+        self.cur.page_count = commit_size;
+        self.cur.frame = commit_frame;
+        self.cur.cksum = cksum;
+        self.cur.next_txn += 1;
+        self.stats.txns += 1;
+        self.stats.last_txn = self.cur.next_txn - 1;
+        Ok(())
+    }
+
+    /// Publish the pending bundle, if any.
+    fn seal(&mut self) -> Result<()> {
+        let Some(p) = self.pending.take() else { return Ok(()) };
+        let wp = self.src.wal_path();
+        let (body, raw) = p.body.finish().ctx(&wp, "compressing")?;
+        let header = p.header;
+        let seq = header.seq;
+        let (first, last) = (header.first_txn, header.last_txn());
+        let frames = (header.first_frame, header.last_frame);
+        let (bytes, digest) = wbb::assemble(header, &body, raw);
+        let key = format!("{}/{}", self.cur.chain_id, wbb::file_name(seq));
+        self.set.store().put_new(&key, &bytes)?;
+        self.cur.next_seq = seq + 1;
+        self.cur.prev_digest = digest;
+        self.last_seal = Instant::now();
+        self.stats.bundles += 1;
+        self.stats.bundle_bytes += bytes.len() as u64;
+        self.events.push(Event::Bundle {
+            chain_id: self.cur.chain_id.clone(),
+            seq,
+            txns: (first, last),
+            bytes: bytes.len() as u64,
+            frames,
+        });
+        Ok(())
+    }
+
+    /// Move R's pin to the newest committed frame under a short write barrier. When the WAL has
+    /// grown past the limit, first backfill outside the barrier, then checkpoint the last few
+    /// frames inside it, so R is re-pinned on a fully backfilled WAL and the next writer
+    /// restarts it from the beginning.
+    fn cut_window(&mut self) -> Result<()> {
+        let wal_len = std::fs::metadata(self.src.wal_path()).map(|m| m.len()).unwrap_or(0);
+        let restart = wal_len > self.opts.max_wal_bytes;
+        let p = self.src.path.clone();
+        if restart {
+            // Backfill up to R's mark with no barrier held (writers unaffected).
+            let _ = self.c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+        self.w.busy_timeout(self.opts.barrier_timeout).sql_ctx(&p, "setting busy timeout")?;
+        match self.w.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {}
+            Err(e) if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)) => {
+                return Ok(()); // the application holds the write lock: try at the next poll
+            }
+            Err(e) => return Err(Error::sqlite(&p, "taking the write barrier", e)),
+        }
+        let t0 = Instant::now();
+        let res = (|| -> Result<std::result::Result<(), Gap>> {
+            let g = self.capture_new()?;
+            if g.is_err() {
+                return Ok(g);
+            }
+            self.r.execute_batch("COMMIT").sql_ctx(&p, "ending read transaction")?;
+            if restart {
+                let _ = self.c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+            self.r.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;").sql_ctx(&p, "starting read transaction")?;
+            if let Some(h) = self.read_shm()? {
+                if h.salts == self.cur.salts && h.mx_frame == self.cur.frame {
+                    self.pin = Pin { salts: h.salts, mx: h.mx_frame, full: h.mx_frame == h.n_backfill };
+                } else {
+                    self.pin = Pin { salts: self.cur.salts, mx: self.cur.frame, full: false };
+                }
+            }
+            Ok(Ok(()))
+        })();
+        let rb = self.w.execute_batch("ROLLBACK");
+        self.note_barrier(t0.elapsed());
+        rb.sql_ctx(&p, "releasing the write barrier")?;
+        match res? {
+            Ok(()) => {
+                // Anything captured inside the barrier is sealed at the next due time.
+                Ok(())
+            }
+            Err(Gap(reason)) => self.new_chain(&reason),
+        }
+    }
+}
+
+/// Every page's state-checksum term through `r`'s current read transaction, and their XOR.
+fn read_terms(r: &Connection, p: &std::path::Path, page_size: u32) -> Result<(Vec<u64>, StateChecksum)> {
+    let page_count: u32 = r.query_row("PRAGMA page_count", [], |row| row.get(0)).sql_ctx(p, "reading page count")?;
+    let mut terms = Vec::with_capacity(page_count as usize);
+    let mut state = StateChecksum::default();
+    let zeros = vec![0u8; page_size as usize];
+    let mut stmt = r.prepare("SELECT pgno, data FROM sqlite_dbpage").sql_ctx(p, "reading pages")?;
+    let mut rows = stmt.query([]).sql_ctx(p, "reading pages")?;
+    while let Some(row) = rows.next().sql_ctx(p, "reading pages")? {
+        let pgno: u32 = row.get(0).sql_ctx(p, "reading pages")?;
+        let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).sql_ctx(p, "reading pages")?;
+        while (terms.len() as u32) + 1 < pgno {
+            let q = terms.len() as u32 + 1;
+            let t = term_or_zero(page_size, q, &zeros);
+            state.0 ^= t;
+            terms.push(t);
+        }
+        let page = if data.len() == page_size as usize { data } else { &zeros };
+        let t = term_or_zero(page_size, pgno, page);
+        state.0 ^= t;
+        terms.push(t);
+    }
+    while (terms.len() as u32) < page_count {
+        let q = terms.len() as u32 + 1;
+        let t = term_or_zero(page_size, q, &zeros);
+        state.0 ^= t;
+        terms.push(t);
+    }
+    Ok((terms, state))
+}
+
+/// Capture `src` into `set` until SIGTERM/SIGINT (or once, with `once`), calling `on_event`
+/// for every event. Installs the signal handlers.
+///
+/// # Errors
+/// Start-up failures; persistent failures during the run.
+pub fn run(
+    src: SourceDb,
+    set: BackupSet,
+    opts: CaptureOptions,
+    once: bool,
+    mut on_event: impl FnMut(&Event, &CaptureStats),
+) -> Result<CaptureStats> {
+    crate::sys::install_stop_signals();
+    let poll = opts.poll;
+    let mut cap = Capturer::start(src, set, opts)?;
+    for e in cap.take_events() {
+        on_event(&e, &cap.stats);
+    }
+    if once {
+        cap.flush()?;
+        for e in cap.take_events() {
+            on_event(&e, &cap.stats);
+        }
+        return Ok(cap.stats.clone());
+    }
+    while !crate::sys::STOP.load(Ordering::SeqCst) {
+        cap.step()?;
+        for e in cap.take_events() {
+            on_event(&e, &cap.stats);
+        }
+        std::thread::sleep(poll);
+    }
+    cap.flush()?;
+    for e in cap.take_events() {
+        on_event(&e, &cap.stats);
+    }
+    Ok(cap.stats.clone())
+}

@@ -1,0 +1,311 @@
+//! Choosing what to replay: a base generation and the contiguous bundles after it, up to the
+//! target. A plan never reaches across a missing or unreadable link: if the target lies beyond
+//! one, planning fails, naming the first bad link and the newest point that *can* be restored.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::bundle::wbb::BundleHeader;
+use crate::chain::manifest::GenerationManifest;
+use crate::chain::{BackupSet, ChainInventory, Inventory};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Which state to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The newest committed state the set holds.
+    Latest,
+    /// The state after transaction number `n` (as `list` shows it).
+    Txn(u64),
+    /// The last transaction captured at or before this time.
+    Time(jiff::Timestamp),
+}
+
+/// Where replay stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Stop {
+    /// After this transaction number.
+    Txn(u64),
+    /// After the last transaction captured at or before this time (µs since the epoch).
+    TimeUs(i64),
+}
+
+/// One bundle to replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedBundle {
+    /// Sequence.
+    pub seq: u64,
+    /// File.
+    pub path: PathBuf,
+    /// Transactions it holds.
+    pub txns: (u64, u64),
+}
+
+/// What a restore will replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestorePlan {
+    /// The set folder.
+    pub set: PathBuf,
+    /// Chain the state belongs to.
+    pub chain_id: String,
+    /// Base generation (its bundle sequence).
+    pub generation_seq: u64,
+    /// Transaction number of the base.
+    pub base_txn: u64,
+    /// Time of the base state.
+    pub base_time: String,
+    /// Page size.
+    pub page_size: u32,
+    /// Image of the base.
+    pub image: PathBuf,
+    /// Bundles to replay, in order.
+    pub bundles: Vec<PlannedBundle>,
+    /// Where to stop.
+    pub stop: Stop,
+    #[serde(skip)]
+    pub(crate) base: GenerationManifest,
+    #[serde(skip)]
+    pub(crate) set_id: String,
+}
+
+/// A chain's restorable extent.
+#[derive(Debug, Clone)]
+pub struct ChainExtent<'a> {
+    /// The chain.
+    pub chain: &'a ChainInventory,
+    /// Its base (generation 0, or the newest intact generation).
+    pub base: &'a GenerationManifest,
+    /// Bundles contiguous from the base, readable headers.
+    pub run: Vec<(&'a crate::chain::BundleEntry, &'a BundleHeader)>,
+    /// The first bad link after the run, if any: (what, path).
+    pub broken: Option<(String, PathBuf)>,
+    /// The highest transaction any artifact of the chain claims (beyond a break too).
+    pub claimed_end: u64,
+}
+
+impl ChainExtent<'_> {
+    /// Last transaction restorable through the run.
+    pub fn end_txn(&self) -> u64 {
+        self.run.last().map_or(self.base.txn, |(_, h)| h.last_txn())
+    }
+}
+
+/// Work out each chain's restorable run: the generation-0 base, then bundles 1, 2, ... while
+/// each exists and its header is readable and links by sequence.
+pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
+    let mut out = Vec::new();
+    for chain in &inv.chains {
+        let Some(base) = chain.base() else { continue };
+        let mut run = Vec::new();
+        let mut broken = None;
+        let mut expect = base.seq + 1;
+        let mut claimed_end = base.txn;
+        for b in &chain.bundles {
+            if let Ok(h) = &b.header {
+                claimed_end = claimed_end.max(h.last_txn());
+            } else {
+                claimed_end = u64::MAX; // a damaged bundle could hold anything
+            }
+            if broken.is_some() || b.seq <= base.seq {
+                continue;
+            }
+            if b.seq != expect {
+                broken = Some((format!("bundle {expect} is missing (next present: {})", b.seq), chain_path(inv, chain, expect)));
+                continue;
+            }
+            match &b.header {
+                Ok(h) => {
+                    run.push((b, h));
+                    expect += 1;
+                }
+                Err(e) => broken = Some((format!("bundle {} is damaged: {e}", b.seq), b.path.clone())),
+            }
+        }
+        out.push(ChainExtent { chain, base, run, broken, claimed_end });
+    }
+    out
+}
+
+fn chain_path(_inv: &Inventory, chain: &ChainInventory, seq: u64) -> PathBuf {
+    chain
+        .bundles
+        .first()
+        .and_then(|b| b.path.parent())
+        .or_else(|| chain.generations.first().and_then(|g| g.image_path.parent()?.parent()))
+        .map(|d| d.join(crate::bundle::wbb::file_name(seq)))
+        .unwrap_or_default()
+}
+
+fn broken_error(set: &BackupSet, ext: &ChainExtent<'_>, asked: &str) -> Error {
+    let (what, path) = ext.broken.clone().unwrap_or_default();
+    Error::new(
+        ErrorKind::Corrupt,
+        format!(
+            "cannot restore {asked}: the chain {} is broken at its first bad link: {what}",
+            ext.chain.id
+        ),
+    )
+    .at(if path.as_os_str().is_empty() { set.dir().to_path_buf() } else { path })
+    .hint(format!(
+        "the newest point before the break is txn {} (restore it with --txn {}); \
+         `walbundle verify` names every problem",
+        ext.end_txn(),
+        ext.end_txn()
+    ))
+}
+
+/// Choose what to replay for `target`.
+///
+/// # Errors
+/// `Corrupt` if the target lies beyond a broken link or the set has nothing restorable; `Usage`
+/// if the target is outside every chain.
+pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
+    let inv = set.inventory()?;
+    let exts = extents(&inv);
+    if exts.is_empty() {
+        let first = inv
+            .chains
+            .iter()
+            .flat_map(|c| c.generations.iter())
+            .find_map(|g| g.manifest.as_ref().err().map(ToString::to_string));
+        let mut e = Error::new(ErrorKind::Corrupt, "the set holds no restorable generation").at(set.dir());
+        if let Some(first) = first {
+            e = e.context(format!("damaged generation ({first})"));
+        }
+        return Err(e.hint("`walbundle verify` names every problem"));
+    }
+    let (ext, stop, asked) = match target {
+        Target::Latest => {
+            let ext = exts.iter().max_by_key(|e| (e.claimed_end.max(e.end_txn()), e.chain.id.clone())).expect("non-empty");
+            if ext.broken.is_some() || ext.claimed_end > ext.end_txn() {
+                return Err(broken_error(set, ext, "the newest state"));
+            }
+            (ext, Stop::Txn(ext.end_txn()), "the newest state".to_string())
+        }
+        Target::Txn(n) => {
+            let Some(ext) = exts.iter().find(|e| e.base.txn <= *n && *n <= e.claimed_end.max(e.end_txn())) else {
+                let (lo, hi) = (
+                    exts.iter().map(|e| e.base.txn).min().unwrap_or(0),
+                    exts.iter().map(ChainExtent::end_txn).max().unwrap_or(0),
+                );
+                return Err(Error::usage(format!("the set has no restorable point at txn {n} (it holds txn {lo}..={hi})"))
+                    .at(set.dir())
+                    .hint("`walbundle list` shows the restorable points"));
+            };
+            if *n > ext.end_txn() {
+                return Err(broken_error(set, ext, &format!("txn {n}")));
+            }
+            (ext, Stop::Txn(*n), format!("txn {n}"))
+        }
+        Target::Time(t) => {
+            let t_us = i64::try_from(t.as_microsecond()).unwrap_or(i64::MAX);
+            let candidates: Vec<&ChainExtent<'_>> = exts
+                .iter()
+                .filter(|e| e.base.state_time.parse::<jiff::Timestamp>().is_ok_and(|b| b <= *t))
+                .collect();
+            let Some(ext) = candidates.into_iter().max_by_key(|e| (e.base.txn, e.chain.id.clone())) else {
+                let oldest = exts.iter().map(|e| e.base.state_time.clone()).min().unwrap_or_default();
+                return Err(Error::usage(format!("the set has no point at or before {t}; the oldest is {oldest}"))
+                    .at(set.dir())
+                    .hint("`walbundle list` shows the restorable range"));
+            };
+            // Needed bundles: up to the last whose first transaction was captured by t.
+            let needs_beyond_run = ext.broken.is_some()
+                && ext.run.last().is_none_or(|(_, h)| h.last_time_us <= t_us);
+            if needs_beyond_run {
+                return Err(broken_error(set, ext, &format!("the state at {t}")));
+            }
+            (ext, Stop::TimeUs(t_us), format!("the state at {t}"))
+        }
+    };
+    let _ = asked;
+    let mut bundles = Vec::new();
+    for (b, h) in &ext.run {
+        let needed = match stop {
+            Stop::Txn(n) => h.first_txn <= n,
+            Stop::TimeUs(t) => h.first_time_us <= t,
+        };
+        if !needed {
+            break;
+        }
+        bundles.push(PlannedBundle { seq: b.seq, path: b.path.clone(), txns: (h.first_txn, h.last_txn()) });
+    }
+    let base_gen = ext.chain.generations.iter().find(|g| g.seq == ext.base.seq).expect("base exists");
+    // Never restore less than asked because a newer generation is unreadable.
+    if *target == Target::Latest
+        && let Some(g) = inv
+            .chains
+            .iter()
+            .filter(|c| c.id.as_str() >= ext.chain.id.as_str())
+            .flat_map(|c| c.generations.iter())
+            .find(|g| g.manifest.is_err())
+        && let Err(why) = &g.manifest
+    {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("a generation that may hold a newer state than txn {} is damaged: {why}", ext.end_txn()),
+        )
+        .at(set.dir())
+        .hint(format!(
+            "run `walbundle verify` for details; to restore the newest intact point instead, pass --txn {}",
+            ext.end_txn()
+        )));
+    }
+    Ok(RestorePlan {
+        set: set.dir().to_path_buf(),
+        chain_id: ext.chain.id.clone(),
+        generation_seq: ext.base.seq,
+        base_txn: ext.base.txn,
+        base_time: ext.base.state_time.clone(),
+        page_size: ext.base.page_size,
+        image: base_gen.image_path.clone(),
+        bundles,
+        stop,
+        base: ext.base.clone(),
+        set_id: set.record().set_id.clone(),
+    })
+}
+
+/// Parse a `--at` value: RFC 3339 (any offset, any fraction) or relative to now (`-10m`,
+/// `-2h`, `-1d`, `-30s`, `-1h30m`).
+///
+/// # Errors
+/// `Usage` describing both accepted forms.
+pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Some(rel) = s.strip_prefix('-') {
+        let mut total: i64 = 0;
+        let mut num = String::new();
+        for c in rel.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let n: i64 = num.parse().map_err(|_| bad_time(s))?;
+            num.clear();
+            total += n * match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                _ => return Err(bad_time(s)),
+            };
+        }
+        if !num.is_empty() || total == 0 {
+            return Err(bad_time(s));
+        }
+        return jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(total))
+            .map_err(|_| bad_time(s));
+    }
+    Err(bad_time(s))
+}
+
+fn bad_time(s: &str) -> Error {
+    Error::usage(format!("cannot read time {s:?}"))
+        .hint("use RFC 3339 (2026-11-21T05:48:24Z, 2026-11-21T06:48:24.5+01:00) or a relative time (-10m, -2h, -1d)")
+}
