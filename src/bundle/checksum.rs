@@ -24,7 +24,11 @@ pub fn page_term(pgno: u32, page: &[u8]) -> u64 {
 
 /// The term page `pgno` contributes, 0 for the lock-byte page (which never contributes).
 pub fn term_or_zero(page_size: u32, pgno: u32, page: &[u8]) -> u64 {
-    if pgno == lock_byte_page(page_size) { 0 } else { page_term(pgno, page) }
+    if pgno == lock_byte_page(page_size) {
+        0
+    } else {
+        page_term(pgno, page)
+    }
 }
 
 /// A running state checksum.

@@ -140,7 +140,11 @@ impl<W: Write> ImageEncoder<W> {
         debug_assert_eq!(page.len(), self.page_size as usize);
         self.pages += 1;
         if let Some(t) = self.terms.as_mut() {
-            t.push(super::checksum::term_or_zero(self.page_size, self.pages, page));
+            t.push(super::checksum::term_or_zero(
+                self.page_size,
+                self.pages,
+                page,
+            ));
         }
         self.state.toggle(self.page_size, self.pages, page);
         self.raw += page.len() as u64;

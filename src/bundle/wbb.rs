@@ -41,7 +41,9 @@ pub fn file_name(seq: u64) -> String {
 /// Parse a bundle file name.
 pub fn parse_file_name(name: &str) -> Option<u64> {
     let d = name.strip_prefix("b-")?.strip_suffix(".wbb")?;
-    (d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit())).then(|| d.parse().ok()).flatten()
+    (d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| d.parse().ok())
+        .flatten()
 }
 
 /// The fixed header.
@@ -155,22 +157,32 @@ impl BundleHeader {
     pub fn decode(path: &std::path::Path, b: &[u8]) -> Result<Self> {
         let bad = |what: String| Error::corrupt(path, what);
         if b.len() < HEADER_LEN {
-            return Err(bad(format!("file is {} bytes, shorter than a bundle header ({HEADER_LEN})", b.len())));
+            return Err(bad(format!(
+                "file is {} bytes, shorter than a bundle header ({HEADER_LEN})",
+                b.len()
+            )));
         }
         if b[..8] != MAGIC {
             return Err(bad("not a walbundle bundle (magic bytes differ)".into()));
         }
         let version = get_u16(b, 8);
         if version != VERSION {
-            return Err(bad(format!("bundle format version {version}; this walbundle reads version {VERSION}"))
-                .hint("use the walbundle release that wrote this set, or a newer one"));
+            return Err(bad(format!(
+                "bundle format version {version}; this walbundle reads version {VERSION}"
+            ))
+            .hint("use the walbundle release that wrote this set, or a newer one"));
         }
         if usize::from(get_u16(b, 10)) != HEADER_LEN {
-            return Err(bad(format!("header length field is {}, expected {HEADER_LEN}", get_u16(b, 10))));
+            return Err(bad(format!(
+                "header length field is {}, expected {HEADER_LEN}",
+                get_u16(b, 10)
+            )));
         }
         let crc = crc32fast::hash(&b[..200]);
         if crc != get_u32(b, 200) {
-            return Err(bad("header CRC32 does not match: the header is damaged".into()));
+            return Err(bad(
+                "header CRC32 does not match: the header is damaged".into()
+            ));
         }
         let mut set_id = [0u8; 16];
         set_id.copy_from_slice(&b[16..32]);
@@ -208,11 +220,17 @@ impl BundleHeader {
             return Err(bad("field `seq` is 0; bundles count from 1".into()));
         }
         if h.first_frame == 0 || h.last_frame < h.first_frame {
-            return Err(bad(format!("frame range {}..{} is empty or reversed", h.first_frame, h.last_frame)));
+            return Err(bad(format!(
+                "frame range {}..{} is empty or reversed",
+                h.first_frame, h.last_frame
+            )));
         }
         let frames = u64::from(h.last_frame - h.first_frame) + 1;
         if h.txn_count == 0 || u64::from(h.txn_count) > frames {
-            return Err(bad(format!("field `txn_count` is {}, but the bundle covers {frames} frames", h.txn_count)));
+            return Err(bad(format!(
+                "field `txn_count` is {}, but the bundle covers {frames} frames",
+                h.txn_count
+            )));
         }
         if h.body_raw_len > h.max_raw_len() {
             return Err(bad(format!(
@@ -227,7 +245,8 @@ impl BundleHeader {
     /// The most body bytes an honest bundle covering these frames can hold.
     pub fn max_raw_len(&self) -> u64 {
         let frames = u64::from(self.last_frame.saturating_sub(self.first_frame)) + 1;
-        frames * (u64::from(self.page_size) + 4) + u64::from(self.txn_count) * (RECORD_HEADER_LEN as u64 + 4)
+        frames * (u64::from(self.page_size) + 4)
+            + u64::from(self.txn_count) * (RECORD_HEADER_LEN as u64 + 4)
     }
 
     /// Set id as 32 hex digits.
@@ -296,7 +315,14 @@ impl BodyEncoder {
     pub fn new(page_size: u32, level: i32) -> io::Result<Self> {
         let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
         enc.include_checksum(false)?;
-        Ok(Self { enc, raw_len: 0, crc: crc32fast::Hasher::new(), page_size, pending_pages: 0, declared_pages: 0 })
+        Ok(Self {
+            enc,
+            raw_len: 0,
+            crc: crc32fast::Hasher::new(),
+            page_size,
+            pending_pages: 0,
+            declared_pages: 0,
+        })
     }
 
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
@@ -404,7 +430,10 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
             Error::io(path, "opening bundle", e)
         }
     })?;
-    let len = f.metadata().map_err(|e| Error::io(path, "reading metadata", e))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io(path, "reading metadata", e))?
+        .len();
     let mut head = [0u8; HEADER_LEN];
     let n = read_up_to(&mut f, &mut head).map_err(|e| Error::io(path, "reading", e))?;
     let header = BundleHeader::decode(path, &head[..n])?;
@@ -412,29 +441,45 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
     if len != want {
         return Err(Error::corrupt(
             path,
-            format!("file is {len} bytes; its header says {want} (header + body_len + trailer): truncated or padded"),
+            format!(
+                "file is {len} bytes; its header says {want} (header + body_len + trailer): truncated or padded"
+            ),
         ));
     }
     // Bounded: the length was just checked against the header, and body_len is at most the
     // file's real size.
     let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     bytes.extend_from_slice(&head);
-    f.read_to_end(&mut bytes).map_err(|e| Error::io(path, "reading", e))?;
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, "reading", e))?;
     if bytes.len() as u64 != len {
         return Err(Error::corrupt(path, "file changed size while being read"));
     }
     let t = bytes.len() - TRAILER_LEN;
     if bytes[t..t + 8] != TRAILER_MAGIC {
-        return Err(Error::corrupt(path, "trailer magic missing: the file is truncated or damaged"));
+        return Err(Error::corrupt(
+            path,
+            "trailer magic missing: the file is truncated or damaged",
+        ));
     }
     if get_u64(&bytes, t + 8) != len {
-        return Err(Error::corrupt(path, "trailer length field does not match the file length"));
+        return Err(Error::corrupt(
+            path,
+            "trailer length field does not match the file length",
+        ));
     }
     let digest: [u8; 32] = Sha256::digest(&bytes[..t]).into();
     if bytes[t + 16..] != digest {
-        return Err(Error::corrupt(path, "SHA-256 over the bundle does not match its trailer: damaged"));
+        return Err(Error::corrupt(
+            path,
+            "SHA-256 over the bundle does not match its trailer: damaged",
+        ));
     }
-    Ok(Bundle { header, digest, bytes })
+    Ok(Bundle {
+        header,
+        digest,
+        bytes,
+    })
 }
 
 fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -480,10 +525,16 @@ impl Bundle {
             let txn = h.first_txn + i;
             let mut rh = [0u8; RECORD_HEADER_LEN];
             if read_up_to(&mut dec, &mut rh).map_err(zerr)? != RECORD_HEADER_LEN {
-                return Err(Error::corrupt(path, format!("body ends inside the header of transaction {txn}")));
+                return Err(Error::corrupt(
+                    path,
+                    format!("body ends inside the header of transaction {txn}"),
+                ));
             }
             if rh[0] != TAG_TXN {
-                return Err(Error::corrupt(path, format!("record {i} has tag {:#04x}, not a transaction", rh[0])));
+                return Err(Error::corrupt(
+                    path,
+                    format!("record {i} has tag {:#04x}, not a transaction", rh[0]),
+                ));
             }
             let rec = TxnRecord {
                 n_pages: get_u32(&rh, 4),
@@ -492,16 +543,26 @@ impl Bundle {
                 commit_frame: get_u32(&rh, 20),
                 state_after: get_u64(&rh, 24),
             };
-            let rec_len = RECORD_HEADER_LEN as u64 + u64::from(rec.n_pages) * (4 + page_size as u64) + 4;
+            let rec_len =
+                RECORD_HEADER_LEN as u64 + u64::from(rec.n_pages) * (4 + page_size as u64) + 4;
             raw_read += rec_len;
             if raw_read > h.body_raw_len {
                 return Err(Error::corrupt(
                     path,
-                    format!("transaction {txn} claims {} pages, more than `body_raw_len` leaves room for", rec.n_pages),
+                    format!(
+                        "transaction {txn} claims {} pages, more than `body_raw_len` leaves room for",
+                        rec.n_pages
+                    ),
                 ));
             }
             if rec.commit_frame < h.first_frame || rec.commit_frame > h.last_frame {
-                return Err(Error::corrupt(path, format!("transaction {txn} commit frame {} outside the bundle's range", rec.commit_frame)));
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "transaction {txn} commit frame {} outside the bundle's range",
+                        rec.commit_frame
+                    ),
+                ));
             }
             let mut crc = crc32fast::Hasher::new();
             crc.update(&rh);
@@ -510,8 +571,13 @@ impl Bundle {
             }
             for _ in 0..rec.n_pages {
                 let mut pg = [0u8; 4];
-                if read_up_to(&mut dec, &mut pg).map_err(zerr)? != 4 || read_up_to(&mut dec, &mut page).map_err(zerr)? != page_size {
-                    return Err(Error::corrupt(path, format!("body ends inside transaction {txn}")));
+                if read_up_to(&mut dec, &mut pg).map_err(zerr)? != 4
+                    || read_up_to(&mut dec, &mut page).map_err(zerr)? != page_size
+                {
+                    return Err(Error::corrupt(
+                        path,
+                        format!("body ends inside transaction {txn}"),
+                    ));
                 }
                 crc.update(&pg);
                 crc.update(&page);
@@ -519,17 +585,26 @@ impl Bundle {
                 if pgno == 0 || pgno > rec.page_count.max(1) {
                     return Err(Error::corrupt(
                         path,
-                        format!("transaction {txn} writes page {pgno}, outside its database of {} pages", rec.page_count),
+                        format!(
+                            "transaction {txn} writes page {pgno}, outside its database of {} pages",
+                            rec.page_count
+                        ),
                     ));
                 }
                 on_page(pgno, &page)?;
             }
             let mut c = [0u8; 4];
             if read_up_to(&mut dec, &mut c).map_err(zerr)? != 4 {
-                return Err(Error::corrupt(path, format!("body ends before the CRC of transaction {txn}")));
+                return Err(Error::corrupt(
+                    path,
+                    format!("body ends before the CRC of transaction {txn}"),
+                ));
             }
             if crc.finalize() != u32::from_le_bytes(c) {
-                return Err(Error::corrupt(path, format!("CRC32 of transaction {txn}'s record does not match: damaged")));
+                return Err(Error::corrupt(
+                    path,
+                    format!("CRC32 of transaction {txn}'s record does not match: damaged"),
+                ));
             }
             if !on_commit(txn, &rec)? {
                 return Ok(());
@@ -537,7 +612,10 @@ impl Bundle {
         }
         let mut extra = [0u8; 1];
         if read_up_to(&mut dec, &mut extra).map_err(zerr)? != 0 || raw_read != h.body_raw_len {
-            return Err(Error::corrupt(path, "body holds more than its transactions (`body_raw_len` lies)"));
+            return Err(Error::corrupt(
+                path,
+                "body holds more than its transactions (`body_raw_len` lies)",
+            ));
         }
         Ok(())
     }
@@ -578,11 +656,29 @@ mod test {
     fn round_trip_and_every_header_bit_flip_is_caught() {
         let h = header();
         let mut body = BodyEncoder::new(512, 3).unwrap();
-        body.begin_txn(&TxnMeta { time_us: 100, page_count: 3, commit_frame: 2, state_after: 1 }, 2).unwrap();
+        body.begin_txn(
+            &TxnMeta {
+                time_us: 100,
+                page_count: 3,
+                commit_frame: 2,
+                state_after: 1,
+            },
+            2,
+        )
+        .unwrap();
         body.page(1, &[1u8; 512]).unwrap();
         body.page(3, &[3u8; 512]).unwrap();
         body.end_txn().unwrap();
-        body.begin_txn(&TxnMeta { time_us: 200, page_count: 3, commit_frame: 3, state_after: 12 }, 1).unwrap();
+        body.begin_txn(
+            &TxnMeta {
+                time_us: 200,
+                page_count: 3,
+                commit_frame: 3,
+                state_after: 12,
+            },
+            1,
+        )
+        .unwrap();
         body.page(2, &[2u8; 512]).unwrap();
         body.end_txn().unwrap();
         let (b, raw) = body.finish().unwrap();
@@ -592,7 +688,16 @@ mod test {
         std::fs::write(&p, &bytes).unwrap();
         let bun = read_bundle(&p).unwrap();
         let mut seen = Vec::new();
-        bun.replay(&p, |_, _| Ok(true), |pg, d| { seen.push((pg, d[0])); Ok(()) }, |_, _| Ok(true)).unwrap();
+        bun.replay(
+            &p,
+            |_, _| Ok(true),
+            |pg, d| {
+                seen.push((pg, d[0]));
+                Ok(())
+            },
+            |_, _| Ok(true),
+        )
+        .unwrap();
         assert_eq!(seen, vec![(1, 1), (3, 3), (2, 2)]);
         for i in 0..HEADER_LEN * 8 {
             let mut m = bytes.clone();

@@ -71,7 +71,10 @@ impl Default for CaptureOptions {
             max_bundle_bytes: 32 << 20,
             level: 1,
             barrier_timeout: Duration::from_millis(200),
-            snapshot: SnapshotOptions { check: crate::replay::CheckLevel::Quick, ..SnapshotOptions::default() },
+            snapshot: SnapshotOptions {
+                check: crate::replay::CheckLevel::Quick,
+                ..SnapshotOptions::default()
+            },
         }
     }
 }
@@ -224,8 +227,9 @@ impl Capturer {
         let r = src.connect(opts.snapshot.busy_timeout, true)?;
         let w = src.connect(opts.snapshot.busy_timeout, false)?;
         let c = src.connect(opts.snapshot.busy_timeout, true)?;
-        let mode: String =
-            r.query_row("PRAGMA journal_mode", [], |row| row.get(0)).sql_ctx(&p, "reading journal mode")?;
+        let mode: String = r
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .sql_ctx(&p, "reading journal mode")?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::usage(format!(
                 "is in journal mode {mode}; continuous capture reads the WAL and needs WAL mode"
@@ -233,7 +237,8 @@ impl Capturer {
             .at(&p)
             .hint("switch the application to `PRAGMA journal_mode=WAL`, or use `walbundle snapshot` on a schedule"));
         }
-        c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).sql_ctx(&p, "reading schema")?;
+        c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .sql_ctx(&p, "reading schema")?;
         let shm = shm_file(&src)?;
         let db_id = file_id(&src.path).ctx(&src.path, "reading file identity")?;
         let empty_cursor = Cursor {
@@ -258,7 +263,11 @@ impl Capturer {
             shm,
             db_id,
             cur: empty_cursor,
-            pin: Pin { salts: (0, 0), mx: 0, full: false },
+            pin: Pin {
+                salts: (0, 0),
+                mx: 0,
+                full: false,
+            },
             terms: Vec::new(),
             wal_hdr: None,
             pending: None,
@@ -337,10 +346,14 @@ impl Capturer {
             return Ok(Err(Gap("first capture of this database".into())));
         };
         if self.set.inventory()?.max_txn() >= cur.next_txn {
-            return Ok(Err(Gap("the set's newest point is not the end of a capturable chain".into())));
+            return Ok(Err(Gap(
+                "the set's newest point is not the end of a capturable chain".into(),
+            )));
         }
         let p = self.src.path.clone();
-        self.w.execute_batch("BEGIN IMMEDIATE").sql_ctx(&p, "taking the write barrier")?;
+        self.w
+            .execute_batch("BEGIN IMMEDIATE")
+            .sql_ctx(&p, "taking the write barrier")?;
         let t0 = Instant::now();
         let res = self.check_and_pin(&cur);
         let rb = self.w.execute_batch("ROLLBACK");
@@ -369,7 +382,11 @@ impl Capturer {
         self.terms = terms;
         self.stats.chain_id = cur.chain_id.clone();
         self.stats.last_txn = cur.next_txn - 1;
-        self.events.push(Event::Resumed { chain_id: cur.chain_id.clone(), next_seq: cur.next_seq, txn: cur.next_txn - 1 });
+        self.events.push(Event::Resumed {
+            chain_id: cur.chain_id.clone(),
+            next_seq: cur.next_seq,
+            txn: cur.next_txn - 1,
+        });
         self.cur = cur;
         Ok(Ok(()))
     }
@@ -378,21 +395,34 @@ impl Capturer {
     /// committed after it? If so, pin R there.
     fn check_and_pin(&mut self, cur: &Cursor) -> Result<std::result::Result<(), Gap>> {
         let p = self.src.path.clone();
-        self.r.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;").sql_ctx(&p, "starting read transaction")?;
+        self.r
+            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+            .sql_ctx(&p, "starting read transaction")?;
         let shm = self.read_shm()?;
         let wal = self.open_wal()?;
         let hdr = match &wal {
             Some(f) => WalHeader::read(f).ctx(self.src.wal_path(), "reading WAL header")?,
             None => None,
         };
-        let Some(h) = shm else { return Ok(Err(Gap("the wal-index is not readable".into()))) };
-        if h.mx_frame == 0 && cur.frame == 0 && (hdr.is_none() || hdr.is_some_and(|x| x.salts == cur.salts)) {
-            self.pin = Pin { salts: h.salts, mx: 0, full: true };
+        let Some(h) = shm else {
+            return Ok(Err(Gap("the wal-index is not readable".into())));
+        };
+        if h.mx_frame == 0
+            && cur.frame == 0
+            && (hdr.is_none() || hdr.is_some_and(|x| x.salts == cur.salts))
+        {
+            self.pin = Pin {
+                salts: h.salts,
+                mx: 0,
+                full: true,
+            };
             self.wal_hdr = hdr;
             return Ok(Ok(()));
         }
         let Some(hdr) = hdr else {
-            return Ok(Err(Gap("the WAL was reset since the last captured frame".into())));
+            return Ok(Err(Gap(
+                "the WAL was reset since the last captured frame".into()
+            )));
         };
         if hdr.salts != cur.salts || h.salts != cur.salts {
             return Ok(Err(Gap(
@@ -402,7 +432,10 @@ impl Capturer {
             )));
         }
         if hdr.page_size != cur.page_size {
-            return Ok(Err(Gap(format!("page size changed from {} to {}", cur.page_size, hdr.page_size))));
+            return Ok(Err(Gap(format!(
+                "page size changed from {} to {}",
+                cur.page_size, hdr.page_size
+            ))));
         }
         if cur.frame > 0 {
             let f = wal.as_ref().map(|f| FrameHeader::read(f, &hdr, cur.frame));
@@ -422,7 +455,11 @@ impl Capturer {
                 h.mx_frame.saturating_sub(cur.frame)
             ))));
         }
-        self.pin = Pin { salts: cur.salts, mx: h.mx_frame, full: h.mx_frame == h.n_backfill };
+        self.pin = Pin {
+            salts: cur.salts,
+            mx: h.mx_frame,
+            full: h.mx_frame == h.n_backfill,
+        };
         self.wal_hdr = Some(hdr);
         Ok(Ok(()))
     }
@@ -435,7 +472,16 @@ impl Capturer {
         let mut opts = self.opts.snapshot.clone();
         opts.reason = reason.to_string();
         let mut terms = Vec::new();
-        let rep = snapshot_with(&self.set, &self.src, &opts, &NoProgress, &self.r, &self.w, true, Some(&mut terms))?;
+        let rep = snapshot_with(
+            &self.set,
+            &self.src,
+            &opts,
+            &NoProgress,
+            &self.r,
+            &self.w,
+            true,
+            Some(&mut terms),
+        )?;
         let m = &rep.manifest;
         let Some(wal) = m.wal else {
             return Err(Error::usage("left WAL mode during the snapshot").at(&self.src.path));
@@ -454,22 +500,38 @@ impl Capturer {
             frame: wal.frame,
             cksum: (wal.checksum1, wal.checksum2),
         };
-        self.pin = Pin { salts: self.cur.salts, mx: wal.frame, full: wal.frame == wal.backfilled };
-        self.wal_hdr = self.open_wal()?.and_then(|f| WalHeader::read(&f).ok().flatten());
+        self.pin = Pin {
+            salts: self.cur.salts,
+            mx: wal.frame,
+            full: wal.frame == wal.backfilled,
+        };
+        self.wal_hdr = self
+            .open_wal()?
+            .and_then(|f| WalHeader::read(&f).ok().flatten());
         if wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts) {
-            return Err(Error::new(ErrorKind::Corrupt, "WAL changed during the snapshot's barrier").at(self.src.wal_path()));
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                "WAL changed during the snapshot's barrier",
+            )
+            .at(self.src.wal_path()));
         }
         self.db_id = file_id(&self.src.path).ctx(&self.src.path, "reading file identity")?;
         self.stats.chains_started += 1;
         self.stats.chain_id = m.chain_id.clone();
         self.stats.last_txn = m.txn;
-        self.events.push(Event::ChainStarted { chain_id: m.chain_id.clone(), reason: reason.to_string(), txn: m.txn });
+        self.events.push(Event::ChainStarted {
+            chain_id: m.chain_id.clone(),
+            reason: reason.to_string(),
+            txn: m.txn,
+        });
         Ok(())
     }
 
     fn read_shm(&self) -> Result<Option<ShmHeader>> {
         for _ in 0..50 {
-            if let Some(h) = ShmHeader::read(&self.shm).ctx(self.src.shm_path(), "reading wal-index")? {
+            if let Some(h) =
+                ShmHeader::read(&self.shm).ctx(self.src.shm_path(), "reading wal-index")?
+            {
                 return Ok(Some(h));
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -504,7 +566,8 @@ impl Capturer {
             Err(Gap(reason)) => return self.new_chain(&reason),
         }
         let due = self.pending.as_ref().is_some_and(|p| {
-            p.started.elapsed() >= self.opts.interval || p.body.raw_len() >= self.opts.max_bundle_bytes
+            p.started.elapsed() >= self.opts.interval
+                || p.body.raw_len() >= self.opts.max_bundle_bytes
         });
         if due {
             self.seal()?;
@@ -538,14 +601,18 @@ impl Capturer {
             Ok(_) => return Ok(Err(Gap("the database file was replaced".into()))),
             Err(e) => return Err(Error::io(&self.src.path, "checking the database file", e)),
         }
-        let Some(wal) = self.open_wal()? else { return Ok(Ok(())) };
-        let Some(hdr) = WalHeader::read(&wal).ctx(self.src.wal_path(), "reading WAL header")? else {
+        let Some(wal) = self.open_wal()? else {
+            return Ok(Ok(()));
+        };
+        let Some(hdr) = WalHeader::read(&wal).ctx(self.src.wal_path(), "reading WAL header")?
+        else {
             return Ok(Ok(())); // empty or being reset: nothing committed in it yet
         };
         if hdr.salts != self.cur.salts {
             // A new WAL cycle. Without a gap only if R was pinned with the WAL fully backfilled
             // at exactly our position: then the restart dropped only frames we hold.
-            if !(self.pin.full && self.pin.salts == self.cur.salts && self.pin.mx == self.cur.frame) {
+            if !(self.pin.full && self.pin.salts == self.cur.salts && self.pin.mx == self.cur.frame)
+            {
                 return Ok(Err(Gap(format!(
                     "the WAL restarted (salts {:08x}/{:08x} -> {:08x}/{:08x}) at a moment walbundle \
                      cannot prove it held every frame",
@@ -553,19 +620,28 @@ impl Capturer {
                 ))));
             }
             if hdr.page_size != self.cur.page_size {
-                return Ok(Err(Gap(format!("page size changed from {} to {}", self.cur.page_size, hdr.page_size))));
+                return Ok(Err(Gap(format!(
+                    "page size changed from {} to {}",
+                    self.cur.page_size, hdr.page_size
+                ))));
             }
             self.seal()?;
             self.cur.salts = hdr.salts;
             self.cur.frame = 0;
             self.cur.cksum = hdr.checksum;
             // At most one restart can happen while R is held: any further one is a gap.
-            self.pin = Pin { salts: hdr.salts, mx: 0, full: false };
+            self.pin = Pin {
+                salts: hdr.salts,
+                mx: 0,
+                full: false,
+            };
             self.stats.wal_restarts_followed += 1;
             self.events.push(Event::WalRestarted { salts: hdr.salts });
         }
         self.wal_hdr = Some(hdr);
-        let Some(shm) = self.read_shm()? else { return Ok(Ok(())) };
+        let Some(shm) = self.read_shm()? else {
+            return Ok(Ok(()));
+        };
         if shm.salts != hdr.salts || shm.mx_frame <= self.cur.frame {
             return Ok(Ok(()));
         }
@@ -573,7 +649,12 @@ impl Capturer {
     }
 
     /// Scan frames (cursor, bound], all committed, emitting each transaction at its commit frame.
-    fn scan(&mut self, wal: &File, hdr: &WalHeader, bound: u32) -> Result<std::result::Result<(), Gap>> {
+    fn scan(
+        &mut self,
+        wal: &File,
+        hdr: &WalHeader,
+        bound: u32,
+    ) -> Result<std::result::Result<(), Gap>> {
         let ps = hdr.page_size as usize;
         let wp = self.src.wal_path();
         let mut buf = vec![0u8; ps + FRAME_HEADER_LEN as usize];
@@ -592,7 +673,9 @@ impl Capturer {
             let c = wal_checksum(hdr.big_endian_cksum, &buf[..8], cksum);
             let c = wal_checksum(hdr.big_endian_cksum, &buf[24..], c);
             if c != fh.checksum || fh.pgno == 0 {
-                return Ok(Err(Gap(format!("committed WAL frame {i} failed its checksum"))));
+                return Ok(Err(Gap(format!(
+                    "committed WAL frame {i} failed its checksum"
+                ))));
             }
             cksum = c;
             txn_pages.insert(fh.pgno, i);
@@ -640,7 +723,12 @@ impl Capturer {
                 body_len: 0,
                 body_raw_len: 0,
             };
-            self.pending = Some(Pending { body, header, txns: 0, started: Instant::now() });
+            self.pending = Some(Pending {
+                body,
+                header,
+                txns: 0,
+                started: Instant::now(),
+            });
         }
         let mut order: Vec<(u32, u32)> = pages.iter().map(|(&p, &f)| (p, f)).collect();
         order.sort_unstable();
@@ -666,26 +754,44 @@ impl Capturer {
         let time_us = now_us();
         let meta_state;
         {
-            let pend = self.pending.as_mut().ok_or_else(|| Error::usage("no pending bundle"))?;
+            let pend = self
+                .pending
+                .as_mut()
+                .ok_or_else(|| Error::usage("no pending bundle"))?;
             // State first (the record carries the state after the transaction).
             let mut contents: Vec<(u32, Vec<u8>)> = Vec::with_capacity(order.len());
             for &(pgno, frame) in &order {
-                let n = pread_full(wal, &mut buf, hdr.frame_offset(frame)).ctx(&wp, "reading WAL frame")?;
+                let n = pread_full(wal, &mut buf, hdr.frame_offset(frame))
+                    .ctx(&wp, "reading WAL frame")?;
                 if n < buf.len() || FrameHeader::parse(&buf[..24]).salts != hdr.salts {
-                    return Err(Error::new(ErrorKind::Corrupt, format!("WAL frame {frame} changed while being captured"))
-                        .at(&wp));
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!("WAL frame {frame} changed while being captured"),
+                    )
+                    .at(&wp));
                 }
                 let page = &buf[FRAME_HEADER_LEN as usize..];
-                let t = if pgno == lock { 0 } else { crate::bundle::checksum::page_term(pgno, page) };
+                let t = if pgno == lock {
+                    0
+                } else {
+                    crate::bundle::checksum::page_term(pgno, page)
+                };
                 let slot = &mut self.terms[pgno as usize - 1];
                 state.0 ^= *slot ^ t;
                 *slot = t;
                 contents.push((pgno, page.to_vec()));
             }
             meta_state = state;
-            let meta = TxnMeta { time_us, page_count: commit_size, commit_frame, state_after: state.0 };
+            let meta = TxnMeta {
+                time_us,
+                page_count: commit_size,
+                commit_frame,
+                state_after: state.0,
+            };
             let n_pages = u32::try_from(contents.len()).unwrap_or(u32::MAX);
-            pend.body.begin_txn(&meta, n_pages).ctx(&wp, "compressing")?;
+            pend.body
+                .begin_txn(&meta, n_pages)
+                .ctx(&wp, "compressing")?;
             for (pgno, page) in &contents {
                 pend.body.page(*pgno, page).ctx(&wp, "compressing")?;
             }
@@ -714,7 +820,9 @@ impl Capturer {
 
     /// Publish the pending bundle, if any.
     fn seal(&mut self) -> Result<()> {
-        let Some(p) = self.pending.take() else { return Ok(()) };
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
         let wp = self.src.wal_path();
         let (body, raw) = p.body.finish().ctx(&wp, "compressing")?;
         let header = p.header;
@@ -744,17 +852,28 @@ impl Capturer {
     /// frames inside it, so R is re-pinned on a fully backfilled WAL and the next writer
     /// restarts it from the beginning.
     fn cut_window(&mut self) -> Result<()> {
-        let wal_len = std::fs::metadata(self.src.wal_path()).map(|m| m.len()).unwrap_or(0);
+        let wal_len = std::fs::metadata(self.src.wal_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         let restart = wal_len > self.opts.max_wal_bytes;
         let p = self.src.path.clone();
         if restart {
             // Backfill up to R's mark with no barrier held (writers unaffected).
-            let _ = self.c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            let _ = self
+                .c
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
-        self.w.busy_timeout(self.opts.barrier_timeout).sql_ctx(&p, "setting busy timeout")?;
+        self.w
+            .busy_timeout(self.opts.barrier_timeout)
+            .sql_ctx(&p, "setting busy timeout")?;
         match self.w.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => {}
-            Err(e) if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)) => {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) =>
+            {
                 return Ok(()); // the application holds the write lock: try at the next poll
             }
             Err(e) => return Err(Error::sqlite(&p, "taking the write barrier", e)),
@@ -765,16 +884,30 @@ impl Capturer {
             if g.is_err() {
                 return Ok(g);
             }
-            self.r.execute_batch("COMMIT").sql_ctx(&p, "ending read transaction")?;
+            self.r
+                .execute_batch("COMMIT")
+                .sql_ctx(&p, "ending read transaction")?;
             if restart {
-                let _ = self.c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                let _ = self
+                    .c
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             }
-            self.r.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;").sql_ctx(&p, "starting read transaction")?;
+            self.r
+                .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+                .sql_ctx(&p, "starting read transaction")?;
             if let Some(h) = self.read_shm()? {
                 if h.salts == self.cur.salts && h.mx_frame == self.cur.frame {
-                    self.pin = Pin { salts: h.salts, mx: h.mx_frame, full: h.mx_frame == h.n_backfill };
+                    self.pin = Pin {
+                        salts: h.salts,
+                        mx: h.mx_frame,
+                        full: h.mx_frame == h.n_backfill,
+                    };
                 } else {
-                    self.pin = Pin { salts: self.cur.salts, mx: self.cur.frame, full: false };
+                    self.pin = Pin {
+                        salts: self.cur.salts,
+                        mx: self.cur.frame,
+                        full: false,
+                    };
                 }
             }
             Ok(Ok(()))
@@ -793,23 +926,38 @@ impl Capturer {
 }
 
 /// Every page's state-checksum term through `r`'s current read transaction, and their XOR.
-fn read_terms(r: &Connection, p: &std::path::Path, page_size: u32) -> Result<(Vec<u64>, StateChecksum)> {
-    let page_count: u32 = r.query_row("PRAGMA page_count", [], |row| row.get(0)).sql_ctx(p, "reading page count")?;
+fn read_terms(
+    r: &Connection,
+    p: &std::path::Path,
+    page_size: u32,
+) -> Result<(Vec<u64>, StateChecksum)> {
+    let page_count: u32 = r
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .sql_ctx(p, "reading page count")?;
     let mut terms = Vec::with_capacity(page_count as usize);
     let mut state = StateChecksum::default();
     let zeros = vec![0u8; page_size as usize];
-    let mut stmt = r.prepare("SELECT pgno, data FROM sqlite_dbpage").sql_ctx(p, "reading pages")?;
+    let mut stmt = r
+        .prepare("SELECT pgno, data FROM sqlite_dbpage")
+        .sql_ctx(p, "reading pages")?;
     let mut rows = stmt.query([]).sql_ctx(p, "reading pages")?;
     while let Some(row) = rows.next().sql_ctx(p, "reading pages")? {
         let pgno: u32 = row.get(0).sql_ctx(p, "reading pages")?;
-        let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).sql_ctx(p, "reading pages")?;
+        let data = row
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_blob()?))
+            .sql_ctx(p, "reading pages")?;
         while (terms.len() as u32) + 1 < pgno {
             let q = terms.len() as u32 + 1;
             let t = term_or_zero(page_size, q, &zeros);
             state.0 ^= t;
             terms.push(t);
         }
-        let page = if data.len() == page_size as usize { data } else { &zeros };
+        let page = if data.len() == page_size as usize {
+            data
+        } else {
+            &zeros
+        };
         let t = term_or_zero(page_size, pgno, page);
         state.0 ^= t;
         terms.push(t);

@@ -278,7 +278,8 @@ pub fn snapshot_with(
         next += 1;
     }
     if !keep_pin {
-        r.execute_batch("COMMIT").sql_ctx(p, "ending read transaction")?;
+        r.execute_batch("COMMIT")
+            .sql_ctx(p, "ending read transaction")?;
     }
     if let Some(t) = terms {
         *t = enc.take_terms();

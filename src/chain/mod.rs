@@ -197,10 +197,18 @@ impl BackupSet {
         };
         for ent in self.store.list(id)? {
             let key = format!("{id}/{}", ent.name);
-            if let Some(seq) = crate::bundle::wbb::parse_file_name(&ent.name).filter(|_| !ent.is_dir) {
+            if let Some(seq) =
+                crate::bundle::wbb::parse_file_name(&ent.name).filter(|_| !ent.is_dir)
+            {
                 let path = self.store.path(&key);
                 let header = read_bundle_header(&path);
-                chain.bundles.push(BundleEntry { seq, key, path, size: ent.size, header });
+                chain.bundles.push(BundleEntry {
+                    seq,
+                    key,
+                    path,
+                    size: ent.size,
+                    header,
+                });
                 continue;
             }
             match layout::parse_generation_dir(&ent.name) {
@@ -311,7 +319,10 @@ pub struct ChainInventory {
 impl ChainInventory {
     /// The generation-0 manifest (the chain's first snapshot), if readable.
     pub fn base(&self) -> Option<&GenerationManifest> {
-        self.generations.iter().find(|g| g.seq == 0).and_then(|g| g.manifest.as_ref().ok())
+        self.generations
+            .iter()
+            .find(|g| g.seq == 0)
+            .and_then(|g| g.manifest.as_ref().ok())
     }
 }
 

@@ -51,6 +51,10 @@ pub struct VerifyReport {
     pub chains: usize,
     /// Generations seen.
     pub generations: usize,
+    /// Bundles seen.
+    pub bundles: usize,
+    /// Chains replayed end to end (`deep`).
+    pub chains_replayed: usize,
     /// Files whose content was hashed.
     pub files_checked: usize,
     /// Bytes hashed.
@@ -93,6 +97,142 @@ fn problem(e: &Error) -> Problem {
     Problem { path, what }
 }
 
+/// Bundles: every file's digest, sequence contiguity, the previous-bundle links, and state
+/// continuity from headers (structural); with `deep`, replay each chain to its end in a scratch
+/// file and run SQLite's check on the result.
+fn verify_bundles(
+    set: &BackupSet,
+    inv: &super::Inventory,
+    opts: &VerifyOptions,
+    scratch: &std::path::Path,
+    progress: &dyn Progress,
+    r: &mut VerifyReport,
+) -> Result<()> {
+    use crate::bundle::wbb;
+    let set_id = wbb::set_id_bytes(&set.record().set_id).unwrap_or([0; 16]);
+    for chain in &inv.chains {
+        r.bundles += chain.bundles.len();
+        let base = chain.base();
+        if base.is_none() && !chain.bundles.is_empty() {
+            r.problems.push(Problem {
+                path: chain.generations.first().map_or_else(
+                    || format!("{}/{}", set.dir().display(), chain.id),
+                    |g| g.image_path.display().to_string(),
+                ),
+                what: "the chain's first generation (gen-000000000000) is missing or damaged; its bundles cannot be replayed".into(),
+            });
+        }
+        let mut prev: Option<([u8; 32], u64, u32, u64)> = base.map(|m| {
+            (
+                wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]),
+                crate::bundle::checksum::StateChecksum::from_hex(&m.state_checksum)
+                    .unwrap_or_default()
+                    .0,
+                m.page_count,
+                m.txn,
+            )
+        });
+        let mut expect = 1u64;
+        for b in &chain.bundles {
+            let path = b.path.display().to_string();
+            if b.seq != expect {
+                let missing = chain
+                    .bundles
+                    .first()
+                    .and_then(|f| f.path.parent())
+                    .map(|d| d.join(wbb::file_name(expect)));
+                r.problems.push(Problem {
+                    path: missing
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| path.clone()),
+                    what: format!(
+                        "bundle {expect} is missing: the chain is broken before bundle {}",
+                        b.seq
+                    ),
+                });
+                prev = None;
+            }
+            expect = b.seq + 1;
+            let bun = match wbb::read_bundle(&b.path) {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    r.problems.push(problem(&e));
+                    prev = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            r.files_checked += 1;
+            r.bytes_checked += b.size;
+            let h = &bun.header;
+            let mut bad = |what: String| {
+                r.problems.push(Problem {
+                    path: path.clone(),
+                    what,
+                })
+            };
+            if h.set_id != set_id {
+                bad(format!(
+                    "bundle belongs to set {}, not this set",
+                    h.set_id_hex()
+                ));
+            } else if h.chain_id != chain.id || h.seq != b.seq {
+                bad(format!(
+                    "bundle says chain {} seq {}, but lies at {}/{}: moved or copied",
+                    h.chain_id,
+                    h.seq,
+                    chain.id,
+                    wbb::file_name(b.seq)
+                ));
+            } else if let Some((digest, state, pages, txn)) = prev {
+                if h.prev_sha256 != digest {
+                    bad("previous-bundle hash does not match the previous bundle's digest: the chain is broken here".into());
+                } else if h.state_before != state || h.page_count_before != pages {
+                    bad(
+                        "state checksum before the bundle does not continue from the previous one"
+                            .into(),
+                    );
+                } else if h.first_txn != txn + 1 {
+                    bad(format!(
+                        "first transaction {} does not follow {txn}",
+                        h.first_txn
+                    ));
+                }
+            }
+            prev = Some((bun.digest, h.state_after, h.page_count_after, h.last_txn()));
+        }
+    }
+    if opts.deep && r.problems.is_empty() {
+        for ext in crate::replay::plan::extents(inv) {
+            if ext.run.is_empty() {
+                continue; // the generation alone was checked above
+            }
+            let Some(plan) = crate::replay::plan::plan_extent(set, &ext) else {
+                continue;
+            };
+            let (tmp, mut f) = crate::replay::TempFile::create_in(scratch, "verify-chain.db")?;
+            let res =
+                crate::replay::replay_into(&plan, &mut f, tmp.path(), progress).and_then(|_| {
+                    crate::replay::integrity_check(tmp.path(), opts.check).map_err(|e| {
+                        Error::corrupt(
+                            set.dir().join(&ext.chain.id),
+                            format!(
+                                "the chain replays, but its final state fails: {}",
+                                e.message()
+                            ),
+                        )
+                    })
+                });
+            match res {
+                Ok(()) => r.chains_replayed += 1,
+                Err(e) if e.kind() == ErrorKind::Corrupt => r.problems.push(problem(&e)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Verify `set`.
 ///
 /// # Errors
@@ -109,6 +249,8 @@ pub fn verify(
         deep: opts.deep,
         chains: inv.chains.len(),
         generations: 0,
+        bundles: 0,
+        chains_replayed: 0,
         files_checked: 0,
         bytes_checked: 0,
         problems: Vec::new(),
@@ -175,6 +317,7 @@ pub fn verify(
             }
         }
     }
+    verify_bundles(set, &inv, opts, &scratch, progress, &mut r)?;
     if r.generations == 0 {
         r.problems.push(Problem {
             path: set.dir().display().to_string(),

@@ -47,14 +47,21 @@ struct Live {
 }
 
 fn time_string(us: i64) -> String {
-    jiff::Timestamp::from_microsecond(us).map(|t| t.to_string()).unwrap_or_default()
+    jiff::Timestamp::from_microsecond(us)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 /// Replay `plan` into `out` (an empty file at `out_path`), checking everything.
 ///
 /// # Errors
 /// `Corrupt` naming the artifact and the link or checksum that failed; `Io` for the output.
-pub fn replay_into(plan: &RestorePlan, out: &mut File, out_path: &Path, progress: &dyn Progress) -> Result<Replayed> {
+pub fn replay_into(
+    plan: &RestorePlan,
+    out: &mut File,
+    out_path: &Path,
+    progress: &dyn Progress,
+) -> Result<Replayed> {
     let m = &plan.base;
     let ps = m.page_size;
     let mut terms: Vec<u64> = Vec::with_capacity(m.page_count as usize);
@@ -93,13 +100,23 @@ pub fn replay_into(plan: &RestorePlan, out: &mut File, out_path: &Path, progress
         let h = &b.header;
         let link = |what: String| Error::corrupt(path, what);
         if h.set_id != set_id {
-            return Err(link(format!("bundle belongs to set {}, not this set {}", h.set_id_hex(), plan.set_id)));
+            return Err(link(format!(
+                "bundle belongs to set {}, not this set {}",
+                h.set_id_hex(),
+                plan.set_id
+            )));
         }
         if h.chain_id != plan.chain_id {
-            return Err(link(format!("bundle belongs to chain {}, not {}", h.chain_id, plan.chain_id)));
+            return Err(link(format!(
+                "bundle belongs to chain {}, not {}",
+                h.chain_id, plan.chain_id
+            )));
         }
         if h.seq != expect_seq {
-            return Err(link(format!("bundle says sequence {}, expected {expect_seq}: reordered or duplicated", h.seq)));
+            return Err(link(format!(
+                "bundle says sequence {}, expected {expect_seq}: reordered or duplicated",
+                h.seq
+            )));
         }
         if h.prev_sha256 != prev {
             return Err(link(format!(
@@ -108,7 +125,10 @@ pub fn replay_into(plan: &RestorePlan, out: &mut File, out_path: &Path, progress
             )));
         }
         if h.page_size != ps {
-            return Err(link(format!("page size {} differs from the chain's {ps}", h.page_size)));
+            return Err(link(format!(
+                "page size {} differs from the chain's {ps}",
+                h.page_size
+            )));
         }
         if h.state_before != state.0 || h.page_count_before != page_count {
             return Err(link(format!(
@@ -119,7 +139,10 @@ pub fn replay_into(plan: &RestorePlan, out: &mut File, out_path: &Path, progress
             )));
         }
         if h.first_txn != txn + 1 {
-            return Err(link(format!("first transaction {} does not follow {txn}", h.first_txn)));
+            return Err(link(format!(
+                "first transaction {} does not follow {txn}",
+                h.first_txn
+            )));
         }
         let stop = plan.stop;
         let st = std::cell::RefCell::new(Live {
@@ -210,7 +233,9 @@ pub fn replay_into(plan: &RestorePlan, out: &mut File, out_path: &Path, progress
         applied += 1;
         if !stopped {
             if state.0 != h.state_after || page_count != h.page_count_after {
-                return Err(link("state after the bundle does not match its header".into()));
+                return Err(link(
+                    "state after the bundle does not match its header".into(),
+                ));
             }
         } else {
             done = true;
@@ -226,7 +251,10 @@ pub fn replay_into(plan: &RestorePlan, out: &mut File, out_path: &Path, progress
     if let Stop::Txn(n) = plan.stop
         && txn != n
     {
-        return Err(Error::corrupt(&plan.set, format!("replay ended at txn {txn}, short of the planned txn {n}")));
+        return Err(Error::corrupt(
+            &plan.set,
+            format!("replay ended at txn {txn}, short of the planned txn {n}"),
+        ));
     }
     out.sync_all().ctx(out_path, "syncing")?;
     Ok(Replayed {

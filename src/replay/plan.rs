@@ -112,7 +112,10 @@ pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
                 continue;
             }
             if b.seq != expect {
-                broken = Some((format!("bundle {expect} is missing (next present: {})", b.seq), chain_path(inv, chain, expect)));
+                broken = Some((
+                    format!("bundle {expect} is missing (next present: {})", b.seq),
+                    chain_path(inv, chain, expect),
+                ));
                 continue;
             }
             match &b.header {
@@ -120,10 +123,18 @@ pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
                     run.push((b, h));
                     expect += 1;
                 }
-                Err(e) => broken = Some((format!("bundle {} is damaged: {e}", b.seq), b.path.clone())),
+                Err(e) => {
+                    broken = Some((format!("bundle {} is damaged: {e}", b.seq), b.path.clone()))
+                }
             }
         }
-        out.push(ChainExtent { chain, base, run, broken, claimed_end });
+        out.push(ChainExtent {
+            chain,
+            base,
+            run,
+            broken,
+            claimed_end,
+        });
     }
     out
 }
@@ -133,7 +144,12 @@ fn chain_path(_inv: &Inventory, chain: &ChainInventory, seq: u64) -> PathBuf {
         .bundles
         .first()
         .and_then(|b| b.path.parent())
-        .or_else(|| chain.generations.first().and_then(|g| g.image_path.parent()?.parent()))
+        .or_else(|| {
+            chain
+                .generations
+                .first()
+                .and_then(|g| g.image_path.parent()?.parent())
+        })
         .map(|d| d.join(crate::bundle::wbb::file_name(seq)))
         .unwrap_or_default()
 }
@@ -147,7 +163,11 @@ fn broken_error(set: &BackupSet, ext: &ChainExtent<'_>, asked: &str) -> Error {
             ext.chain.id
         ),
     )
-    .at(if path.as_os_str().is_empty() { set.dir().to_path_buf() } else { path })
+    .at(if path.as_os_str().is_empty() {
+        set.dir().to_path_buf()
+    } else {
+        path
+    })
     .hint(format!(
         "the newest point before the break is txn {} (restore it with --txn {}); \
          `walbundle verify` names every problem",
@@ -170,7 +190,8 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
             .iter()
             .flat_map(|c| c.generations.iter())
             .find_map(|g| g.manifest.as_ref().err().map(ToString::to_string));
-        let mut e = Error::new(ErrorKind::Corrupt, "the set holds no restorable generation").at(set.dir());
+        let mut e =
+            Error::new(ErrorKind::Corrupt, "the set holds no restorable generation").at(set.dir());
         if let Some(first) = first {
             e = e.context(format!("damaged generation ({first})"));
         }
@@ -178,21 +199,33 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
     }
     let (ext, stop, asked) = match target {
         Target::Latest => {
-            let ext = exts.iter().max_by_key(|e| (e.claimed_end.max(e.end_txn()), e.chain.id.clone())).expect("non-empty");
+            let ext = exts
+                .iter()
+                .max_by_key(|e| (e.claimed_end.max(e.end_txn()), e.chain.id.clone()))
+                .expect("non-empty");
             if ext.broken.is_some() || ext.claimed_end > ext.end_txn() {
                 return Err(broken_error(set, ext, "the newest state"));
             }
-            (ext, Stop::Txn(ext.end_txn()), "the newest state".to_string())
+            (
+                ext,
+                Stop::Txn(ext.end_txn()),
+                "the newest state".to_string(),
+            )
         }
         Target::Txn(n) => {
-            let Some(ext) = exts.iter().find(|e| e.base.txn <= *n && *n <= e.claimed_end.max(e.end_txn())) else {
+            let Some(ext) = exts
+                .iter()
+                .find(|e| e.base.txn <= *n && *n <= e.claimed_end.max(e.end_txn()))
+            else {
                 let (lo, hi) = (
                     exts.iter().map(|e| e.base.txn).min().unwrap_or(0),
                     exts.iter().map(ChainExtent::end_txn).max().unwrap_or(0),
                 );
-                return Err(Error::usage(format!("the set has no restorable point at txn {n} (it holds txn {lo}..={hi})"))
-                    .at(set.dir())
-                    .hint("`walbundle list` shows the restorable points"));
+                return Err(Error::usage(format!(
+                    "the set has no restorable point at txn {n} (it holds txn {lo}..={hi})"
+                ))
+                .at(set.dir())
+                .hint("`walbundle list` shows the restorable points"));
             };
             if *n > ext.end_txn() {
                 return Err(broken_error(set, ext, &format!("txn {n}")));
@@ -203,17 +236,31 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
             let t_us = i64::try_from(t.as_microsecond()).unwrap_or(i64::MAX);
             let candidates: Vec<&ChainExtent<'_>> = exts
                 .iter()
-                .filter(|e| e.base.state_time.parse::<jiff::Timestamp>().is_ok_and(|b| b <= *t))
+                .filter(|e| {
+                    e.base
+                        .state_time
+                        .parse::<jiff::Timestamp>()
+                        .is_ok_and(|b| b <= *t)
+                })
                 .collect();
-            let Some(ext) = candidates.into_iter().max_by_key(|e| (e.base.txn, e.chain.id.clone())) else {
-                let oldest = exts.iter().map(|e| e.base.state_time.clone()).min().unwrap_or_default();
-                return Err(Error::usage(format!("the set has no point at or before {t}; the oldest is {oldest}"))
-                    .at(set.dir())
-                    .hint("`walbundle list` shows the restorable range"));
+            let Some(ext) = candidates
+                .into_iter()
+                .max_by_key(|e| (e.base.txn, e.chain.id.clone()))
+            else {
+                let oldest = exts
+                    .iter()
+                    .map(|e| e.base.state_time.clone())
+                    .min()
+                    .unwrap_or_default();
+                return Err(Error::usage(format!(
+                    "the set has no point at or before {t}; the oldest is {oldest}"
+                ))
+                .at(set.dir())
+                .hint("`walbundle list` shows the restorable range"));
             };
             // Needed bundles: up to the last whose first transaction was captured by t.
-            let needs_beyond_run = ext.broken.is_some()
-                && ext.run.last().is_none_or(|(_, h)| h.last_time_us <= t_us);
+            let needs_beyond_run =
+                ext.broken.is_some() && ext.run.last().is_none_or(|(_, h)| h.last_time_us <= t_us);
             if needs_beyond_run {
                 return Err(broken_error(set, ext, &format!("the state at {t}")));
             }
@@ -230,9 +277,18 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
         if !needed {
             break;
         }
-        bundles.push(PlannedBundle { seq: b.seq, path: b.path.clone(), txns: (h.first_txn, h.last_txn()) });
+        bundles.push(PlannedBundle {
+            seq: b.seq,
+            path: b.path.clone(),
+            txns: (h.first_txn, h.last_txn()),
+        });
     }
-    let base_gen = ext.chain.generations.iter().find(|g| g.seq == ext.base.seq).expect("base exists");
+    let base_gen = ext
+        .chain
+        .generations
+        .iter()
+        .find(|g| g.seq == ext.base.seq)
+        .expect("base exists");
     // Never restore less than asked because a newer generation is unreadable.
     if *target == Target::Latest
         && let Some(g) = inv
@@ -263,6 +319,36 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
         image: base_gen.image_path.clone(),
         bundles,
         stop,
+        base: ext.base.clone(),
+        set_id: set.record().set_id.clone(),
+    })
+}
+
+/// A plan that replays chain extent `ext` to its end (for `verify --deep`).
+pub fn plan_extent(set: &BackupSet, ext: &ChainExtent<'_>) -> Option<RestorePlan> {
+    let base_gen = ext
+        .chain
+        .generations
+        .iter()
+        .find(|g| g.seq == ext.base.seq)?;
+    Some(RestorePlan {
+        set: set.dir().to_path_buf(),
+        chain_id: ext.chain.id.clone(),
+        generation_seq: ext.base.seq,
+        base_txn: ext.base.txn,
+        base_time: ext.base.state_time.clone(),
+        page_size: ext.base.page_size,
+        image: base_gen.image_path.clone(),
+        bundles: ext
+            .run
+            .iter()
+            .map(|(b, h)| PlannedBundle {
+                seq: b.seq,
+                path: b.path.clone(),
+                txns: (h.first_txn, h.last_txn()),
+            })
+            .collect(),
+        stop: Stop::Txn(ext.end_txn()),
         base: ext.base.clone(),
         set_id: set.record().set_id.clone(),
     })

@@ -13,13 +13,15 @@ use crate::{Common, DestArgs};
 
 /// Arguments of `capture`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Runs beside the application. Starts a new chain with a full snapshot when \
+#[command(
+    after_help = "Runs beside the application. Starts a new chain with a full snapshot when \
     the set has none it can continue (the reason is recorded and shown by `list`), then seals every \
     committed transaction into a bundle within --interval. SIGTERM/SIGINT seal what is committed and \
     exit 0.\n\nwalbundle writes nothing to the database. It holds a read transaction (so the WAL \
     cannot restart over frames it has not captured), takes a write barrier for well under a \
     millisecond when it moves that read mark, and runs PASSIVE checkpoints so the WAL stays \
-    bounded; it never runs RESTART or TRUNCATE checkpoints.")]
+    bounded; it never runs RESTART or TRUNCATE checkpoints."
+)]
 pub struct Args {
     /// The SQLite database to capture (must be in WAL mode).
     pub db: PathBuf,
@@ -56,7 +58,10 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("cannot read duration {s:?} (try 1s, 250ms, 2m)"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("cannot read duration {s:?} (try 1s, 250ms, 2m)"))?;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("duration {s:?} must be positive"));
     }
@@ -67,11 +72,18 @@ pub fn run(a: Args) -> Result<u8> {
     let dest = require_dest(&a.dest)?;
     let src = SourceDb::locate(&a.db)?;
     guard_destination(&src, &dest, a.dest.allow_inside_source)?;
-    let name = a.dest.name.clone().unwrap_or_else(|| src.default_set_name());
+    let name = a
+        .dest
+        .name
+        .clone()
+        .unwrap_or_else(|| src.default_set_name());
     let set = BackupSet::open_or_create(&dest, &name, &src.identity())?;
     let opts = CaptureOptions {
         interval: a.interval,
-        poll: a.interval.min(Duration::from_millis(100)).max(Duration::from_millis(5)),
+        poll: a
+            .interval
+            .min(Duration::from_millis(100))
+            .max(Duration::from_millis(5)),
         max_wal_bytes: a.max_wal_mib.max(1) << 20,
         max_bundle_bytes: a.max_bundle_mib.max(1) << 20,
         level: a.level,
@@ -91,13 +103,33 @@ pub fn run(a: Args) -> Result<u8> {
             return;
         }
         match e {
-            Event::ChainStarted { chain_id, reason, txn } => {
-                ui::log(false, &format!("{db}: new chain {chain_id} from a full snapshot (txn {txn}): {reason}"));
+            Event::ChainStarted {
+                chain_id,
+                reason,
+                txn,
+            } => {
+                ui::log(
+                    false,
+                    &format!(
+                        "{db}: new chain {chain_id} from a full snapshot (txn {txn}): {reason}"
+                    ),
+                );
             }
-            Event::Resumed { chain_id, next_seq, txn } => {
-                ui::log(false, &format!("{db}: continuing chain {chain_id} at bundle {next_seq} (after txn {txn})"));
+            Event::Resumed {
+                chain_id,
+                next_seq,
+                txn,
+            } => {
+                ui::log(
+                    false,
+                    &format!(
+                        "{db}: continuing chain {chain_id} at bundle {next_seq} (after txn {txn})"
+                    ),
+                );
             }
-            Event::Bundle { seq, txns, bytes, .. } => {
+            Event::Bundle {
+                seq, txns, bytes, ..
+            } => {
                 ui::log(
                     false,
                     &format!(
@@ -114,7 +146,10 @@ pub fn run(a: Args) -> Result<u8> {
     })
     .map_err(|e: Error| e)?;
     if json {
-        ui::out(&format!("{}\n", serde_json::json!({ "event": "stopped", "db": db, "stats": stats })));
+        ui::out(&format!(
+            "{}\n",
+            serde_json::json!({ "event": "stopped", "db": db, "stats": stats })
+        ));
     } else if !quiet {
         ui::log(
             false,

@@ -70,7 +70,9 @@ pub fn run(a: Args) -> Result<u8> {
                 replay::Stop::Txn(n) => format!("txn {n}"),
                 replay::Stop::TimeUs(t) => format!(
                     "the last txn captured at or before {}",
-                    jiff::Timestamp::from_microsecond(t).map(|t| t.to_string()).unwrap_or_default()
+                    jiff::Timestamp::from_microsecond(t)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
                 ),
             };
             let mut s = format!(
@@ -101,7 +103,11 @@ pub fn run(a: Args) -> Result<u8> {
         RestoreCheck::Quick => CheckLevel::Quick,
         RestoreCheck::None => CheckLevel::None,
     };
-    let opts = RestoreOptions { out: a.out.clone(), force: a.force, check };
+    let opts = RestoreOptions {
+        out: a.out.clone(),
+        force: a.force,
+        check,
+    };
     let bar = ui::Bar::new(!a.common.json && !a.common.quiet);
     let r = replay::restore(&plan, &opts, &bar)?;
     if a.common.json {

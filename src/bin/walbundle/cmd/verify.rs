@@ -76,11 +76,12 @@ pub fn run(a: Args) -> Result<u8> {
             "PROBLEMS FOUND"
         };
         let mut s = format!(
-            "{}: {verdict} ({}; {} chain(s), {} generation(s), {} file(s) / {} hashed, {} problem(s))\n",
+            "{}: {verdict} ({}; {} chain(s), {} generation(s), {} bundle(s), {} file(s) / {} hashed, {} problem(s))\n",
             r.set.display(),
             if r.deep { "deep" } else { "structural" },
             r.chains,
             r.generations,
+            r.bundles,
             r.files_checked,
             ui::bytes(r.bytes_checked),
             r.problems.len()
