@@ -197,7 +197,7 @@ fn restore_never_falls_back_silently() {
     assert!(!out.exists());
     // The older point is still restorable when asked for by number.
     let l = wb(["list", s(&f.set), "--json"]).json();
-    let txn = l["restorable"][0]["txn"].as_u64().unwrap();
+    let txn = l["restorable"][0]["first_txn"].as_u64().unwrap();
     wb([
         "restore",
         s(&f.set),

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod capture;
 mod corruption;
 mod errors;
 mod golden;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::snapshot::{SnapshotOptions, snapshot_with};
+use super::snapshot::{Conns, SnapshotOptions, snapshot_with};
 use super::source::{SourceDb, shm_file};
 use super::wal::{FRAME_HEADER_LEN, FrameHeader, ShmHeader, WalHeader, wal_checksum};
 use crate::bundle::checksum::{StateChecksum, lock_byte_page, term_or_zero};
@@ -92,6 +92,8 @@ pub struct CaptureStats {
     pub chains_started: u64,
     /// WAL restarts followed without a gap.
     pub wal_restarts_followed: u64,
+    /// Committed frames whose header SQLite left zeroed (accepted; see `scan`).
+    pub zeroed_frames: u64,
     /// Write barriers taken.
     pub barriers: u64,
     /// Longest write barrier, µs (the longest writers were held by walbundle).
@@ -194,6 +196,8 @@ pub struct Capturer {
     terms: Vec<u64>,
     wal_hdr: Option<WalHeader>,
     pending: Option<Pending>,
+    /// Where capture has been unable to move past committed frames, and since when.
+    stuck: Option<((u32, u32), u32, Instant)>,
     last_seal: Instant,
     events: Vec<Event>,
     /// Running totals.
@@ -209,6 +213,15 @@ fn now_us() -> i64 {
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
+
+fn debug(msg: impl FnOnce() -> String) {
+    if std::env::var_os("WALBUNDLE_DEBUG").is_some() {
+        eprintln!("debug: {}", msg());
+    }
+}
+
+/// How long committed frames may stay unreadable before capture gives up on the chain.
+const STUCK_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why continuity could not be proven (becomes a new chain's recorded reason).
 struct Gap(String);
@@ -271,6 +284,7 @@ impl Capturer {
             terms: Vec::new(),
             wal_hdr: None,
             pending: None,
+            stuck: None,
             last_seal: Instant::now(),
             events: Vec::new(),
             stats: CaptureStats::default(),
@@ -359,11 +373,7 @@ impl Capturer {
         let rb = self.w.execute_batch("ROLLBACK");
         self.note_barrier(t0.elapsed());
         rb.sql_ctx(&p, "releasing the write barrier")?;
-        let gap = match res? {
-            Ok(()) => None,
-            Err(g) => Some(g),
-        };
-        if let Some(g) = gap {
+        if let Some(g) = res?.err() {
             let _ = self.r.execute_batch("COMMIT");
             return Ok(Err(g));
         }
@@ -477,10 +487,12 @@ impl Capturer {
             &self.src,
             &opts,
             &NoProgress,
-            &self.r,
-            &self.w,
-            true,
-            Some(&mut terms),
+            Conns {
+                r: &self.r,
+                w: &self.w,
+                keep_pin: true,
+                terms: Some(&mut terms),
+            },
         )?;
         let m = &rep.manifest;
         let Some(wal) = m.wal else {
@@ -615,8 +627,19 @@ impl Capturer {
             {
                 return Ok(Err(Gap(format!(
                     "the WAL restarted (salts {:08x}/{:08x} -> {:08x}/{:08x}) at a moment walbundle \
-                     cannot prove it held every frame",
-                    self.cur.salts.0, self.cur.salts.1, hdr.salts.0, hdr.salts.1
+                     cannot prove it held every frame (captured through frame {}; read mark at \
+                     frame {}{})",
+                    self.cur.salts.0,
+                    self.cur.salts.1,
+                    hdr.salts.0,
+                    hdr.salts.1,
+                    self.cur.frame,
+                    self.pin.mx,
+                    if self.pin.full {
+                        ", WAL fully backfilled"
+                    } else {
+                        ""
+                    }
                 ))));
             }
             if hdr.page_size != self.cur.page_size {
@@ -640,12 +663,47 @@ impl Capturer {
         }
         self.wal_hdr = Some(hdr);
         let Some(shm) = self.read_shm()? else {
+            debug(|| "capture: wal-index unreadable".into());
             return Ok(Ok(()));
         };
         if shm.salts != hdr.salts || shm.mx_frame <= self.cur.frame {
+            if shm.salts != hdr.salts {
+                debug(|| {
+                    format!(
+                        "capture: shm salts {:08x} != WAL header {:08x}",
+                        shm.salts.0, hdr.salts.0
+                    )
+                });
+            }
             return Ok(Ok(()));
         }
-        self.scan(&wal, &hdr, shm.mx_frame)
+        let res = self.scan(&wal, &hdr, shm.mx_frame)?;
+        if res.is_err() {
+            return Ok(res);
+        }
+        // Never stall silently: committed frames that stay unreadable become a recorded gap.
+        if self.cur.frame < shm.mx_frame {
+            let since = *self
+                .stuck
+                .get_or_insert((self.cur.salts, self.cur.frame, Instant::now()));
+            if since.0 == self.cur.salts && since.1 == self.cur.frame {
+                if since.2.elapsed() > STUCK_LIMIT {
+                    self.stuck = None;
+                    return Ok(Err(Gap(format!(
+                        "committed WAL frame {} stayed unreadable for {} s (the wal-index says \
+                         {} frames are committed)",
+                        self.cur.frame + 1,
+                        STUCK_LIMIT.as_secs(),
+                        shm.mx_frame
+                    ))));
+                }
+            } else {
+                self.stuck = Some((self.cur.salts, self.cur.frame, Instant::now()));
+            }
+        } else {
+            self.stuck = None;
+        }
+        Ok(Ok(()))
     }
 
     /// Scan frames (cursor, bound], all committed, emitting each transaction at its commit frame.
@@ -664,10 +722,40 @@ impl Capturer {
         while i <= bound {
             let n = pread_full(wal, &mut buf, hdr.frame_offset(i)).ctx(&wp, "reading WAL frame")?;
             if n < buf.len() {
+                debug(|| format!("scan: frame {i} short read {n} (bound {bound})"));
                 return Ok(Ok(())); // shorter than the index says: being rewritten; look again later
             }
             let fh = FrameHeader::parse(&buf[..24]);
+            if fh.salts == (0, 0) && fh.checksum == (0, 0) && fh.pgno != 0 {
+                // A committed frame (it is at or below the wal-index's mxFrame) whose salts and
+                // checksum SQLite left zeroed: writers that overwrite a frame in place defer
+                // checksums to commit (`iReCksum`), and SQLite 3.40 can leave a stale
+                // `iReCksum` after a rolled-back transaction, so the commit-time rewrite starts
+                // one frame late and seeds the chain from this header's zeros. The wal-index
+                // is the authority on what is committed; the frames after this one must verify
+                // from a (0, 0) seed, which still catches any real damage.
+                debug(|| {
+                    format!(
+                        "scan: frame {i} has a zeroed header (bound {bound}); continuing from a zero seed"
+                    )
+                });
+                self.stats.zeroed_frames += 1;
+                cksum = (0, 0);
+                txn_pages.insert(fh.pgno, i);
+                if fh.commit_size != 0 {
+                    self.emit_txn(wal, hdr, &txn_pages, i, fh.commit_size, cksum)?;
+                    txn_pages.clear();
+                }
+                i += 1;
+                continue;
+            }
             if fh.salts != hdr.salts {
+                debug(|| {
+                    format!(
+                        "scan: frame {i} salts {:08x} != header {:08x} (bound {bound})",
+                        fh.salts.0, hdr.salts.0
+                    )
+                });
                 return Ok(Ok(())); // the WAL is restarting under us; the next poll sees the new cycle
             }
             let c = wal_checksum(hdr.big_endian_cksum, &buf[..8], cksum);
@@ -763,7 +851,11 @@ impl Capturer {
             for &(pgno, frame) in &order {
                 let n = pread_full(wal, &mut buf, hdr.frame_offset(frame))
                     .ctx(&wp, "reading WAL frame")?;
-                if n < buf.len() || FrameHeader::parse(&buf[..24]).salts != hdr.salts {
+                let again = FrameHeader::parse(&buf[..24]);
+                if n < buf.len()
+                    || (again.salts != hdr.salts && again.salts != (0, 0))
+                    || again.pgno != pgno
+                {
                     return Err(Error::new(
                         ErrorKind::Corrupt,
                         format!("WAL frame {frame} changed while being captured"),
@@ -896,19 +988,18 @@ impl Capturer {
                 .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
                 .sql_ctx(&p, "starting read transaction")?;
             if let Some(h) = self.read_shm()? {
-                if h.salts == self.cur.salts && h.mx_frame == self.cur.frame {
-                    self.pin = Pin {
-                        salts: h.salts,
-                        mx: h.mx_frame,
-                        full: h.mx_frame == h.n_backfill,
-                    };
-                } else {
-                    self.pin = Pin {
-                        salts: self.cur.salts,
-                        mx: self.cur.frame,
-                        full: false,
-                    };
+                if std::env::var_os("WALBUNDLE_DEBUG").is_some() {
+                    eprintln!(
+                        "debug: pin: cur salts {:08x} frame {} | shm salts {:08x} mx {} backfill {} | restart cut {restart}",
+                        self.cur.salts.0, self.cur.frame, h.salts.0, h.mx_frame, h.n_backfill
+                    );
                 }
+                // R's mark is what it saw when it began under the barrier: the whole WAL.
+                self.pin = Pin {
+                    salts: h.salts,
+                    mx: h.mx_frame,
+                    full: h.mx_frame == h.n_backfill,
+                };
             }
             Ok(Ok(()))
         })();

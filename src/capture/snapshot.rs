@@ -181,11 +181,34 @@ pub fn snapshot(
 ) -> Result<SnapshotReport> {
     let r = src.connect(opts.busy_timeout, true)?;
     let w = src.connect(opts.busy_timeout, false)?;
-    snapshot_with(set, src, opts, progress, &r, &w, false, None)
+    snapshot_with(
+        set,
+        src,
+        opts,
+        progress,
+        Conns {
+            r: &r,
+            w: &w,
+            keep_pin: false,
+            terms: None,
+        },
+    )
 }
 
-/// [`snapshot`] on connections the caller owns: `r` (query-only) reads, `w` takes the write
-/// barrier. With `keep_pin`, `r`'s read transaction is still open when this returns, so the
+/// The caller's connections for [`snapshot_with`], and what to leave behind.
+pub struct Conns<'a> {
+    /// Query-only reader: reads the pages.
+    pub r: &'a Connection,
+    /// Takes the write barrier (only ever rolls back).
+    pub w: &'a Connection,
+    /// Leave `r`'s read transaction open on return.
+    pub keep_pin: bool,
+    /// Receive every page's state-checksum term.
+    pub terms: Option<&'a mut Vec<u64>>,
+}
+
+/// [`snapshot`] on connections the caller owns (`conns.r` reads, `conns.w` takes the write
+/// barrier). With `keep_pin`, `r`'s read transaction is still open when this returns, so the
 /// database cannot move past the snapshot's WAL position unseen (capture continues from it);
 /// otherwise it ends as soon as the pages are read.
 ///
@@ -196,11 +219,14 @@ pub fn snapshot_with(
     src: &SourceDb,
     opts: &SnapshotOptions,
     progress: &dyn Progress,
-    r: &Connection,
-    w: &Connection,
-    keep_pin: bool,
-    terms: Option<&mut Vec<u64>>,
+    conns: Conns<'_>,
 ) -> Result<SnapshotReport> {
+    let Conns {
+        r,
+        w,
+        keep_pin,
+        terms,
+    } = conns;
     let stale = set.store().clean_stale_temps("")?;
     let inv = set.inventory()?;
     let previous_chain = inv.chains.last().map(|c| c.id.clone());

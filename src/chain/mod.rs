@@ -288,10 +288,24 @@ impl Inventory {
 
     /// Highest transaction number any valid artifact claims (0 for an empty set).
     pub fn max_txn(&self) -> u64 {
-        self.valid_generations()
+        let gens = self
+            .valid_generations()
             .map(|(_, _, m)| m.txn)
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let bundles = self
+            .chains
+            .iter()
+            .flat_map(|c| c.bundles.iter())
+            .filter_map(|b| {
+                b.header
+                    .as_ref()
+                    .ok()
+                    .map(crate::bundle::wbb::BundleHeader::last_txn)
+            })
+            .max()
+            .unwrap_or(0);
+        gens.max(bundles)
     }
 
     /// The newest restorable generation (highest transaction number; ties: newest chain).

@@ -85,13 +85,12 @@ pub fn replay_into(
     let mut time = m.state_time.clone();
     let mut page_count = m.page_count;
     let mut prev = wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]);
-    let mut expect_seq = m.seq + 1;
     let mut applied = 0usize;
     let mut txns_applied = 0u64;
     let zeros = vec![0u8; ps as usize];
     let set_id = wbb::set_id_bytes(&plan.set_id).unwrap_or([0; 16]);
     let mut done = matches!(plan.stop, Stop::Txn(n) if n <= txn);
-    for pb in &plan.bundles {
+    for (expect_seq, pb) in (m.seq + 1..).zip(plan.bundles.iter()) {
         if done {
             break;
         }
@@ -241,7 +240,6 @@ pub fn replay_into(
             done = true;
         }
         prev = b.digest;
-        expect_seq += 1;
         if let Stop::Txn(n) = plan.stop
             && txn >= n
         {

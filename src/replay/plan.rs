@@ -233,7 +233,7 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
             (ext, Stop::Txn(*n), format!("txn {n}"))
         }
         Target::Time(t) => {
-            let t_us = i64::try_from(t.as_microsecond()).unwrap_or(i64::MAX);
+            let t_us = t.as_microsecond();
             let candidates: Vec<&ChainExtent<'_>> = exts
                 .iter()
                 .filter(|e| {

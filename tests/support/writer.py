@@ -13,8 +13,9 @@ was committed, and integrity_check passes.
 import argparse, os, random, sqlite3, sys, time
 
 def connect(path, args):
-    c = sqlite3.connect(path, isolation_level=None, timeout=30)
-    c.execute("PRAGMA busy_timeout=30000")
+    ms = getattr(args, "busy_timeout_ms", 30000)
+    c = sqlite3.connect(path, isolation_level=None, timeout=ms / 1000)
+    c.execute(f"PRAGMA busy_timeout={ms}")
     return c
 
 def main():
@@ -34,6 +35,13 @@ def main():
     ap.add_argument("--checkpoint-every", type=int, default=0)
     ap.add_argument("--checkpoint-mode", default="PASSIVE")
     ap.add_argument("--synchronous", default="NORMAL")
+    ap.add_argument("--savepoint-every", type=int, default=0)
+    ap.add_argument("--vacuum-every", type=int, default=0)
+    ap.add_argument("--reconnect-every", type=int, default=0)
+    ap.add_argument("--journal-size-limit", type=int, default=-1)
+    ap.add_argument("--cache-size", type=int, default=0, help="small values make large txns spill to the WAL before commit")
+    ap.add_argument("--autocheckpoint", type=int, default=1000)
+    ap.add_argument("--busy-timeout-ms", type=int, default=30000)
     a = ap.parse_args()
     rng = random.Random(a.seed)
     if a.init:
@@ -50,8 +58,16 @@ def main():
         c.execute("COMMIT")
         c.close()
         return 0
-    c = connect(a.db, a)
-    c.execute(f"PRAGMA synchronous={a.synchronous}")
+    def open_conn():
+        c = connect(a.db, a)
+        c.execute(f"PRAGMA synchronous={a.synchronous}")
+        c.execute(f"PRAGMA wal_autocheckpoint={a.autocheckpoint}")
+        if a.journal_size_limit >= 0:
+            c.execute(f"PRAGMA journal_size_limit={a.journal_size_limit}")
+        if a.cache_size:
+            c.execute(f"PRAGMA cache_size={a.cache_size}")
+        return c
+    c = open_conn()
     nxt = c.execute("SELECT coalesce(max(txn_id),0)+1 FROM txlog").fetchone()[0]
     nrows = c.execute("SELECT coalesce(max(id),0) FROM items").fetchone()[0]
     log = open(a.log, "a", buffering=1) if a.log else None
@@ -71,6 +87,14 @@ def main():
                 nrows += 1
                 c.execute("INSERT INTO items(id, txn_id, v) VALUES(?,?,?)",
                           (nrows, nxt, rng.randbytes(rng.randint(50, 1500))))
+        if a.savepoint_every and i % a.savepoint_every == 0:
+            # A savepoint whose work is rolled back inside a transaction that commits.
+            c.execute("SAVEPOINT sp")
+            for _ in range(5):
+                c.execute("INSERT INTO items(txn_id, v) VALUES(-1, ?)", (rng.randbytes(900),))
+            c.execute("UPDATE items SET v = zeroblob(10) WHERE id <= 20")
+            c.execute("ROLLBACK TO sp")
+            c.execute("RELEASE sp")
         if a.rollback_every and i % a.rollback_every == 0:
             c.execute("ROLLBACK")
             nrows = c.execute("SELECT coalesce(max(id),0) FROM items").fetchone()[0]
@@ -80,7 +104,16 @@ def main():
         if log: log.write(f"{nxt}\t{time.time():.6f}\n")
         nxt += 1
         if a.checkpoint_every and i % a.checkpoint_every == 0:
-            c.execute(f"PRAGMA wal_checkpoint({a.checkpoint_mode})").fetchall()
+            try:
+                c.execute(f"PRAGMA wal_checkpoint({a.checkpoint_mode})").fetchall()
+            except sqlite3.OperationalError:
+                pass  # busy: a reader holds a mark; the application carries on
+        if a.vacuum_every and i % a.vacuum_every == 0:
+            c.execute("DELETE FROM items WHERE id % 7 = 0 AND txn_id >= 0")
+            c.execute("VACUUM")
+        if a.reconnect_every and i % a.reconnect_every == 0:
+            c.close()
+            c = open_conn()
     if log: log.close()
     c.close()
     return 0

@@ -1,9 +1,11 @@
-//! `walbundle list SET`: what a set holds and what it can restore. Reads manifests only.
+//! `walbundle list SET`: chains, generations, bundles, and the restorable range of each chain.
+//! Reads manifests and bundle headers only (cheap on any set size).
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 use walbundle::chain::manifest::Origin;
+use walbundle::replay::plan::extents;
 use walbundle::{BackupSet, Result};
 
 use crate::Common;
@@ -20,7 +22,6 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct GenRow {
-    chain_id: String,
     seq: u64,
     txn: Option<u64>,
     state_time: Option<String>,
@@ -34,43 +35,73 @@ struct GenRow {
 }
 
 #[derive(Serialize)]
+struct BundleRow {
+    seq: u64,
+    first_txn: Option<u64>,
+    last_txn: Option<u64>,
+    first_time: Option<String>,
+    last_time: Option<String>,
+    bytes: u64,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChainRow {
+    id: String,
+    /// Why this chain started (from its first snapshot).
+    reason: Option<String>,
+    previous_chain: Option<String>,
+    generations: Vec<GenRow>,
+    bundles: Vec<BundleRow>,
+    /// Restorable range through contiguous, readable links.
+    restorable: Option<Range>,
+    /// The first bad link, if the chain is broken.
+    broken: Option<String>,
+    stored_bytes: u64,
+}
+
+#[derive(Serialize, Clone)]
+struct Range {
+    chain_id: String,
+    first_txn: u64,
+    first_time: String,
+    last_txn: u64,
+    last_time: String,
+}
+
+#[derive(Serialize)]
 struct Listing {
     set: PathBuf,
     set_id: String,
     name: String,
     source: walbundle::chain::manifest::SourceIdentity,
-    chains: Vec<String>,
-    generations: Vec<GenRow>,
-    restorable: Vec<Point>,
+    chains: Vec<ChainRow>,
+    restorable: Vec<Range>,
     unrelated: Vec<String>,
     stored_bytes: u64,
 }
 
-#[derive(Serialize)]
-struct Point {
-    chain_id: String,
-    txn: u64,
-    state_time: String,
+fn t(us: i64) -> String {
+    jiff::Timestamp::from_microsecond(us)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 pub fn run(a: Args) -> Result<u8> {
     let set = BackupSet::open(&a.set)?;
     let inv = set.inventory()?;
-    let mut rows = Vec::new();
-    let mut points = Vec::new();
-    let mut stored = 0;
+    let exts = extents(&inv);
+    let mut chains = Vec::new();
+    let mut total = 0;
     for c in &inv.chains {
-        for g in &c.generations {
-            let row = match &g.manifest {
+        let mut stored = 0;
+        let generations = c
+            .generations
+            .iter()
+            .map(|g| match &g.manifest {
                 Ok(m) => {
                     stored += m.image.size;
-                    points.push(Point {
-                        chain_id: c.id.clone(),
-                        txn: m.txn,
-                        state_time: m.state_time.clone(),
-                    });
                     GenRow {
-                        chain_id: c.id.clone(),
                         seq: g.seq,
                         txn: Some(m.txn),
                         state_time: Some(m.state_time.clone()),
@@ -84,7 +115,6 @@ pub fn run(a: Args) -> Result<u8> {
                     }
                 }
                 Err(e) => GenRow {
-                    chain_id: c.id.clone(),
                     seq: g.seq,
                     txn: None,
                     state_time: None,
@@ -96,11 +126,67 @@ pub fn run(a: Args) -> Result<u8> {
                     origin: None,
                     error: Some(e.to_string()),
                 },
-            };
-            rows.push(row);
-        }
+            })
+            .collect();
+        let bundles = c
+            .bundles
+            .iter()
+            .map(|b| {
+                stored += b.size;
+                match &b.header {
+                    Ok(h) => BundleRow {
+                        seq: b.seq,
+                        first_txn: Some(h.first_txn),
+                        last_txn: Some(h.last_txn()),
+                        first_time: Some(t(h.first_time_us)),
+                        last_time: Some(t(h.last_time_us)),
+                        bytes: b.size,
+                        error: None,
+                    },
+                    Err(e) => BundleRow {
+                        seq: b.seq,
+                        first_txn: None,
+                        last_txn: None,
+                        first_time: None,
+                        last_time: None,
+                        bytes: b.size,
+                        error: Some(e.to_string()),
+                    },
+                }
+            })
+            .collect();
+        let (reason, previous_chain) = match c.base().map(|m| &m.origin) {
+            Some(Origin::Snapshot {
+                reason,
+                previous_chain,
+                ..
+            }) => (Some(reason.clone()), previous_chain.clone()),
+            _ => (None, None),
+        };
+        let ext = exts.iter().find(|e| e.chain.id == c.id);
+        let restorable = ext.map(|e| Range {
+            chain_id: c.id.clone(),
+            first_txn: e.base.txn,
+            first_time: e.base.state_time.clone(),
+            last_txn: e.end_txn(),
+            last_time: e
+                .run
+                .last()
+                .map_or_else(|| e.base.state_time.clone(), |(_, h)| t(h.last_time_us)),
+        });
+        let broken = ext.and_then(|e| e.broken.as_ref().map(|(what, _)| what.clone()));
+        total += stored;
+        chains.push(ChainRow {
+            id: c.id.clone(),
+            reason,
+            previous_chain,
+            generations,
+            bundles,
+            restorable,
+            broken,
+            stored_bytes: stored,
+        });
     }
-    points.sort_by_key(|p| p.txn);
     let mut unrelated = inv.unrelated.clone();
     unrelated.extend(inv.chains.iter().flat_map(|c| c.unrelated.iter().cloned()));
     let rec = set.record();
@@ -109,68 +195,84 @@ pub fn run(a: Args) -> Result<u8> {
         set_id: rec.set_id.clone(),
         name: rec.name.clone(),
         source: rec.source.clone(),
-        chains: inv.chains.iter().map(|c| c.id.clone()).collect(),
-        generations: rows,
-        restorable: points,
+        restorable: chains.iter().filter_map(|c| c.restorable.clone()).collect(),
+        chains,
         unrelated,
-        stored_bytes: stored,
+        stored_bytes: total,
     };
     if a.common.json {
         ui::json(&listing);
         return Ok(0);
     }
     let mut s = format!(
-        "set {} ({})\n  backs up {} on {}\n\n",
+        "set {} ({})\n  backs up {} on {}\n",
         listing.name,
         listing.set.display(),
         listing.source.path,
         listing.source.host
     );
-    s.push_str(&format!(
-        "{:<26} {:>4} {:>7}  {:<30} {:>9} {:>10} {:>10}  {}\n",
-        "CHAIN", "GEN", "TXN", "STATE TIME (UTC)", "PAGES", "DB SIZE", "STORED", "ORIGIN"
-    ));
-    for r in &listing.generations {
-        if let Some(err) = &r.error {
-            s.push_str(&format!(
-                "{:<26} {:>4}  DAMAGED: {err}\n",
-                r.chain_id, r.seq
-            ));
-            continue;
-        }
-        let origin = match &r.origin {
-            Some(Origin::Snapshot {
-                reason,
-                journal_mode,
-                ..
-            }) => format!("{reason} ({journal_mode})"),
-            Some(Origin::Compaction { from_seq }) => format!("compaction of gen {from_seq}"),
-            None => String::new(),
-        };
+    for c in &listing.chains {
         s.push_str(&format!(
-            "{:<26} {:>4} {:>7}  {:<30} {:>9} {:>10} {:>10}  {}\n",
-            r.chain_id,
-            r.seq,
-            r.txn.unwrap_or(0),
-            r.state_time.as_deref().unwrap_or(""),
-            r.page_count.unwrap_or(0),
-            ui::bytes(r.db_bytes.unwrap_or(0)),
-            ui::bytes(r.stored_bytes.unwrap_or(0)),
-            origin
+            "\nchain {}: {}\n",
+            c.id,
+            c.reason
+                .as_deref()
+                .unwrap_or("(first generation unreadable)")
         ));
+        for g in &c.generations {
+            if let Some(err) = &g.error {
+                s.push_str(&format!("  generation {:>4}  DAMAGED: {err}\n", g.seq));
+                continue;
+            }
+            s.push_str(&format!(
+                "  generation {:>4}  txn {:>8}  {}  {} pages x {} B = {}, stored {}\n",
+                g.seq,
+                g.txn.unwrap_or(0),
+                g.state_time.as_deref().unwrap_or(""),
+                g.page_count.unwrap_or(0),
+                g.page_size.unwrap_or(0),
+                ui::bytes(g.db_bytes.unwrap_or(0)),
+                ui::bytes(g.stored_bytes.unwrap_or(0)),
+            ));
+        }
+        if let (Some(f), Some(l)) = (c.bundles.first(), c.bundles.last()) {
+            let bytes: u64 = c.bundles.iter().map(|b| b.bytes).sum();
+            s.push_str(&format!(
+                "  bundles {}..={} ({}): txn {}..={}, {} .. {}, {}\n",
+                f.seq,
+                l.seq,
+                c.bundles.len(),
+                f.first_txn.unwrap_or(0),
+                l.last_txn.unwrap_or(0),
+                f.first_time.as_deref().unwrap_or("?"),
+                l.last_time.as_deref().unwrap_or("?"),
+                ui::bytes(bytes)
+            ));
+            for b in c.bundles.iter().filter(|b| b.error.is_some()) {
+                s.push_str(&format!(
+                    "  bundle {} DAMAGED: {}\n",
+                    b.seq,
+                    b.error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        match (&c.restorable, &c.broken) {
+            (Some(r), None) => s.push_str(&format!(
+                "  restorable: txn {}..={} ({} .. {}), any transaction in between\n",
+                r.first_txn, r.last_txn, r.first_time, r.last_time
+            )),
+            (Some(r), Some(b)) => s.push_str(&format!(
+                "  restorable: txn {}..={} only; BROKEN after that: {b}\n",
+                r.first_txn, r.last_txn
+            )),
+            (None, _) => s.push_str("  restorable: nothing (no readable first generation)\n"),
+        }
     }
-    match (listing.restorable.first(), listing.restorable.last()) {
-        (Some(first), Some(last)) => s.push_str(&format!(
-            "\nrestorable: {} point(s), txn {} ({}) .. txn {} ({}); {} stored\n",
-            listing.restorable.len(),
-            first.txn,
-            first.state_time,
-            last.txn,
-            last.state_time,
-            ui::bytes(stored)
-        )),
-        _ => s.push_str("\nrestorable: nothing (no valid generation)\n"),
-    }
+    s.push_str(&format!(
+        "\n{} chain(s), {} stored\n",
+        listing.chains.len(),
+        ui::bytes(listing.stored_bytes)
+    ));
     for u in &listing.unrelated {
         s.push_str(&format!("not walbundle's (left alone): {u}\n"));
     }

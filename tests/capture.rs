@@ -1,0 +1,357 @@
+//! Continuous capture against a real application process doing everything applications do to
+//! their WAL: small and spilling transactions, rollbacks, savepoint rollbacks, its own PASSIVE,
+//! FULL, RESTART and TRUNCATE checkpoints, `journal_size_limit`, VACUUM, closing every
+//! connection — and `kill -9` of the capturer, twenty times. After each run, every bundle
+//! boundary and a sample of transactions restore to a database that passes `integrity_check` and
+//! holds exactly a contiguous prefix of committed transactions; the final restore holds every
+//! committed transaction and is byte-identical to the source after a full checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+struct Run {
+    t: Tmp,
+    db: PathBuf,
+    dest: PathBuf,
+    log: PathBuf,
+}
+
+impl Run {
+    fn new(rows: u32) -> Self {
+        let t = Tmp::new();
+        let db = t.mkdir("src").join("app.db");
+        let dest = t.mkdir("dest");
+        let log = t.path("commits.tsv");
+        init_db(&db, rows, 4096, "wal");
+        Self { t, db, dest, log }
+    }
+
+    fn set(&self) -> PathBuf {
+        self.dest.join("app")
+    }
+
+    fn start_capture(&self, extra: &[&str]) -> Child {
+        let mut c = Command::new(bin());
+        c.args([
+            "capture",
+            s(&self.db),
+            "--dest",
+            s(&self.dest),
+            "--interval",
+            "200ms",
+        ])
+        .args(extra);
+        c.env_remove("WALBUNDLE_DEST").stdout(Stdio::null()).stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.t.path("capture.log"))
+                .unwrap(),
+        );
+        let child = c.spawn().expect("spawn capture");
+        // Ready once the first chain exists.
+        for _ in 0..200 {
+            if generation_dirs_or_empty(&self.set()) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    fn write(&self, args: &[&str]) {
+        let mut a = vec!["--db", s(&self.db), "--log", s(&self.log)];
+        a.extend_from_slice(args);
+        let st = writer(&a).status().expect("writer");
+        assert!(st.success(), "writer failed");
+    }
+
+    fn capture_log(&self) -> String {
+        std::fs::read_to_string(self.t.path("capture.log")).unwrap_or_default()
+    }
+}
+
+fn generation_dirs_or_empty(set: &Path) -> usize {
+    if set.is_dir() {
+        generation_dirs(set).len()
+    } else {
+        0
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let st = child.wait().expect("wait capture");
+    assert!(
+        st.success(),
+        "capture did not exit cleanly on SIGTERM: {st:?}"
+    );
+}
+
+/// The whole oracle: deep verify, every bundle boundary, sampled transactions, the final state.
+fn check_everything(run: &Run) {
+    let set = run.set();
+    let v = wb(["verify", s(&set), "--deep"]);
+    assert_eq!(
+        v.code,
+        0,
+        "verify --deep:\n{}\n{}\ncapture log:\n{}",
+        v.stdout,
+        v.stderr,
+        run.capture_log()
+    );
+    let l = wb(["list", s(&set), "--json"]).json();
+    let committed = committed(&run.log);
+    let mut points: Vec<u64> = Vec::new();
+    for c in l["chains"].as_array().unwrap() {
+        for b in c["bundles"].as_array().unwrap() {
+            points.push(b["last_txn"].as_u64().unwrap());
+            // One transaction inside the bundle too, when it has several.
+            let (f, e) = (
+                b["first_txn"].as_u64().unwrap(),
+                b["last_txn"].as_u64().unwrap(),
+            );
+            if e > f {
+                points.push(f + (e - f) / 2);
+            }
+        }
+    }
+    points.sort_unstable();
+    points.dedup();
+    assert!(
+        points.len() >= 3,
+        "too few bundles to test ({points:?}); capture log:\n{}",
+        run.capture_log()
+    );
+    let mut last_k = 0;
+    for (i, txn) in points.iter().enumerate() {
+        let out = run.t.path(&format!("at-{txn}.db"));
+        wb([
+            "restore",
+            s(&set),
+            "--out",
+            s(&out),
+            "--txn",
+            &txn.to_string(),
+            "--check",
+            "quick",
+        ])
+        .ok();
+        let k = check_prefix(&out);
+        assert!(
+            k >= last_k || i == 0,
+            "restored prefix went backwards at txn {txn}: {k} < {last_k}"
+        );
+        last_k = k;
+        std::fs::remove_file(&out).unwrap();
+    }
+    let out = run.t.path("final.db");
+    wb(["restore", s(&set), "--out", s(&out)]).ok();
+    let k = check_prefix(&out);
+    assert_eq!(
+        k,
+        committed.len() as u64,
+        "final restore lacks committed transactions; log:\n{}",
+        run.capture_log()
+    );
+    {
+        let c = rusqlite::Connection::open(&run.db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        let (busy, _, _): (i64, i64, i64) = c
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0, "could not checkpoint the source");
+    }
+    assert_eq!(
+        sha_file(&out),
+        sha_file(&run.db),
+        "final restore is not byte-identical to the source"
+    );
+}
+
+fn scenario(writer_args: &[&str]) {
+    let run = Run::new(500);
+    let cap = run.start_capture(&[]);
+    let mut args = vec!["--txns", "900", "--rate", "400"];
+    args.extend_from_slice(writer_args);
+    run.write(&args);
+    std::thread::sleep(Duration::from_millis(600));
+    stop(cap);
+    check_everything(&run);
+}
+
+#[test]
+fn mixed_small_spilling_rollbacks_and_savepoints() {
+    scenario(&[
+        "--large-every",
+        "60",
+        "--cache-size",
+        "8",
+        "--rollback-every",
+        "11",
+        "--savepoint-every",
+        "7",
+    ]);
+}
+
+#[test]
+fn application_passive_checkpoints() {
+    scenario(&["--checkpoint-every", "25", "--checkpoint-mode", "PASSIVE"]);
+}
+
+#[test]
+fn application_full_checkpoints() {
+    scenario(&[
+        "--checkpoint-every",
+        "60",
+        "--checkpoint-mode",
+        "FULL",
+        "--busy-timeout-ms",
+        "50",
+    ]);
+}
+
+#[test]
+fn application_restart_checkpoints() {
+    scenario(&[
+        "--checkpoint-every",
+        "60",
+        "--checkpoint-mode",
+        "RESTART",
+        "--busy-timeout-ms",
+        "50",
+    ]);
+}
+
+#[test]
+fn application_truncate_checkpoints_and_journal_size_limit() {
+    scenario(&[
+        "--checkpoint-every",
+        "60",
+        "--checkpoint-mode",
+        "TRUNCATE",
+        "--journal-size-limit",
+        "65536",
+        "--busy-timeout-ms",
+        "50",
+    ]);
+}
+
+#[test]
+fn application_vacuums() {
+    scenario(&["--vacuum-every", "250", "--large-every", "100"]);
+}
+
+#[test]
+fn application_closes_all_connections() {
+    scenario(&["--reconnect-every", "40", "--autocheckpoint", "50"]);
+}
+
+/// The WAL already holds committed frames (autocheckpoint off) when capture first starts.
+#[test]
+fn starts_on_a_wal_full_of_committed_frames() {
+    let run = Run::new(300);
+    // The application keeps a connection open (as a live one does), so the writer's close is
+    // not the last one and the WAL survives with its committed frames.
+    let app = rusqlite::Connection::open(&run.db).unwrap();
+    app.query_row("SELECT count(*) FROM items", [], |_| Ok(()))
+        .unwrap();
+    run.write(&["--txns", "400", "--autocheckpoint", "0"]);
+    let wal = std::fs::metadata(sidecar(&run.db, "-wal")).unwrap().len();
+    assert!(
+        wal > 1 << 20,
+        "the WAL should hold the writer's frames ({wal} bytes)"
+    );
+    let o = wb(["capture", s(&run.db), "--dest", s(&run.dest), "--once"]);
+    o.ok();
+    let out = run.t.path("r.db");
+    wb(["restore", s(&run.set()), "--out", s(&out)]).ok();
+    assert_eq!(check_prefix(&out), 400);
+    // Then continuous capture picks up from there.
+    let cap = run.start_capture(&[]);
+    run.write(&["--txns", "300", "--rate", "500"]);
+    std::thread::sleep(Duration::from_millis(600));
+    stop(cap);
+    drop(app);
+    check_everything(&run);
+}
+
+fn sidecar(p: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", p.display()))
+}
+
+/// `kill -9` of the capturer twenty times while the application keeps writing: every committed
+/// transaction ends up in the set, and every chain split is recorded with its reason.
+#[test]
+fn kill_nine_twenty_times() {
+    let run = Run::new(500);
+    let mut writer = {
+        let mut a = vec![
+            "--db",
+            s(&run.db),
+            "--log",
+            s(&run.log),
+            "--duration",
+            "60",
+            "--rate",
+            "300",
+        ];
+        a.extend_from_slice(&["--large-every", "80"]);
+        crate::support::writer(&a)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..20 {
+        let mut cap = run.start_capture(&[]);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(150 + seed % 500));
+        cap.kill().unwrap(); // SIGKILL
+        cap.wait().unwrap();
+        assert!(
+            writer.try_wait().unwrap().is_none(),
+            "the writer stopped early"
+        );
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &writer.id().to_string()])
+        .status();
+    writer.wait().unwrap();
+    // One last, clean run captures everything committed.
+    let cap = run.start_capture(&[]);
+    std::thread::sleep(Duration::from_millis(800));
+    stop(cap);
+    let l = wb(["list", s(&run.set()), "--json"]).json();
+    let chains = l["chains"].as_array().unwrap();
+    for c in chains {
+        assert!(
+            c["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "a chain without a recorded reason: {c}"
+        );
+        assert!(c["broken"].is_null(), "a broken chain: {c}");
+    }
+    eprintln!(
+        "kill -9 x20: {} chain(s); reasons: {:?}",
+        chains.len(),
+        chains
+            .iter()
+            .map(|c| c["reason"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect::<String>())
+            .collect::<Vec<_>>()
+    );
+    check_everything(&run);
+}
