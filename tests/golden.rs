@@ -127,6 +127,94 @@ fn bless() {
         self_sha256: String::new(),
     };
     std::fs::write(gen_dir().join("manifest.json"), m.to_sealed_bytes()).unwrap();
+
+    // Two real transactions on the same database (rollback journal, so the file is the state),
+    // kept as the expected results and encoded as bundle 1.
+    let db1 = dir.join("database-txn2.db");
+    let db2 = dir.join("database-txn3.db");
+    std::fs::copy(&db, &db1).unwrap();
+    rusqlite::Connection::open(&db1)
+        .unwrap()
+        .execute_batch("UPDATE notes SET body = 'edited in txn 2' WHERE id = 7;")
+        .unwrap();
+    std::fs::copy(&db1, &db2).unwrap();
+    rusqlite::Connection::open(&db2)
+        .unwrap()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<30)
+             INSERT INTO notes(body) SELECT 'txn 3 row ' || i || ' ' || printf('%.40c', '*') FROM n;",
+        )
+        .unwrap();
+    let states = [raw.clone(), std::fs::read(&db1).unwrap(), std::fs::read(&db2).unwrap()];
+    let bytes = encode_golden_bundle(&rec.set_id, &m, &states);
+    std::fs::write(set_dir().join(CHAIN).join("b-000000000001.wbb"), bytes).unwrap();
+}
+
+/// Bundle 1 of the golden chain: the pages that differ between consecutive `states`, one
+/// transaction per step, with fixed times and a fictitious WAL range.
+fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u8>]) -> Vec<u8> {
+    use walbundle::bundle::checksum::term_or_zero;
+    use walbundle::bundle::wbb::{BodyEncoder, BundleHeader, TxnMeta, assemble, set_id_bytes, sha_bytes};
+    let ps = base.page_size as usize;
+    let mut terms: Vec<u64> = states[0].chunks(ps).enumerate().map(|(i, p)| term_or_zero(512, i as u32 + 1, p)).collect();
+    let mut state = StateChecksum::from_hex(&base.state_checksum).unwrap();
+    let mut body = BodyEncoder::new(512, 1).unwrap();
+    let mut frame = 0u32;
+    for (k, w) in states.windows(2).enumerate() {
+        let (old, new) = (&w[0], &w[1]);
+        let count = (new.len() / ps) as u32;
+        let changed: Vec<u32> = (1..=count)
+            .filter(|&p| {
+                let r = (p as usize - 1) * ps..p as usize * ps;
+                old.get(r.clone()) != new.get(r)
+            })
+            .collect();
+        for &p in &changed {
+            let page = &new[(p as usize - 1) * ps..p as usize * ps];
+            let t = term_or_zero(512, p, page);
+            if p as usize > terms.len() {
+                terms.push(0);
+            }
+            state.0 ^= terms[p as usize - 1] ^ t;
+            terms[p as usize - 1] = t;
+        }
+        frame += changed.len() as u32;
+        let meta = TxnMeta {
+            time_us: 1_767_225_601_000_000 + k as i64 * 1_000_000,
+            page_count: count,
+            commit_frame: 7 + frame, // the fictitious WAL range starts at frame 8
+            state_after: state.0,
+        };
+        body.begin_txn(&meta, changed.len() as u32).unwrap();
+        for &p in &changed {
+            body.page(p, &new[(p as usize - 1) * ps..p as usize * ps]).unwrap();
+        }
+        body.end_txn().unwrap();
+    }
+    let (b, raw) = body.finish().unwrap();
+    let last = states.last().unwrap();
+    let header = BundleHeader {
+        set_id: set_id_bytes(set_id).unwrap(),
+        chain_id: CHAIN.into(),
+        seq: 1,
+        prev_sha256: sha_bytes(&base.image.sha256).unwrap(),
+        salts: (0x1234_5678, 0x9abc_def0),
+        first_frame: 8,
+        last_frame: frame + 7,
+        end_checksum: (3, 4),
+        page_size: 512,
+        page_count_before: base.page_count,
+        page_count_after: (last.len() / ps) as u32,
+        txn_count: (states.len() - 1) as u32,
+        first_txn: base.txn + 1,
+        state_before: StateChecksum::from_hex(&base.state_checksum).unwrap().0,
+        state_after: state.0,
+        first_time_us: 1_767_225_601_000_000,
+        last_time_us: 1_767_225_601_000_000 + (states.len() as i64 - 2) * 1_000_000,
+        body_len: 0,
+        body_raw_len: 0,
+    };
+    assemble(header, &b, raw).0
 }
 
 #[test]
@@ -186,6 +274,34 @@ fn golden_set_verifies_deep_and_restores_exactly() {
         std::fs::read(&out).unwrap(),
         std::fs::read(fixtures().join("database.db")).unwrap()
     );
+}
+
+#[test]
+fn golden_bundle_decodes_reencodes_and_restores_every_transaction() {
+    let mp = gen_dir().join("manifest.json");
+    let m = GenerationManifest::from_sealed_bytes(&mp, &std::fs::read(&mp).unwrap()).unwrap();
+    let bp = set_dir().join(CHAIN).join("b-000000000001.wbb");
+    let bytes = std::fs::read(&bp).unwrap();
+    let b = walbundle::bundle::wbb::read_bundle(&bp).unwrap();
+    assert_eq!(b.header.txn_count, 2);
+    assert_eq!(b.header.first_txn, 2);
+    let states = [
+        std::fs::read(fixtures().join("database.db")).unwrap(),
+        std::fs::read(fixtures().join("database-txn2.db")).unwrap(),
+        std::fs::read(fixtures().join("database-txn3.db")).unwrap(),
+    ];
+    let set_id = "0123456789abcdef0123456789abcdef";
+    assert_eq!(encode_golden_bundle(set_id, &m, &states), bytes, "bundle re-encoding drifted");
+    let t = Tmp::new();
+    for (txn, want) in [(2u64, "database-txn2.db"), (3, "database-txn3.db")] {
+        let out = t.path(&format!("t{txn}.db"));
+        wb(["restore", s(&set_dir()), "--out", s(&out), "--txn", &txn.to_string()]).ok();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(fixtures().join(want)).unwrap(), "txn {txn}");
+    }
+    // --at between the two transactions' capture times restores the first.
+    let out = t.path("at.db");
+    wb(["restore", s(&set_dir()), "--out", s(&out), "--at", "2026-01-01T00:00:01.5Z"]).ok();
+    assert_eq!(std::fs::read(&out).unwrap(), states[1]);
 }
 
 /// Test vectors for the state checksum (`format/README.md`, "State checksum"), cross-checked
