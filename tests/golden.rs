@@ -145,7 +145,11 @@ fn bless() {
              INSERT INTO notes(body) SELECT 'txn 3 row ' || i || ' ' || printf('%.40c', '*') FROM n;",
         )
         .unwrap();
-    let states = [raw.clone(), std::fs::read(&db1).unwrap(), std::fs::read(&db2).unwrap()];
+    let states = [
+        raw.clone(),
+        std::fs::read(&db1).unwrap(),
+        std::fs::read(&db2).unwrap(),
+    ];
     let bytes = encode_golden_bundle(&rec.set_id, &m, &states);
     std::fs::write(set_dir().join(CHAIN).join("b-000000000001.wbb"), bytes).unwrap();
 }
@@ -154,9 +158,15 @@ fn bless() {
 /// transaction per step, with fixed times and a fictitious WAL range.
 fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u8>]) -> Vec<u8> {
     use walbundle::bundle::checksum::term_or_zero;
-    use walbundle::bundle::wbb::{BodyEncoder, BundleHeader, TxnMeta, assemble, set_id_bytes, sha_bytes};
+    use walbundle::bundle::wbb::{
+        BodyEncoder, BundleHeader, TxnMeta, assemble, set_id_bytes, sha_bytes,
+    };
     let ps = base.page_size as usize;
-    let mut terms: Vec<u64> = states[0].chunks(ps).enumerate().map(|(i, p)| term_or_zero(512, i as u32 + 1, p)).collect();
+    let mut terms: Vec<u64> = states[0]
+        .chunks(ps)
+        .enumerate()
+        .map(|(i, p)| term_or_zero(512, i as u32 + 1, p))
+        .collect();
     let mut state = StateChecksum::from_hex(&base.state_checksum).unwrap();
     let mut body = BodyEncoder::new(512, 1).unwrap();
     let mut frame = 0u32;
@@ -187,7 +197,8 @@ fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u
         };
         body.begin_txn(&meta, changed.len() as u32).unwrap();
         for &p in &changed {
-            body.page(p, &new[(p as usize - 1) * ps..p as usize * ps]).unwrap();
+            body.page(p, &new[(p as usize - 1) * ps..p as usize * ps])
+                .unwrap();
         }
         body.end_txn().unwrap();
     }
@@ -270,9 +281,18 @@ fn golden_set_verifies_deep_and_restores_exactly() {
     wb(["verify", s(&set_dir()), "--deep"]).ok();
     let out = t.path("golden.db");
     wb(["restore", s(&set_dir()), "--out", s(&out)]).ok();
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        std::fs::read(fixtures().join("database.db")).unwrap()
+    // The newest state is the generation plus bundle 1's two transactions.
+    let want = std::fs::read(fixtures().join("database-txn3.db")).unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "latest restore differs from database-txn3.db"
+    );
+    let base = t.path("base.db");
+    wb(["restore", s(&set_dir()), "--out", s(&base), "--txn", "1"]).ok();
+    let gen0 = std::fs::read(fixtures().join("database.db")).unwrap();
+    assert!(
+        std::fs::read(&base).unwrap() == gen0,
+        "txn 1 restore differs from database.db"
     );
 }
 
@@ -291,16 +311,40 @@ fn golden_bundle_decodes_reencodes_and_restores_every_transaction() {
         std::fs::read(fixtures().join("database-txn3.db")).unwrap(),
     ];
     let set_id = "0123456789abcdef0123456789abcdef";
-    assert_eq!(encode_golden_bundle(set_id, &m, &states), bytes, "bundle re-encoding drifted");
+    assert_eq!(
+        encode_golden_bundle(set_id, &m, &states),
+        bytes,
+        "bundle re-encoding drifted"
+    );
     let t = Tmp::new();
     for (txn, want) in [(2u64, "database-txn2.db"), (3, "database-txn3.db")] {
         let out = t.path(&format!("t{txn}.db"));
-        wb(["restore", s(&set_dir()), "--out", s(&out), "--txn", &txn.to_string()]).ok();
-        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(fixtures().join(want)).unwrap(), "txn {txn}");
+        wb([
+            "restore",
+            s(&set_dir()),
+            "--out",
+            s(&out),
+            "--txn",
+            &txn.to_string(),
+        ])
+        .ok();
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(fixtures().join(want)).unwrap(),
+            "txn {txn}"
+        );
     }
     // --at between the two transactions' capture times restores the first.
     let out = t.path("at.db");
-    wb(["restore", s(&set_dir()), "--out", s(&out), "--at", "2026-01-01T00:00:01.5Z"]).ok();
+    wb([
+        "restore",
+        s(&set_dir()),
+        "--out",
+        s(&out),
+        "--at",
+        "2026-01-01T00:00:01.5Z",
+    ])
+    .ok();
     assert_eq!(std::fs::read(&out).unwrap(), states[1]);
 }
 
