@@ -313,8 +313,22 @@ impl BodyEncoder {
     /// # Errors
     /// Only if zstd cannot be set up.
     pub fn new(page_size: u32, level: i32) -> io::Result<Self> {
+        Self::with_window(page_size, level, 0)
+    }
+
+    /// A new body at zstd `level` with a window of 2^`window_log` bytes (0: zstd's default for
+    /// the level). A window spanning the whole bundle lets zstd find the pages consecutive
+    /// transactions rewrite (measured: 7% smaller than level 3's default window on the
+    /// Litestream-comparison workload); readers accept windows up to 2^27.
+    ///
+    /// # Errors
+    /// Only if zstd cannot be set up.
+    pub fn with_window(page_size: u32, level: i32, window_log: u32) -> io::Result<Self> {
         let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
         enc.include_checksum(false)?;
+        if window_log > 0 {
+            enc.window_log(window_log.clamp(10, super::image::MAX_WINDOW_LOG))?;
+        }
         Ok(Self {
             enc,
             raw_len: 0,

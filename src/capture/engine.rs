@@ -55,6 +55,8 @@ pub struct CaptureOptions {
     pub max_bundle_bytes: u64,
     /// zstd level for bundle bodies.
     pub level: i32,
+    /// zstd window for bundle bodies, as a power of two (0: the level's default).
+    pub window_log: u32,
     /// How long the write barrier may wait for the application's write lock before the cut is
     /// retried at the next poll (writers are never held longer than the barrier's own work).
     pub barrier_timeout: Duration,
@@ -69,7 +71,8 @@ impl Default for CaptureOptions {
             poll: Duration::from_millis(100),
             max_wal_bytes: 16 << 20,
             max_bundle_bytes: 32 << 20,
-            level: 1,
+            level: 3,
+            window_log: 24,
             barrier_timeout: Duration::from_millis(200),
             snapshot: SnapshotOptions {
                 check: crate::replay::CheckLevel::Quick,
@@ -219,6 +222,10 @@ fn debug(msg: impl FnOnce() -> String) {
         eprintln!("debug: {}", msg());
     }
 }
+
+/// Per transaction, keep up to this many bytes of page content from the checksum pass instead of
+/// reading the frames again when the transaction commits.
+const TXN_KEEP_BYTES: usize = 64 << 20;
 
 /// How long committed frames may stay unreadable before capture gives up on the chain.
 const STUCK_LIMIT: Duration = Duration::from_secs(5);
@@ -717,7 +724,10 @@ impl Capturer {
         let wp = self.src.wal_path();
         let mut buf = vec![0u8; ps + FRAME_HEADER_LEN as usize];
         let mut cksum = self.cur.cksum;
-        let mut txn_pages: HashMap<u32, u32> = HashMap::new();
+        // The open transaction's pages: frame index and, within a memory budget, the bytes
+        // already read for the checksum (so each frame is read once, not twice).
+        let mut txn_pages: HashMap<u32, (u32, Option<Vec<u8>>)> = HashMap::new();
+        let mut kept: usize = 0;
         let mut i = self.cur.frame + 1;
         while i <= bound {
             let n = pread_full(wal, &mut buf, hdr.frame_offset(i)).ctx(&wp, "reading WAL frame")?;
@@ -741,10 +751,11 @@ impl Capturer {
                 });
                 self.stats.zeroed_frames += 1;
                 cksum = (0, 0);
-                txn_pages.insert(fh.pgno, i);
+                txn_pages.insert(fh.pgno, (i, None));
                 if fh.commit_size != 0 {
-                    self.emit_txn(wal, hdr, &txn_pages, i, fh.commit_size, cksum)?;
+                    self.emit_txn(wal, hdr, &mut txn_pages, i, fh.commit_size, cksum)?;
                     txn_pages.clear();
+                    kept = 0;
                 }
                 i += 1;
                 continue;
@@ -766,10 +777,16 @@ impl Capturer {
                 ))));
             }
             cksum = c;
-            txn_pages.insert(fh.pgno, i);
+            let keep = kept + ps <= TXN_KEEP_BYTES;
+            if keep {
+                kept += ps;
+            }
+            let content = keep.then(|| buf[FRAME_HEADER_LEN as usize..].to_vec());
+            txn_pages.insert(fh.pgno, (i, content));
             if fh.commit_size != 0 {
-                self.emit_txn(wal, hdr, &txn_pages, i, fh.commit_size, c)?;
+                self.emit_txn(wal, hdr, &mut txn_pages, i, fh.commit_size, c)?;
                 txn_pages.clear();
+                kept = 0;
             }
             i += 1;
         }
@@ -781,7 +798,7 @@ impl Capturer {
         &mut self,
         wal: &File,
         hdr: &WalHeader,
-        pages: &HashMap<u32, u32>,
+        pages: &mut HashMap<u32, (u32, Option<Vec<u8>>)>,
         commit_frame: u32,
         commit_size: u32,
         cksum: (u32, u32),
@@ -789,7 +806,8 @@ impl Capturer {
         let ps = hdr.page_size;
         let wp = self.src.wal_path();
         if self.pending.is_none() {
-            let body = BodyEncoder::new(ps, self.opts.level).ctx(&wp, "starting compression")?;
+            let body = BodyEncoder::with_window(ps, self.opts.level, self.opts.window_log)
+                .ctx(&wp, "starting compression")?;
             let header = BundleHeader {
                 set_id: wbb::set_id_bytes(&self.set.record().set_id).unwrap_or([0; 16]),
                 chain_id: self.cur.chain_id.clone(),
@@ -818,9 +836,10 @@ impl Capturer {
                 started: Instant::now(),
             });
         }
-        let mut order: Vec<(u32, u32)> = pages.iter().map(|(&p, &f)| (p, f)).collect();
-        order.sort_unstable();
-        order.retain(|&(p, _)| p <= commit_size);
+        let mut order: Vec<(u32, u32, Option<Vec<u8>>)> =
+            pages.drain().map(|(p, (f, c))| (p, f, c)).collect();
+        order.sort_unstable_by_key(|e| e.0);
+        order.retain(|e| e.0 <= commit_size);
         let mut buf = vec![0u8; ps as usize + FRAME_HEADER_LEN as usize];
         let lock = lock_byte_page(ps);
         // Pages beyond the old size that this transaction does not write are zeros.
@@ -848,21 +867,26 @@ impl Capturer {
                 .ok_or_else(|| Error::usage("no pending bundle"))?;
             // State first (the record carries the state after the transaction).
             let mut contents: Vec<(u32, Vec<u8>)> = Vec::with_capacity(order.len());
-            for &(pgno, frame) in &order {
-                let n = pread_full(wal, &mut buf, hdr.frame_offset(frame))
-                    .ctx(&wp, "reading WAL frame")?;
-                let again = FrameHeader::parse(&buf[..24]);
-                if n < buf.len()
-                    || (again.salts != hdr.salts && again.salts != (0, 0))
-                    || again.pgno != pgno
-                {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!("WAL frame {frame} changed while being captured"),
-                    )
-                    .at(&wp));
-                }
-                let page = &buf[FRAME_HEADER_LEN as usize..];
+            for (pgno, frame, kept) in order {
+                let page: Vec<u8> = if let Some(p) = kept {
+                    p
+                } else {
+                    let n = pread_full(wal, &mut buf, hdr.frame_offset(frame))
+                        .ctx(&wp, "reading WAL frame")?;
+                    let again = FrameHeader::parse(&buf[..24]);
+                    if n < buf.len()
+                        || (again.salts != hdr.salts && again.salts != (0, 0))
+                        || again.pgno != pgno
+                    {
+                        return Err(Error::new(
+                            ErrorKind::Corrupt,
+                            format!("WAL frame {frame} changed while being captured"),
+                        )
+                        .at(&wp));
+                    }
+                    buf[FRAME_HEADER_LEN as usize..].to_vec()
+                };
+                let page = &page[..];
                 let t = if pgno == lock {
                     0
                 } else {
@@ -944,13 +968,16 @@ impl Capturer {
     /// frames inside it, so R is re-pinned on a fully backfilled WAL and the next writer
     /// restarts it from the beginning.
     fn cut_window(&mut self) -> Result<()> {
-        let wal_len = std::fs::metadata(self.src.wal_path())
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let restart = wal_len > self.opts.max_wal_bytes;
+        // The WAL's live size is its committed frames, not the file's length: SQLite reuses
+        // the file after a restart, so the file only ever shrinks by `journal_size_limit`.
+        let shm = self.read_shm()?;
+        let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
+        let live = shm.map_or(0, |h| u64::from(h.mx_frame) * frame_bytes);
+        let restart = live > self.opts.max_wal_bytes;
         let p = self.src.path.clone();
-        if restart {
-            // Backfill up to R's mark with no barrier held (writers unaffected).
+        if restart && shm.is_some_and(|h| h.n_backfill < h.mx_frame) {
+            // Backfill up to R's mark with no barrier held (writers unaffected). Usually the
+            // application's own auto-checkpoint has done this already.
             let _ = self
                 .c
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));

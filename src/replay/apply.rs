@@ -37,6 +37,11 @@ pub struct Replayed {
 
 /// Replay state shared by the per-page and per-transaction callbacks.
 struct Live {
+    /// Newest version of every page written since the last flush (one bundle's worth).
+    dirty: std::collections::BTreeMap<u32, Vec<u8>>,
+    /// Lowest page count reached since the last flush: the file is cut there first, so pages
+    /// that come back later without being written read as zeros, as they do in SQLite.
+    min_count: u32,
     terms: Vec<u64>,
     state: StateChecksum,
     page_count: u32,
@@ -145,6 +150,8 @@ pub fn replay_into(
         }
         let stop = plan.stop;
         let st = std::cell::RefCell::new(Live {
+            dirty: std::collections::BTreeMap::new(),
+            min_count: page_count,
             terms: std::mem::take(&mut terms),
             state,
             page_count,
@@ -153,7 +160,6 @@ pub fn replay_into(
             txns_applied,
             stopped: false,
         });
-        let f: &File = out;
         let res = b.replay(
             path,
             |_, rec| {
@@ -178,7 +184,8 @@ pub fn replay_into(
                 let old = s.terms[i];
                 s.state.0 ^= old ^ t;
                 s.terms[i] = t;
-                f.write_all_at(page, u64::from(pgno - 1) * u64::from(ps)).ctx(out_path, "writing")
+                s.dirty.insert(pgno, page.to_vec());
+                Ok(())
             },
             |n, rec| {
                 let mut s = st.borrow_mut();
@@ -194,7 +201,10 @@ pub fn replay_into(
                     s.state.0 ^= t;
                     s.terms.push(t);
                 }
-                f.set_len(count as u64 * u64::from(ps)).ctx(out_path, "resizing")?;
+                if (count as u32) < s.min_count {
+                    s.min_count = count as u32;
+                }
+                let _ = s.dirty.split_off(&(count as u32 + 1));
                 if s.state.0 != rec.state_after {
                     return Err(Error::corrupt(
                         path,
@@ -220,6 +230,20 @@ pub fn replay_into(
             },
         );
         let s = st.into_inner();
+        // Flush the bundle's pages: cut to the lowest size reached, write the newest version
+        // of each page in order, set the final size.
+        let f: &File = out;
+        let len_of = |pages: u32| u64::from(pages) * u64::from(ps);
+        if s.min_count < page_count {
+            f.set_len(len_of(s.min_count)).ctx(out_path, "resizing")?;
+        }
+        for (pgno, page) in &s.dirty {
+            f.write_all_at(page, len_of(pgno - 1))
+                .ctx(out_path, "writing")?;
+        }
+        if s.min_count != s.page_count || page_count != s.page_count {
+            f.set_len(len_of(s.page_count)).ctx(out_path, "resizing")?;
+        }
         terms = s.terms;
         state = s.state;
         page_count = s.page_count;

@@ -39,9 +39,13 @@ pub struct Args {
     /// Seal a bundle early once it holds this many MiB of pages.
     #[arg(long, default_value_t = 32, value_name = "MIB")]
     pub max_bundle_mib: u64,
-    /// zstd level for bundles (1 is fastest; the capture CPU budget favours it).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
+    /// zstd level for bundles (1 is fastest; 3 stores ~8% less for ~20% more CPU).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub level: i32,
+    /// zstd window for bundles, as a power of two (24 = 16 MiB: a whole bundle, so pages that
+    /// consecutive transactions rewrite compress against each other; 0: the level's default).
+    #[arg(long, default_value_t = 24, value_name = "LOG2")]
+    pub window_log: u32,
     #[command(flatten)]
     pub common: Common,
 }
@@ -87,6 +91,7 @@ pub fn run(a: Args) -> Result<u8> {
         max_wal_bytes: a.max_wal_mib.max(1) << 20,
         max_bundle_bytes: a.max_bundle_mib.max(1) << 20,
         level: a.level,
+        window_log: a.window_log,
         ..CaptureOptions::default()
     };
     let (json, quiet) = (a.common.json, a.common.quiet);
