@@ -17,6 +17,12 @@ struct Run {
     db: PathBuf,
     dest: PathBuf,
     log: PathBuf,
+    /// The application's long-lived connection. Besides being realistic, it keeps the wal-index
+    /// alive: a first connection on a database nobody has open runs WAL recovery, and SQLite
+    /// 3.40 (the writer's) can leave a committed frame with a zeroed header that recovery stops
+    /// at, dropping every later commit and corrupting the source (walbundle's copy survives;
+    /// see `scan` in capture/engine.rs).
+    holder: rusqlite::Connection,
 }
 
 impl Run {
@@ -26,7 +32,18 @@ impl Run {
         let dest = t.mkdir("dest");
         let log = t.path("commits.tsv");
         init_db(&db, rows, 4096, "wal");
-        Self { t, db, dest, log }
+        let holder = rusqlite::Connection::open(&db).unwrap();
+        holder.busy_timeout(Duration::from_secs(10)).unwrap();
+        holder
+            .query_row("SELECT count(*) FROM items", [], |_| Ok(()))
+            .unwrap();
+        Self {
+            t,
+            db,
+            dest,
+            log,
+            holder,
+        }
     }
 
     fn set(&self) -> PathBuf {
@@ -160,8 +177,7 @@ fn check_everything(run: &Run) {
         run.capture_log()
     );
     {
-        let c = rusqlite::Connection::open(&run.db).unwrap();
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        let c = &run.holder;
         let (busy, _, _): (i64, i64, i64) = c
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
