@@ -173,7 +173,8 @@ fn check_everything(run: &Run) {
     assert_eq!(
         k,
         committed.len() as u64,
-        "final restore lacks committed transactions; log:\n{}",
+        "final restore holds {k} transactions, the writer committed {}; log:\n{}",
+        committed.len(),
         run.capture_log()
     );
     {
@@ -308,6 +309,7 @@ fn sidecar(p: &Path, suffix: &str) -> PathBuf {
 #[test]
 fn kill_nine_twenty_times() {
     let run = Run::new(500);
+    let stop_file = run.t.path("stop-writer");
     let mut writer = {
         let mut a = vec![
             "--db",
@@ -319,7 +321,7 @@ fn kill_nine_twenty_times() {
             "--rate",
             "300",
         ];
-        a.extend_from_slice(&["--large-every", "80"]);
+        a.extend_from_slice(&["--large-every", "80", "--stop-file", s(&stop_file)]);
         crate::support::writer(&a)
             .stdout(Stdio::null())
             .spawn()
@@ -339,10 +341,9 @@ fn kill_nine_twenty_times() {
             "the writer stopped early"
         );
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &writer.id().to_string()])
-        .status();
-    writer.wait().unwrap();
+    // Stop the writer between transactions, so its log holds exactly what it committed.
+    std::fs::write(&stop_file, b"").unwrap();
+    assert!(writer.wait().unwrap().success());
     // One last, clean run captures everything committed.
     let cap = run.start_capture(&[]);
     std::thread::sleep(Duration::from_millis(800));
@@ -370,4 +371,91 @@ fn kill_nine_twenty_times() {
             .collect::<Vec<_>>()
     );
     check_everything(&run);
+}
+
+/// One process captures a global database and two project databases named in a TOML config;
+/// each set ends up holding every transaction its writer committed.
+#[test]
+fn config_captures_many_databases_in_one_process() {
+    let t = Tmp::new();
+    let dest = t.mkdir("backups");
+    let global = t.mkdir("home").join("global.db");
+    let pa = t.mkdir("projects/a/.app").join("project.db");
+    let pb = t.mkdir("projects/b/.app").join("project.db");
+    for db in [&global, &pa, &pb] {
+        init_db(db, 200, 4096, "wal");
+    }
+    let cfg = t.path("walbundle.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dest = \"{}\"\nthreads = 2\ninterval = \"200ms\"\n\n[[database]]\npath = \"{}\"\n\n\
+             [[database]]\npath = \"{}\"\nname = \"project-a\"\n\n[[database]]\npath = \"{}\"\nname = \"project-b\"\ninterval = \"500ms\"\n",
+            s(&dest),
+            s(&global),
+            s(&pa),
+            s(&pb)
+        ),
+    )
+    .unwrap();
+    let cap = Command::new(bin())
+        .args(["capture", "--config", s(&cfg)])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(t.path("cap.log")).unwrap())
+        .spawn()
+        .unwrap();
+    for set in ["global", "project-a", "project-b"] {
+        for _ in 0..200 {
+            if generation_dirs_or_empty(&dest.join(set)) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let logs = [t.path("a.tsv"), t.path("b.tsv"), t.path("g.tsv")];
+    let writers: Vec<_> = [(&pa, &logs[0]), (&pb, &logs[1]), (&global, &logs[2])]
+        .iter()
+        .map(|(db, log)| {
+            crate::support::writer(&[
+                "--db",
+                s(db),
+                "--log",
+                s(log),
+                "--txns",
+                "300",
+                "--rate",
+                "300",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut w in writers {
+        assert!(w.wait().unwrap().success());
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    stop(cap);
+    let log = std::fs::read_to_string(t.path("cap.log")).unwrap();
+    for (set, commits) in [
+        ("project-a", &logs[0]),
+        ("project-b", &logs[1]),
+        ("global", &logs[2]),
+    ] {
+        let set = dest.join(set);
+        wb(["verify", s(&set), "--deep"]).ok();
+        let out = t.path(&format!(
+            "{}.db",
+            set.file_name().unwrap().to_string_lossy()
+        ));
+        wb(["restore", s(&set), "--out", s(&out)]).ok();
+        assert_eq!(
+            check_prefix(&out),
+            committed(commits).len() as u64,
+            "{}: capture log:\n{log}",
+            set.display()
+        );
+    }
+    // The same config with --once captures what is there and exits.
+    wb(["capture", "--config", s(&cfg), "--once"]).ok();
 }

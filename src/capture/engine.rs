@@ -149,6 +149,11 @@ pub enum Event {
         /// New salts.
         salts: (u32, u32),
     },
+    /// Capture of this database ended (multi-database runs).
+    Stopped {
+        /// Final totals.
+        stats: Box<CaptureStats>,
+    },
 }
 
 /// Where the chain ends: what the next bundle continues from.
@@ -1126,4 +1131,161 @@ pub fn run(
         on_event(&e, &cap.stats);
     }
     Ok(cap.stats.clone())
+}
+
+/// One database of a multi-database run.
+pub struct CaptureSpec {
+    /// The database.
+    pub src: SourceDb,
+    /// Its set (opened or created by the caller).
+    pub set: BackupSet,
+    /// Its options.
+    pub opts: CaptureOptions,
+}
+
+/// A capturer slot in a multi-database run: running, or waiting to (re)start after a failure.
+struct Slot {
+    name: String,
+    spec: Option<CaptureSpec>,
+    cap: Option<Capturer>,
+    retry_at: Instant,
+    failures: u32,
+    final_stats: Option<CaptureStats>,
+}
+
+/// Capture several databases in one process on at most `threads` threads until SIGTERM/SIGINT
+/// (or once each, with `once`). A failing database is logged through `on_error` and retried
+/// with backoff (1 s doubling to 60 s) without disturbing the others.
+///
+/// # Errors
+/// Only if a thread cannot be spawned; per-database failures go to `on_error`.
+pub fn run_many(
+    specs: Vec<CaptureSpec>,
+    threads: usize,
+    once: bool,
+    on_event: &(dyn Fn(&str, &Event, &CaptureStats) + Sync),
+    on_error: &(dyn Fn(&str, &Error) + Sync),
+) -> Result<Vec<(String, CaptureStats)>> {
+    crate::sys::install_stop_signals();
+    let threads = threads.clamp(1, specs.len().max(1));
+    let mut groups: Vec<Vec<Slot>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, spec) in specs.into_iter().enumerate() {
+        groups[i % threads].push(Slot {
+            name: spec.src.path.display().to_string(),
+            spec: Some(spec),
+            cap: None,
+            retry_at: Instant::now(),
+            failures: 0,
+            final_stats: None,
+        });
+    }
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for mut group in groups {
+            let results = &results;
+            scope.spawn(move || {
+                let poll = group
+                    .iter()
+                    .filter_map(|s| s.spec.as_ref().map(|x| x.opts.poll))
+                    .min()
+                    .unwrap_or(Duration::from_millis(100));
+                loop {
+                    let stopping = crate::sys::STOP.load(Ordering::SeqCst);
+                    let mut all_done = true;
+                    for slot in &mut group {
+                        drive(slot, once || stopping, on_event, on_error);
+                        all_done &= slot.cap.is_none() && slot.spec.is_none();
+                    }
+                    if (once || stopping) && all_done {
+                        break;
+                    }
+                    if once && group.iter().all(|s| s.cap.is_none() && s.failures > 0) {
+                        break; // --once: every remaining database failed and was reported
+                    }
+                    std::thread::sleep(poll);
+                }
+                let mut r = results
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for s in group {
+                    let stats = s.cap.map(|c| c.stats).or(s.final_stats).unwrap_or_default();
+                    r.push((s.name, stats));
+                }
+            });
+        }
+    });
+    Ok(results
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// Advance one slot: start it when due, step it, or (finishing) flush and retire it.
+fn drive(
+    slot: &mut Slot,
+    finishing: bool,
+    on_event: &(dyn Fn(&str, &Event, &CaptureStats) + Sync),
+    on_error: &(dyn Fn(&str, &Error) + Sync),
+) {
+    if slot.cap.is_none() {
+        if Instant::now() < slot.retry_at {
+            return;
+        }
+        let Some(spec) = slot.spec.take() else { return };
+        let (src, set, opts) = (
+            spec.src.clone(),
+            BackupSet::open(spec.set.dir()),
+            spec.opts.clone(),
+        );
+        match set.and_then(|set| Capturer::start(src, set, opts)) {
+            Ok(c) => {
+                slot.cap = Some(c);
+                slot.failures = 0;
+            }
+            Err(e) => {
+                on_error(&slot.name, &e);
+                slot.failures += 1;
+                slot.retry_at = Instant::now() + backoff(slot.failures);
+                slot.spec = Some(spec);
+                if finishing {
+                    slot.spec = None; // give up on it: the run is ending
+                }
+                return;
+            }
+        }
+        slot.spec = Some(spec);
+    }
+    let Some(cap) = slot.cap.as_mut() else { return };
+    let res = if finishing { cap.flush() } else { cap.step() };
+    for e in cap.take_events() {
+        on_event(&slot.name, &e, &cap.stats);
+    }
+    if let Err(e) = res {
+        on_error(&slot.name, &e);
+        slot.failures += 1;
+        slot.retry_at = Instant::now() + backoff(slot.failures);
+        slot.cap = None; // restart it from what the set holds
+        if finishing {
+            slot.spec = None;
+        }
+        return;
+    }
+    if finishing {
+        // Done: keep the stats, release the database.
+        let stats = cap.stats.clone();
+        slot.final_stats = Some(stats.clone());
+        slot.cap = None;
+        slot.spec = None;
+        slot.failures = 0;
+        on_event(
+            &slot.name,
+            &Event::Stopped {
+                stats: Box::new(stats.clone()),
+            },
+            &stats,
+        );
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60))
 }

@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--cache-size", type=int, default=0, help="small values make large txns spill to the WAL before commit")
     ap.add_argument("--autocheckpoint", type=int, default=1000)
     ap.add_argument("--busy-timeout-ms", type=int, default=30000)
+    ap.add_argument("--stop-file", help="stop cleanly (between transactions) once this file exists")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     if a.init:
@@ -73,6 +74,8 @@ def main():
     log = open(a.log, "a", buffering=1) if a.log else None
     t0 = time.time(); i = 0
     while (a.txns == 0 or i < a.txns) and (a.duration == 0 or time.time() - t0 < a.duration):
+        if a.stop_file and os.path.exists(a.stop_file):
+            break
         if a.rate:
             d = t0 + i / a.rate - time.time()
             if d > 0: time.sleep(d)

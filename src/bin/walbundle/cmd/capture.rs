@@ -24,7 +24,17 @@ use crate::{Common, DestArgs};
 )]
 pub struct Args {
     /// The SQLite database to capture (must be in WAL mode).
-    pub db: PathBuf,
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    pub db: Option<PathBuf>,
+    /// Capture every database a TOML file names, in one process (see the README for the
+    /// format: `dest`, `threads`, `interval`, and `[[database]]` tables with `path`, `name`,
+    /// `dest`, `interval`, `max_wal_mib`, `max_bundle_mib`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// With --config: capture at most this many databases at once per thread pool (default:
+    /// the config's `threads`, else 4).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub dest: DestArgs,
     /// Capture what is committed now, seal it, and exit (for cron-style use).
@@ -72,9 +82,214 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
+/// The `--config` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Default destination for every database.
+    dest: Option<PathBuf>,
+    /// Threads for the whole run.
+    threads: Option<usize>,
+    /// Default seal interval.
+    interval: Option<String>,
+    /// Refuse nothing inside source folders (per database below too).
+    allow_inside_source: Option<bool>,
+    #[serde(default)]
+    database: Vec<DbEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DbEntry {
+    path: PathBuf,
+    name: Option<String>,
+    dest: Option<PathBuf>,
+    interval: Option<String>,
+    max_wal_mib: Option<u64>,
+    max_bundle_mib: Option<u64>,
+    allow_inside_source: Option<bool>,
+}
+
+fn expand_home(p: &std::path::Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn options(a: &Args, interval: Duration, max_wal_mib: u64, max_bundle_mib: u64) -> CaptureOptions {
+    CaptureOptions {
+        interval,
+        poll: interval
+            .min(Duration::from_millis(100))
+            .max(Duration::from_millis(5)),
+        max_wal_bytes: max_wal_mib.max(1) << 20,
+        max_bundle_bytes: max_bundle_mib.max(1) << 20,
+        level: a.level,
+        window_log: a.window_log,
+        ..CaptureOptions::default()
+    }
+}
+
+fn print_event(json: bool, quiet: bool, db: &str, e: &Event, st: &engine::CaptureStats) {
+    if json {
+        let mut v = serde_json::to_value(e).unwrap_or_default();
+        v["db"] = serde_json::Value::String(db.to_string());
+        v["barrier_max_us"] = st.barrier_max_us.into();
+        ui::out(&format!("{v}\n"));
+        return;
+    }
+    if quiet {
+        return;
+    }
+    match e {
+        Event::ChainStarted {
+            chain_id,
+            reason,
+            txn,
+        } => {
+            ui::log(
+                false,
+                &format!("{db}: new chain {chain_id} from a full snapshot (txn {txn}): {reason}"),
+            );
+        }
+        Event::Resumed {
+            chain_id,
+            next_seq,
+            txn,
+        } => {
+            ui::log(
+                false,
+                &format!(
+                    "{db}: continuing chain {chain_id} at bundle {next_seq} (after txn {txn})"
+                ),
+            );
+        }
+        Event::Bundle {
+            seq, txns, bytes, ..
+        } => ui::log(
+            false,
+            &format!(
+                "{db}: bundle {seq}: txn {}..={} ({}), writer barrier max {:.2} ms",
+                txns.0,
+                txns.1,
+                ui::bytes(*bytes),
+                st.barrier_max_us as f64 / 1000.0
+            ),
+        ),
+        Event::WalRestarted { .. } => {}
+        Event::Stopped { stats } => print_stopped(db, stats),
+    }
+}
+
+fn print_stopped(db: &str, stats: &engine::CaptureStats) {
+    ui::log(
+        false,
+        &format!(
+            "{db}: stopped: {} bundle(s), {} txn(s), {} written; writer barrier max {:.2} ms, mean {:.3} ms over {}",
+            stats.bundles,
+            stats.txns,
+            ui::bytes(stats.bundle_bytes),
+            stats.barrier_max_us as f64 / 1000.0,
+            stats.barrier_total_us as f64 / 1000.0 / stats.barriers.max(1) as f64,
+            stats.barriers
+        ),
+    );
+}
+
+fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading config", e))?;
+    let cfg: Config = toml::from_str(&text)
+        .map_err(|e| Error::usage(format!("config is not valid: {e}")).at(path))?;
+    if cfg.database.is_empty() {
+        return Err(Error::usage("config names no [[database]]").at(path));
+    }
+    let default_interval = match &cfg.interval {
+        Some(s) => parse_duration(s).map_err(|e| Error::usage(e).at(path))?,
+        None => a.interval,
+    };
+    let mut specs = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for d in &cfg.database {
+        let dest = d
+            .dest
+            .as_ref()
+            .or(cfg.dest.as_ref())
+            .or(a.dest.dest.as_ref())
+            .map(|p| expand_home(p));
+        let Some(dest) = dest else {
+            return Err(
+                Error::usage(format!("database {} has no destination", d.path.display()))
+                    .at(path)
+                    .hint("set `dest` at the top of the config or in its [[database]] table"),
+            );
+        };
+        let src = SourceDb::locate(&expand_home(&d.path))?;
+        let allow = d
+            .allow_inside_source
+            .or(cfg.allow_inside_source)
+            .unwrap_or(a.dest.allow_inside_source);
+        guard_destination(&src, &dest, allow)?;
+        let name = d.name.clone().unwrap_or_else(|| src.default_set_name());
+        if !names.insert((dest.clone(), name.clone())) {
+            return Err(Error::usage(format!(
+                "two databases would share the set {}: give one a `name`",
+                dest.join(&name).display()
+            ))
+            .at(path));
+        }
+        let set = BackupSet::open_or_create(&dest, &name, &src.identity())?;
+        let interval = match &d.interval {
+            Some(s) => parse_duration(s).map_err(|e| Error::usage(e).at(path))?,
+            None => default_interval,
+        };
+        let opts = options(
+            a,
+            interval,
+            d.max_wal_mib.unwrap_or(a.max_wal_mib),
+            d.max_bundle_mib.unwrap_or(a.max_bundle_mib),
+        );
+        specs.push(engine::CaptureSpec { src, set, opts });
+    }
+    let threads = a.threads.or(cfg.threads).unwrap_or(4);
+    let (json, quiet) = (a.common.json, a.common.quiet);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results = engine::run_many(
+        specs,
+        threads,
+        a.once,
+        &|db, e, st| print_event(json, quiet, db, e, st),
+        &|db, e| {
+            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("walbundle: error: {db}: {e}");
+        },
+    )?;
+    if json {
+        let all: Vec<_> = results
+            .iter()
+            .map(|(db, st)| serde_json::json!({ "db": db, "stats": st }))
+            .collect();
+        ui::out(&format!(
+            "{}\n",
+            serde_json::json!({ "event": "stopped", "databases": all })
+        ));
+    }
+    Ok(if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        2
+    } else {
+        0
+    })
+}
+
 pub fn run(a: Args) -> Result<u8> {
+    if let Some(cfg) = a.config.clone() {
+        return run_config(&a, &cfg);
+    }
+    let Some(db) = a.db.clone() else {
+        return Err(Error::usage("name a database, or --config FILE"));
+    };
     let dest = require_dest(&a.dest)?;
-    let src = SourceDb::locate(&a.db)?;
+    let src = SourceDb::locate(&db)?;
     guard_destination(&src, &dest, a.dest.allow_inside_source)?;
     let name = a
         .dest
@@ -82,92 +297,19 @@ pub fn run(a: Args) -> Result<u8> {
         .clone()
         .unwrap_or_else(|| src.default_set_name());
     let set = BackupSet::open_or_create(&dest, &name, &src.identity())?;
-    let opts = CaptureOptions {
-        interval: a.interval,
-        poll: a
-            .interval
-            .min(Duration::from_millis(100))
-            .max(Duration::from_millis(5)),
-        max_wal_bytes: a.max_wal_mib.max(1) << 20,
-        max_bundle_bytes: a.max_bundle_mib.max(1) << 20,
-        level: a.level,
-        window_log: a.window_log,
-        ..CaptureOptions::default()
-    };
+    let opts = options(&a, a.interval, a.max_wal_mib, a.max_bundle_mib);
     let (json, quiet) = (a.common.json, a.common.quiet);
-    let db = src.path.display().to_string();
+    let dbs = src.path.display().to_string();
     let stats = engine::run(src, set, opts, a.once, |e, st| {
-        if json {
-            let mut v = serde_json::to_value(e).unwrap_or_default();
-            v["db"] = serde_json::Value::String(db.clone());
-            v["barrier_max_us"] = st.barrier_max_us.into();
-            ui::out(&format!("{v}\n"));
-            return;
-        }
-        if quiet {
-            return;
-        }
-        match e {
-            Event::ChainStarted {
-                chain_id,
-                reason,
-                txn,
-            } => {
-                ui::log(
-                    false,
-                    &format!(
-                        "{db}: new chain {chain_id} from a full snapshot (txn {txn}): {reason}"
-                    ),
-                );
-            }
-            Event::Resumed {
-                chain_id,
-                next_seq,
-                txn,
-            } => {
-                ui::log(
-                    false,
-                    &format!(
-                        "{db}: continuing chain {chain_id} at bundle {next_seq} (after txn {txn})"
-                    ),
-                );
-            }
-            Event::Bundle {
-                seq, txns, bytes, ..
-            } => {
-                ui::log(
-                    false,
-                    &format!(
-                        "{db}: bundle {seq}: txn {}..={} ({}), writer barrier max {:.2} ms",
-                        txns.0,
-                        txns.1,
-                        ui::bytes(*bytes),
-                        st.barrier_max_us as f64 / 1000.0
-                    ),
-                );
-            }
-            Event::WalRestarted { .. } => {}
-        }
-    })
-    .map_err(|e: Error| e)?;
+        print_event(json, quiet, &dbs, e, st)
+    })?;
     if json {
         ui::out(&format!(
             "{}\n",
-            serde_json::json!({ "event": "stopped", "db": db, "stats": stats })
+            serde_json::json!({ "event": "stopped", "db": dbs, "stats": stats })
         ));
     } else if !quiet {
-        ui::log(
-            false,
-            &format!(
-                "{db}: stopped: {} bundle(s), {} txn(s), {} written; writer barrier max {:.2} ms, mean {:.3} ms over {}",
-                stats.bundles,
-                stats.txns,
-                ui::bytes(stats.bundle_bytes),
-                stats.barrier_max_us as f64 / 1000.0,
-                stats.barrier_total_us as f64 / 1000.0 / stats.barriers.max(1) as f64,
-                stats.barriers
-            ),
-        );
+        print_stopped(&dbs, &stats);
     }
     Ok(0)
 }
