@@ -45,7 +45,7 @@ use crate::sys::{file_id, pread_full};
 /// How capture behaves.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
-    /// Seal a bundle at least this often while transactions arrive.
+    /// The longest a committed transaction waits before it is sealed into a bundle.
     pub interval: Duration,
     /// Look for new frames this often.
     pub poll: Duration,
@@ -589,9 +589,16 @@ impl Capturer {
             Ok(()) => {}
             Err(Gap(reason)) => return self.new_chain(&reason),
         }
+        // `interval` bounds how long a committed transaction waits to be sealed: it was
+        // committed up to one poll before it was captured, and sealing takes a moment, so the
+        // bundle is sealed two polls early.
+        let deadline = self
+            .opts
+            .interval
+            .saturating_sub(self.opts.poll * 2)
+            .max(self.opts.poll);
         let due = self.pending.as_ref().is_some_and(|p| {
-            p.started.elapsed() >= self.opts.interval
-                || p.body.raw_len() >= self.opts.max_bundle_bytes
+            p.started.elapsed() >= deadline || p.body.raw_len() >= self.opts.max_bundle_bytes
         });
         if due {
             self.seal()?;

@@ -18,6 +18,11 @@ def connect(path, args):
     c.execute(f"PRAGMA busy_timeout={ms}")
     return c
 
+def blob(rng, a):
+    n = rng.randint(a.min_blob, a.max_blob)
+    k = n - int(n * a.compressible)
+    return rng.randbytes(k) + (b"lorem-ipsum-%08d;" % rng.randrange(10**8) * (n // 16 + 1))[: n - k]
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", required=True)
@@ -43,6 +48,11 @@ def main():
     ap.add_argument("--autocheckpoint", type=int, default=1000)
     ap.add_argument("--busy-timeout-ms", type=int, default=30000)
     ap.add_argument("--stop-file", help="stop cleanly (between transactions) once this file exists")
+    ap.add_argument("--rows-per-txn", type=int, default=3, help="rows touched by a normal txn (uniform 1..N)")
+    ap.add_argument("--min-blob", type=int, default=50)
+    ap.add_argument("--max-blob", type=int, default=1500)
+    ap.add_argument("--large-rows", type=int, default=300)
+    ap.add_argument("--compressible", type=float, default=0.0, help="fraction of each blob that is repetitive text")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     if a.init:
@@ -80,16 +90,17 @@ def main():
             d = t0 + i / a.rate - time.time()
             if d > 0: time.sleep(d)
         i += 1
+        t_begin = time.time()
         c.execute("BEGIN IMMEDIATE")
         large = a.large_every and i % a.large_every == 0
-        for _ in range(300 if large else rng.randint(1, 3)):
+        for _ in range(a.large_rows if large else rng.randint(1, a.rows_per_txn)):
             if nrows and rng.random() < 0.5 and not large:
                 c.execute("UPDATE items SET v=?, txn_id=? WHERE id=?",
-                          (rng.randbytes(rng.randint(50, 1500)), nxt, rng.randint(1, nrows)))
+                          (blob(rng, a), nxt, rng.randint(1, nrows)))
             else:
                 nrows += 1
                 c.execute("INSERT INTO items(id, txn_id, v) VALUES(?,?,?)",
-                          (nrows, nxt, rng.randbytes(rng.randint(50, 1500))))
+                          (nrows, nxt, blob(rng, a)))
         if a.savepoint_every and i % a.savepoint_every == 0:
             # A savepoint whose work is rolled back inside a transaction that commits.
             c.execute("SAVEPOINT sp")
@@ -104,7 +115,8 @@ def main():
             continue
         c.execute("INSERT INTO txlog VALUES(?, ?)", (nxt, time.time()))
         c.execute("COMMIT")
-        if log: log.write(f"{nxt}\t{time.time():.6f}\n")
+        t_end = time.time()
+        if log: log.write(f"{nxt}\t{t_end:.6f}\t{t_end - t_begin:.6f}\n")
         nxt += 1
         if a.checkpoint_every and i % a.checkpoint_every == 0:
             try:

@@ -40,7 +40,8 @@ pub struct Args {
     /// Capture what is committed now, seal it, and exit (for cron-style use).
     #[arg(long)]
     pub once: bool,
-    /// Seal a bundle at least this often while transactions arrive (e.g. 1s, 250ms, 10ms).
+    /// The longest a committed transaction waits before it is sealed into a bundle in the set
+    /// (e.g. 1s, 250ms, 10ms).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
     /// Cut a window that lets the WAL restart once it grows past this many MiB.
