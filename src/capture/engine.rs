@@ -70,7 +70,7 @@ impl Default for CaptureOptions {
             interval: Duration::from_secs(1),
             poll: Duration::from_millis(100),
             max_wal_bytes: 16 << 20,
-            max_bundle_bytes: 32 << 20,
+            max_bundle_bytes: 64 << 20,
             level: 3,
             window_log: 24,
             barrier_timeout: Duration::from_millis(200),
@@ -206,6 +206,8 @@ pub struct Capturer {
     pending: Option<Pending>,
     /// Where capture has been unable to move past committed frames, and since when.
     stuck: Option<((u32, u32), u32, Instant)>,
+    /// Inside a write barrier: do nothing slow (no sealing).
+    in_barrier: bool,
     last_seal: Instant,
     events: Vec<Event>,
     /// Running totals.
@@ -230,7 +232,11 @@ fn debug(msg: impl FnOnce() -> String) {
 
 /// Per transaction, keep up to this many bytes of page content from the checksum pass instead of
 /// reading the frames again when the transaction commits.
-const TXN_KEEP_BYTES: usize = 64 << 20;
+const TXN_KEEP_BYTES: usize = 8 << 20;
+
+/// The most frames capture may still have to read when it takes the write barrier; with more,
+/// the barrier waits for the next poll.
+const MAX_BARRIER_FRAMES: u32 = 256;
 
 /// How long committed frames may stay unreadable before capture gives up on the chain.
 const STUCK_LIMIT: Duration = Duration::from_secs(5);
@@ -297,6 +303,7 @@ impl Capturer {
             wal_hdr: None,
             pending: None,
             stuck: None,
+            in_barrier: false,
             last_seal: Instant::now(),
             events: Vec::new(),
             stats: CaptureStats::default(),
@@ -602,6 +609,11 @@ impl Capturer {
         });
         if due {
             self.seal()?;
+            // Sealing took a moment (compress, fsync): catch up on what was committed meanwhile
+            // with no barrier held, so inside the barrier only a handful of frames remain.
+            if let Err(Gap(reason)) = self.capture_new()? {
+                return self.new_chain(&reason);
+            }
             self.cut_window()?;
         } else if self.pending.is_none() && self.last_seal.elapsed() >= self.opts.interval * 5 {
             // Idle: still move the pin now and then so the application's checkpoints can
@@ -799,6 +811,16 @@ impl Capturer {
                 self.emit_txn(wal, hdr, &mut txn_pages, i, fh.commit_size, c)?;
                 txn_pages.clear();
                 kept = 0;
+                // Bundles stay bounded however much a single scan finds (a backlog after a
+                // burst): seal at this transaction boundary once the bundle is full.
+                if !self.in_barrier
+                    && self
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.body.raw_len() >= self.opts.max_bundle_bytes)
+                {
+                    self.seal()?;
+                }
             }
             i += 1;
         }
@@ -976,23 +998,52 @@ impl Capturer {
     }
 
     /// Move R's pin to the newest committed frame under a short write barrier. When the WAL has
-    /// grown past the limit, first backfill outside the barrier, then checkpoint the last few
-    /// frames inside it, so R is re-pinned on a fully backfilled WAL and the next writer
-    /// restarts it from the beginning.
+    /// grown past the limit, do it in three steps so that little work happens while writers
+    /// wait: move the pin (short barrier), backfill up to it with no barrier held, then a second
+    /// short barrier that captures and checkpoints only the frames committed since, and pins R
+    /// on the fully backfilled WAL, so the next writer restarts the WAL from its beginning.
     fn cut_window(&mut self) -> Result<()> {
         // The WAL's live size is its committed frames, not the file's length: SQLite reuses
         // the file after a restart, so the file only ever shrinks by `journal_size_limit`.
         let shm = self.read_shm()?;
         let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
         let live = shm.map_or(0, |h| u64::from(h.mx_frame) * frame_bytes);
-        let restart = live > self.opts.max_wal_bytes;
-        let p = self.src.path.clone();
-        if restart && shm.is_some_and(|h| h.n_backfill < h.mx_frame) {
-            // Backfill up to R's mark with no barrier held (writers unaffected). Usually the
-            // application's own auto-checkpoint has done this already.
+        if live <= self.opts.max_wal_bytes {
+            return self.repin(false);
+        }
+        self.repin(false)?;
+        if let Some(h) = self.read_shm()?
+            && h.n_backfill < h.mx_frame
+        {
+            // Backfill up to R's new mark with no barrier held (writers unaffected).
             let _ = self
                 .c
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+        if let Err(Gap(reason)) = self.capture_new()? {
+            return self.new_chain(&reason);
+        }
+        self.repin(true)
+    }
+
+    /// One write barrier: capture the last frames, end R, optionally checkpoint (PASSIVE, C),
+    /// begin R again, release. Skipped (retried next poll) if the application holds the write
+    /// lock longer than `barrier_timeout`.
+    fn repin(&mut self, checkpoint: bool) -> Result<()> {
+        let p = self.src.path.clone();
+        // Never make writers wait while capture catches up: with a backlog, keep the old pin
+        // (the WAL grows meanwhile) and try again once capture is nearly level.
+        if let Some(h) = self.read_shm()?
+            && h.salts == self.cur.salts
+            && h.mx_frame.saturating_sub(self.cur.frame) > MAX_BARRIER_FRAMES
+        {
+            debug(|| {
+                format!(
+                    "repin skipped: {} frames behind",
+                    h.mx_frame - self.cur.frame
+                )
+            });
+            return Ok(());
         }
         self.w
             .busy_timeout(self.opts.barrier_timeout)
@@ -1010,6 +1061,7 @@ impl Capturer {
             Err(e) => return Err(Error::sqlite(&p, "taking the write barrier", e)),
         }
         let t0 = Instant::now();
+        self.in_barrier = true;
         let res = (|| -> Result<std::result::Result<(), Gap>> {
             let g = self.capture_new()?;
             if g.is_err() {
@@ -1018,7 +1070,7 @@ impl Capturer {
             self.r
                 .execute_batch("COMMIT")
                 .sql_ctx(&p, "ending read transaction")?;
-            if restart {
+            if checkpoint {
                 let _ = self
                     .c
                     .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
@@ -1027,12 +1079,12 @@ impl Capturer {
                 .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
                 .sql_ctx(&p, "starting read transaction")?;
             if let Some(h) = self.read_shm()? {
-                if std::env::var_os("WALBUNDLE_DEBUG").is_some() {
-                    eprintln!(
-                        "debug: pin: cur salts {:08x} frame {} | shm salts {:08x} mx {} backfill {} | restart cut {restart}",
+                debug(|| {
+                    format!(
+                        "pin: cur salts {:08x} frame {} | shm salts {:08x} mx {} backfill {} | checkpoint {checkpoint}",
                         self.cur.salts.0, self.cur.frame, h.salts.0, h.mx_frame, h.n_backfill
-                    );
-                }
+                    )
+                });
                 // R's mark is what it saw when it began under the barrier: the whole WAL.
                 self.pin = Pin {
                     salts: h.salts,
@@ -1043,13 +1095,11 @@ impl Capturer {
             Ok(Ok(()))
         })();
         let rb = self.w.execute_batch("ROLLBACK");
+        self.in_barrier = false;
         self.note_barrier(t0.elapsed());
         rb.sql_ctx(&p, "releasing the write barrier")?;
         match res? {
-            Ok(()) => {
-                // Anything captured inside the barrier is sealed at the next due time.
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(Gap(reason)) => self.new_chain(&reason),
         }
     }

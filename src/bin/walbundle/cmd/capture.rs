@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16, value_name = "MIB")]
     pub max_wal_mib: u64,
     /// Seal a bundle early once it holds this many MiB of pages.
-    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub max_bundle_mib: u64,
     /// zstd level for bundles (1 is fastest; 3 stores ~8% less for ~20% more CPU).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
