@@ -171,6 +171,28 @@ struct Cursor {
     cksum: (u32, u32),
 }
 
+impl Cursor {
+    /// The end of a chain that holds only its generation `m` (at WAL position `wal`): bundle 1
+    /// links to the generation's image.
+    fn at_generation(
+        m: &crate::chain::manifest::GenerationManifest,
+        wal: &crate::chain::manifest::WalPosition,
+    ) -> Self {
+        Self {
+            chain_id: m.chain_id.clone(),
+            next_seq: m.seq + 1,
+            prev_digest: wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]),
+            state: StateChecksum::from_hex(&m.state_checksum).unwrap_or_default(),
+            page_size: m.page_size,
+            page_count: m.page_count,
+            next_txn: m.txn + 1,
+            salts: (wal.salt1, wal.salt2),
+            frame: wal.frame,
+            cksum: (wal.checksum1, wal.checksum2),
+        }
+    }
+}
+
 /// R's read mark: the WAL cycle and frame it pins, and whether the WAL was fully backfilled then
 /// (only then may the WAL restart once while R is held).
 #[derive(Debug, Clone, Copy)]
@@ -352,18 +374,7 @@ impl Capturer {
                     cksum: h.end_checksum,
                 }
             } else {
-                Cursor {
-                    chain_id: chain.id.clone(),
-                    next_seq: 1,
-                    prev_digest: wbb::sha_bytes(&base.image.sha256).unwrap_or([0; 32]),
-                    state: StateChecksum::from_hex(&base.state_checksum).unwrap_or_default(),
-                    page_size: base.page_size,
-                    page_count: base.page_count,
-                    next_txn: base.txn + 1,
-                    salts: (wal.salt1, wal.salt2),
-                    frame: wal.frame,
-                    cksum: (wal.checksum1, wal.checksum2),
-                }
+                Cursor::at_generation(base, &wal)
             };
             let end = cur.next_txn;
             if best.as_ref().is_none_or(|(b, _)| end > *b) {
@@ -519,18 +530,7 @@ impl Capturer {
         };
         self.note_barrier(Duration::from_micros(rep.barrier_us));
         self.terms = terms;
-        self.cur = Cursor {
-            chain_id: m.chain_id.clone(),
-            next_seq: 1,
-            prev_digest: wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]),
-            state: StateChecksum::from_hex(&m.state_checksum).unwrap_or_default(),
-            page_size: m.page_size,
-            page_count: m.page_count,
-            next_txn: m.txn + 1,
-            salts: (wal.salt1, wal.salt2),
-            frame: wal.frame,
-            cksum: (wal.checksum1, wal.checksum2),
-        };
+        self.cur = Cursor::at_generation(m, &wal);
         self.pin = Pin {
             salts: self.cur.salts,
             mx: wal.frame,
@@ -1116,38 +1116,12 @@ fn read_terms(
         .sql_ctx(p, "reading page count")?;
     let mut terms = Vec::with_capacity(page_count as usize);
     let mut state = StateChecksum::default();
-    let zeros = vec![0u8; page_size as usize];
-    let mut stmt = r
-        .prepare("SELECT pgno, data FROM sqlite_dbpage")
-        .sql_ctx(p, "reading pages")?;
-    let mut rows = stmt.query([]).sql_ctx(p, "reading pages")?;
-    while let Some(row) = rows.next().sql_ctx(p, "reading pages")? {
-        let pgno: u32 = row.get(0).sql_ctx(p, "reading pages")?;
-        let data = row
-            .get_ref(1)
-            .and_then(|v| Ok(v.as_blob()?))
-            .sql_ctx(p, "reading pages")?;
-        while (terms.len() as u32) + 1 < pgno {
-            let q = terms.len() as u32 + 1;
-            let t = term_or_zero(page_size, q, &zeros);
-            state.0 ^= t;
-            terms.push(t);
-        }
-        let page = if data.len() == page_size as usize {
-            data
-        } else {
-            &zeros
-        };
+    super::source::each_page(r, p, page_size, page_count, |pgno, page| {
         let t = term_or_zero(page_size, pgno, page);
         state.0 ^= t;
         terms.push(t);
-    }
-    while (terms.len() as u32) < page_count {
-        let q = terms.len() as u32 + 1;
-        let t = term_or_zero(page_size, q, &zeros);
-        state.0 ^= t;
-        terms.push(t);
-    }
+        Ok(())
+    })?;
     Ok((terms, state))
 }
 

@@ -258,51 +258,11 @@ pub fn snapshot_with(
         enc.collect_terms(page_count);
     }
     progress.begin("snapshot", u64::from(page_size) * u64::from(page_count));
-    let zeros = vec![0u8; page_size as usize];
-    let mut next: u32 = 1;
-    {
-        let mut stmt = r.prepare("SELECT pgno, data FROM sqlite_dbpage").map_err(|e| {
-            Error::sqlite(p, "reading pages", e)
-                .hint("this build of walbundle lacks SQLITE_ENABLE_DBPAGE_VTAB; build it from its own folder")
-        })?;
-        let mut rows = stmt.query([]).sql_ctx(p, "reading pages")?;
-        while let Some(row) = rows.next().sql_ctx(p, "reading pages")? {
-            let pgno: u32 = row.get(0).sql_ctx(p, "reading pages")?;
-            let data = row
-                .get_ref(1)
-                .and_then(|v| Ok(v.as_blob()?))
-                .sql_ctx(p, "reading pages")?;
-            if pgno < next || pgno > page_count {
-                return Err(Error::corrupt(
-                    p,
-                    format!("sqlite_dbpage returned page {pgno} out of order"),
-                ));
-            }
-            // Pages sqlite_dbpage skips (the lock-byte page) are zeros in the file.
-            while next < pgno {
-                enc.write_page(&zeros).ctx(&image_path, "compressing")?;
-                next += 1;
-            }
-            let page: &[u8] = if data.len() == page_size as usize {
-                data
-            } else {
-                &zeros
-            };
-            if data.len() != page_size as usize && !data.is_empty() {
-                return Err(Error::corrupt(
-                    p,
-                    format!("page {pgno} is {} bytes, not {page_size}", data.len()),
-                ));
-            }
-            enc.write_page(page).ctx(&image_path, "compressing")?;
-            next += 1;
-            progress.advance(u64::from(page_size));
-        }
-    }
-    while next <= page_count {
-        enc.write_page(&zeros).ctx(&image_path, "compressing")?;
-        next += 1;
-    }
+    super::source::each_page(r, p, page_size, page_count, |_, page| {
+        enc.write_page(page).ctx(&image_path, "compressing")?;
+        progress.advance(u64::from(page_size));
+        Ok(())
+    })?;
     if !keep_pin {
         r.execute_batch("COMMIT")
             .sql_ctx(p, "ending read transaction")?;

@@ -232,3 +232,56 @@ fn canonical_prefix(p: &Path) -> Result<PathBuf> {
         }
     }
 }
+
+/// Every page 1..=`page_count` of the database as `r`'s read transaction sees it, in order,
+/// byte-exact (`sqlite_dbpage`). Pages `sqlite_dbpage` does not return (the lock-byte page) are
+/// handed over as zeros, which is what the file holds there.
+///
+/// # Errors
+/// `Sqlite` naming the database (with a hint if the build lacks `sqlite_dbpage`); `Corrupt` if
+/// pages come back out of order or with the wrong size; any error from `f`.
+pub fn each_page(
+    r: &Connection,
+    p: &Path,
+    page_size: u32,
+    page_count: u32,
+    mut f: impl FnMut(u32, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let zeros = vec![0u8; page_size as usize];
+    let mut next: u32 = 1;
+    let mut stmt = r.prepare("SELECT pgno, data FROM sqlite_dbpage").map_err(|e| {
+        Error::sqlite(p, "reading pages", e)
+            .hint("this build of walbundle lacks SQLITE_ENABLE_DBPAGE_VTAB; build it from its own folder")
+    })?;
+    let mut rows = stmt.query([]).sql_ctx(p, "reading pages")?;
+    while let Some(row) = rows.next().sql_ctx(p, "reading pages")? {
+        let pgno: u32 = row.get(0).sql_ctx(p, "reading pages")?;
+        let data = row
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_blob()?))
+            .sql_ctx(p, "reading pages")?;
+        if pgno < next || pgno > page_count {
+            return Err(Error::corrupt(
+                p,
+                format!("sqlite_dbpage returned page {pgno} out of order"),
+            ));
+        }
+        if data.len() != page_size as usize && !data.is_empty() {
+            return Err(Error::corrupt(
+                p,
+                format!("page {pgno} is {} bytes, not {page_size}", data.len()),
+            ));
+        }
+        while next < pgno {
+            f(next, &zeros)?;
+            next += 1;
+        }
+        f(pgno, if data.is_empty() { &zeros } else { data })?;
+        next += 1;
+    }
+    while next <= page_count {
+        f(next, &zeros)?;
+        next += 1;
+    }
+    Ok(())
+}

@@ -283,12 +283,6 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
             txns: (h.first_txn, h.last_txn()),
         });
     }
-    let base_gen = ext
-        .chain
-        .generations
-        .iter()
-        .find(|g| g.seq == ext.base.seq)
-        .expect("base exists");
     // Never restore less than asked because a newer generation is unreadable.
     if *target == Target::Latest
         && let Some(g) = inv
@@ -309,19 +303,15 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
             ext.end_txn()
         )));
     }
-    Ok(RestorePlan {
-        set: set.dir().to_path_buf(),
-        chain_id: ext.chain.id.clone(),
-        generation_seq: ext.base.seq,
-        base_txn: ext.base.txn,
-        base_time: ext.base.state_time.clone(),
-        page_size: ext.base.page_size,
-        image: base_gen.image_path.clone(),
-        bundles,
-        stop,
-        base: ext.base.clone(),
-        set_id: set.record().set_id.clone(),
-    })
+    let mut plan = plan_extent(set, ext).ok_or_else(|| {
+        Error::corrupt(
+            set.dir(),
+            "the chain's base generation vanished while planning",
+        )
+    })?;
+    plan.bundles = bundles;
+    plan.stop = stop;
+    Ok(plan)
 }
 
 /// A plan that replays chain extent `ext` to its end (for `verify --deep`).
