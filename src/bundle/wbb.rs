@@ -298,8 +298,8 @@ pub struct TxnMeta {
 }
 
 /// Streams transaction records into a compressed body held in memory-bounded zstd output.
-pub struct BodyEncoder {
-    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
+pub struct BodyEncoder<W: Write = Vec<u8>> {
+    enc: zstd::stream::write::Encoder<'static, W>,
     raw_len: u64,
     crc: crc32fast::Hasher,
     page_size: u32,
@@ -307,7 +307,7 @@ pub struct BodyEncoder {
     declared_pages: u32,
 }
 
-impl BodyEncoder {
+impl BodyEncoder<Vec<u8>> {
     /// A new body at zstd `level`.
     ///
     /// # Errors
@@ -324,7 +324,17 @@ impl BodyEncoder {
     /// # Errors
     /// Only if zstd cannot be set up.
     pub fn with_window(page_size: u32, level: i32, window_log: u32) -> io::Result<Self> {
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+        BodyEncoder::to_writer(Vec::new(), page_size, level, window_log)
+    }
+}
+
+impl<W: Write> BodyEncoder<W> {
+    /// A body compressed into `w` (a file, for bundles larger than memory should hold).
+    ///
+    /// # Errors
+    /// Only if zstd cannot be set up.
+    pub fn to_writer(w: W, page_size: u32, level: i32, window_log: u32) -> io::Result<Self> {
+        let mut enc = zstd::stream::write::Encoder::new(w, level)?;
         enc.include_checksum(false)?;
         if window_log > 0 {
             enc.window_log(window_log.clamp(10, super::image::MAX_WINDOW_LOG))?;
@@ -385,9 +395,51 @@ impl BodyEncoder {
     ///
     /// # Errors
     /// Only on zstd failure.
-    pub fn finish(self) -> io::Result<(Vec<u8>, u64)> {
+    pub fn finish(self) -> io::Result<(W, u64)> {
         Ok((self.enc.finish()?, self.raw_len))
     }
+}
+
+/// Finish a bundle written to `file` (at `path`) as: 208 placeholder bytes, then the body from
+/// [`BodyEncoder::to_writer`]. Writes the header (body lengths filled in) over the placeholder,
+/// hashes the file, appends the trailer, and fsyncs. Returns the digest and the file's length.
+///
+/// # Errors
+/// `Io` naming `path`.
+pub fn finish_file(
+    mut header: BundleHeader,
+    file: &mut std::fs::File,
+    path: &std::path::Path,
+    raw_len: u64,
+) -> Result<([u8; 32], u64)> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let io = |e| Error::io(path, "writing bundle", e);
+    let end = file.seek(SeekFrom::End(0)).map_err(io)?;
+    header.body_len = end - HEADER_LEN as u64;
+    header.body_raw_len = raw_len;
+    file.write_all_at(&header.encode(), 0).map_err(io)?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < end {
+        let n = file.read_at(&mut buf, off).map_err(io)?;
+        if n == 0 {
+            return Err(Error::corrupt(path, "bundle shrank while being written"));
+        }
+        let n = n.min(usize::try_from(end - off).unwrap_or(usize::MAX));
+        sha.update(&buf[..n]);
+        off += n as u64;
+    }
+    let digest: [u8; 32] = sha.finalize().into();
+    let total = end + TRAILER_LEN as u64;
+    let mut t = Vec::with_capacity(TRAILER_LEN);
+    t.extend_from_slice(&TRAILER_MAGIC);
+    t.extend_from_slice(&total.to_le_bytes());
+    t.extend_from_slice(&digest);
+    file.write_all_at(&t, end).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok((digest, total))
 }
 
 /// Assemble a bundle file from its header (body lengths filled in here) and compressed body.
@@ -428,8 +480,8 @@ pub struct Bundle {
     pub header: BundleHeader,
     /// SHA-256 of everything before the trailer: what the next bundle's `prev_sha256` holds.
     pub digest: [u8; 32],
-    /// The whole file.
-    bytes: Vec<u8>,
+    /// The file (read again, streaming, by [`Bundle::replay`]).
+    path: std::path::PathBuf,
 }
 
 /// Read and check a bundle file: size bounds, header, trailer, digest. Pages are not decoded.
@@ -460,30 +512,40 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
             ),
         ));
     }
-    // Bounded: the length was just checked against the header, and body_len is at most the
-    // file's real size.
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    bytes.extend_from_slice(&head);
-    f.read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, "reading", e))?;
-    if bytes.len() as u64 != len {
+    // Streaming: hash everything before the trailer, then check the trailer. Memory stays one
+    // buffer whatever the bundle's size.
+    let t = len - TRAILER_LEN as u64;
+    let mut sha = Sha256::new();
+    sha.update(head);
+    let mut rest = (&mut f).take(t - HEADER_LEN as u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = rest
+            .read(&mut buf)
+            .map_err(|e| Error::io(path, "reading", e))?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    let mut trailer = [0u8; TRAILER_LEN];
+    if read_up_to(&mut f, &mut trailer).map_err(|e| Error::io(path, "reading", e))? != TRAILER_LEN {
         return Err(Error::corrupt(path, "file changed size while being read"));
     }
-    let t = bytes.len() - TRAILER_LEN;
-    if bytes[t..t + 8] != TRAILER_MAGIC {
+    if trailer[..8] != TRAILER_MAGIC {
         return Err(Error::corrupt(
             path,
             "trailer magic missing: the file is truncated or damaged",
         ));
     }
-    if get_u64(&bytes, t + 8) != len {
+    if get_u64(&trailer, 8) != len {
         return Err(Error::corrupt(
             path,
             "trailer length field does not match the file length",
         ));
     }
-    let digest: [u8; 32] = Sha256::digest(&bytes[..t]).into();
-    if bytes[t + 16..] != digest {
+    let digest: [u8; 32] = sha.finalize().into();
+    if trailer[16..] != digest {
         return Err(Error::corrupt(
             path,
             "SHA-256 over the bundle does not match its trailer: damaged",
@@ -492,7 +554,7 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
     Ok(Bundle {
         header,
         digest,
-        bytes,
+        path: path.to_path_buf(),
     })
 }
 
@@ -525,7 +587,11 @@ impl Bundle {
         mut on_commit: impl FnMut(u64, &TxnRecord) -> Result<bool>,
     ) -> Result<()> {
         let h = &self.header;
-        let body = &self.bytes[HEADER_LEN..HEADER_LEN + usize::try_from(h.body_len).unwrap_or(0)];
+        let mut file =
+            std::fs::File::open(&self.path).map_err(|e| Error::io(path, "opening bundle", e))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(HEADER_LEN as u64))
+            .map_err(|e| Error::io(path, "reading bundle", e))?;
+        let body = std::io::BufReader::with_capacity(1 << 17, file.take(h.body_len));
         let mut dec = zstd::stream::read::Decoder::with_buffer(body)
             .map_err(|e| Error::io(path, "starting decompression", e))?;
         dec.window_log_max(super::image::MAX_WINDOW_LOG)

@@ -202,9 +202,11 @@ struct Pin {
     full: bool,
 }
 
-/// A bundle being filled.
+/// A bundle being filled: streamed into a temporary file in the chain folder, so memory does
+/// not grow with the bundle.
 struct Pending {
-    body: BodyEncoder,
+    body: BodyEncoder<std::io::BufWriter<File>>,
+    tmp: std::path::PathBuf,
     header: BundleHeader,
     txns: u32,
     started: Instant,
@@ -275,6 +277,11 @@ impl Capturer {
     /// anything a snapshot can fail with.
     pub fn start(src: SourceDb, mut set: BackupSet, opts: CaptureOptions) -> Result<Self> {
         set.lock_writer()?;
+        // Bundles a killed capture was writing are hidden temporaries: remove them.
+        set.store().clean_stale_temps("")?;
+        for chain in set.inventory()?.chains {
+            set.store().clean_stale_temps(&chain.id)?;
+        }
         src.read_header()?;
         let p = src.path.clone();
         let r = src.connect(opts.snapshot.busy_timeout, true)?;
@@ -840,8 +847,17 @@ impl Capturer {
         let ps = hdr.page_size;
         let wp = self.src.wal_path();
         if self.pending.is_none() {
-            let body = BodyEncoder::with_window(ps, self.opts.level, self.opts.window_log)
-                .ctx(&wp, "starting compression")?;
+            let name = wbb::file_name(self.cur.next_seq);
+            let (tmp, mut f) = self.set.store().temp_file(&self.cur.chain_id, &name)?;
+            std::io::Write::write_all(&mut f, &[0u8; wbb::HEADER_LEN])
+                .ctx(&tmp, "writing bundle")?;
+            let body = BodyEncoder::to_writer(
+                std::io::BufWriter::with_capacity(1 << 20, f),
+                ps,
+                self.opts.level,
+                self.opts.window_log,
+            )
+            .ctx(&tmp, "starting compression")?;
             let header = BundleHeader {
                 set_id: wbb::set_id_bytes(&self.set.record().set_id).unwrap_or([0; 16]),
                 chain_id: self.cur.chain_id.clone(),
@@ -865,6 +881,7 @@ impl Capturer {
             };
             self.pending = Some(Pending {
                 body,
+                tmp,
                 header,
                 txns: 0,
                 started: Instant::now(),
@@ -973,25 +990,39 @@ impl Capturer {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        let wp = self.src.wal_path();
-        let (body, raw) = p.body.finish().ctx(&wp, "compressing")?;
-        let header = p.header;
+        let tmp = p.tmp.clone();
+        let res = (|| -> Result<(BundleHeader, [u8; 32], u64)> {
+            let (w, raw) = p.body.finish().ctx(&tmp, "compressing")?;
+            let mut f = w
+                .into_inner()
+                .map_err(|e| Error::io(&tmp, "writing bundle", e.into_error()))?;
+            let header = p.header;
+            let (digest, len) = wbb::finish_file(header.clone(), &mut f, &tmp, raw)?;
+            Ok((header, digest, len))
+        })();
+        let (header, digest, len) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         let seq = header.seq;
         let (first, last) = (header.first_txn, header.last_txn());
         let frames = (header.first_frame, header.last_frame);
-        let (bytes, digest) = wbb::assemble(header, &body, raw);
         let key = format!("{}/{}", self.cur.chain_id, wbb::file_name(seq));
-        self.set.store().put_new(&key, &bytes)?;
+        self.set.store().publish_temp(&tmp, &key)?;
+        let bytes_len = len;
         self.cur.next_seq = seq + 1;
         self.cur.prev_digest = digest;
         self.last_seal = Instant::now();
         self.stats.bundles += 1;
-        self.stats.bundle_bytes += bytes.len() as u64;
+        self.stats.bundle_bytes += bytes_len;
         self.events.push(Event::Bundle {
             chain_id: self.cur.chain_id.clone(),
             seq,
             txns: (first, last),
-            bytes: bytes.len() as u64,
+            bytes: bytes_len,
             frames,
         });
         Ok(())

@@ -42,6 +42,10 @@ struct Live {
     /// Lowest page count reached since the last flush: the file is cut there first, so pages
     /// that come back later without being written read as zeros, as they do in SQLite.
     min_count: u32,
+    /// Bytes held in `dirty`.
+    dirty_bytes: usize,
+    /// The output file's length, in pages, as last flushed.
+    file_pages: u32,
     terms: Vec<u64>,
     state: StateChecksum,
     page_count: u32,
@@ -49,6 +53,36 @@ struct Live {
     time: String,
     txns_applied: u64,
     stopped: bool,
+}
+
+/// Hold at most this much of a bundle's pages before writing them out.
+const DIRTY_LIMIT: usize = 16 << 20;
+
+impl Live {
+    /// Write the held pages: cut the file to the lowest size reached, write the newest version
+    /// of each page in order, set the current size.
+    fn flush(&mut self, f: &File, ps: u32, out_path: &Path) -> Result<()> {
+        let len_of = |pages: u32| u64::from(pages) * u64::from(ps);
+        if self.min_count < self.file_pages {
+            f.set_len(len_of(self.min_count))
+                .ctx(out_path, "resizing")?;
+        }
+        for (pgno, page) in &self.dirty {
+            f.write_all_at(page, len_of(pgno - 1))
+                .ctx(out_path, "writing")?;
+        }
+        if self.page_count != self.min_count.min(self.file_pages)
+            || self.file_pages != self.page_count
+        {
+            f.set_len(len_of(self.page_count))
+                .ctx(out_path, "resizing")?;
+        }
+        self.dirty.clear();
+        self.dirty_bytes = 0;
+        self.file_pages = self.page_count;
+        self.min_count = self.page_count;
+        Ok(())
+    }
 }
 
 fn time_string(us: i64) -> String {
@@ -152,6 +186,8 @@ pub fn replay_into(
         let st = std::cell::RefCell::new(Live {
             dirty: std::collections::BTreeMap::new(),
             min_count: page_count,
+            dirty_bytes: 0,
+            file_pages: page_count,
             terms: std::mem::take(&mut terms),
             state,
             page_count,
@@ -160,6 +196,7 @@ pub fn replay_into(
             txns_applied,
             stopped: false,
         });
+        let f: &File = out;
         let res = b.replay(
             path,
             |_, rec| {
@@ -184,7 +221,9 @@ pub fn replay_into(
                 let old = s.terms[i];
                 s.state.0 ^= old ^ t;
                 s.terms[i] = t;
-                s.dirty.insert(pgno, page.to_vec());
+                if s.dirty.insert(pgno, page.to_vec()).is_none() {
+                    s.dirty_bytes += page.len();
+                }
                 Ok(())
             },
             |n, rec| {
@@ -204,7 +243,8 @@ pub fn replay_into(
                 if (count as u32) < s.min_count {
                     s.min_count = count as u32;
                 }
-                let _ = s.dirty.split_off(&(count as u32 + 1));
+                let dropped = s.dirty.split_off(&(count as u32 + 1));
+                s.dirty_bytes -= dropped.len() * ps as usize;
                 if s.state.0 != rec.state_after {
                     return Err(Error::corrupt(
                         path,
@@ -216,6 +256,9 @@ pub fn replay_into(
                     ));
                 }
                 s.page_count = rec.page_count;
+                if s.dirty_bytes > DIRTY_LIMIT {
+                    s.flush(f, ps, out_path)?;
+                }
                 s.txn = n;
                 s.time = time_string(rec.time_us);
                 s.txns_applied += 1;
@@ -230,20 +273,8 @@ pub fn replay_into(
             },
         );
         let s = st.into_inner();
-        // Flush the bundle's pages: cut to the lowest size reached, write the newest version
-        // of each page in order, set the final size.
-        let f: &File = out;
-        let len_of = |pages: u32| u64::from(pages) * u64::from(ps);
-        if s.min_count < page_count {
-            f.set_len(len_of(s.min_count)).ctx(out_path, "resizing")?;
-        }
-        for (pgno, page) in &s.dirty {
-            f.write_all_at(page, len_of(pgno - 1))
-                .ctx(out_path, "writing")?;
-        }
-        if s.min_count != s.page_count || page_count != s.page_count {
-            f.set_len(len_of(s.page_count)).ctx(out_path, "resizing")?;
-        }
+        let mut s = s;
+        s.flush(out, ps, out_path)?;
         terms = s.terms;
         state = s.state;
         page_count = s.page_count;

@@ -127,6 +127,37 @@ impl LocalStore {
         res
     }
 
+    /// A new temporary file in folder `dir_key`, to be published later as `final_name` with
+    /// [`LocalStore::publish_temp`] (for artifacts written in a stream, too large to hold).
+    ///
+    /// # Errors
+    /// `Io` naming the folder.
+    pub fn temp_file(&self, dir_key: &str, final_name: &str) -> Result<(PathBuf, File)> {
+        let path = self.path(dir_key).join(temp_name(final_name));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(&path, "creating temporary file")?;
+        Ok((path, f))
+    }
+
+    /// Publish temporary file `tmp` (already written and fsynced) at `key`: rename without
+    /// replacing, fsync the folder. On failure the temporary is removed.
+    ///
+    /// # Errors
+    /// `Refused` if `key` exists; `Io` otherwise.
+    pub fn publish_temp(&self, tmp: &Path, key: &str) -> Result<()> {
+        let final_path = self.path(key);
+        let dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
+        let res = publish_rename(tmp, &final_path).and_then(|()| sync_dir(&dir));
+        if res.is_err() {
+            let _ = fs::remove_file(tmp);
+        }
+        res
+    }
+
     /// Stage a group of files to be published together as folder `key`.
     pub fn stage_dir(&self, key: &str) -> Result<StagedDir> {
         let final_path = self.path(key);
