@@ -306,8 +306,17 @@ fn demo_runs_end_to_end() {
     let o = wb(["demo", "--dir", s(&t.path("demo")), "--seconds", "1"]);
     o.ok();
     assert!(o.stdout.contains("demo ok"), "{}", o.stdout);
-    // Running it again reuses the database and adds a second generation.
+    let l = wb(["list", s(&t.path("demo/backups/app")), "--json"]).json();
+    let first = l["chains"].as_array().unwrap().len();
+    assert!(first >= 1);
+    // Running it again reuses the database and the set, adding chains with recorded reasons.
     wb(["demo", "--dir", s(&t.path("demo")), "--seconds", "0.5"]).ok();
     let l = wb(["list", s(&t.path("demo/backups/app")), "--json"]).json();
-    assert_eq!(l["restorable"].as_array().unwrap().len(), 2);
+    let chains = l["chains"].as_array().unwrap();
+    assert!(chains.len() > first, "{chains:?}");
+    assert!(
+        chains
+            .iter()
+            .all(|c| c["reason"].as_str().is_some_and(|r| !r.is_empty()))
+    );
 }

@@ -282,7 +282,9 @@ impl Capturer {
         for chain in set.inventory()?.chains {
             set.store().clean_stale_temps(&chain.id)?;
         }
-        src.read_header()?;
+        // No header check with a descriptor of our own here: this process may already hold
+        // SQLite connections to the database (closing any descriptor drops their POSIX locks).
+        // Callers check the header before any connection exists; SQLite refuses a non-database.
         let p = src.path.clone();
         let r = src.connect(opts.snapshot.busy_timeout, true)?;
         let w = src.connect(opts.snapshot.busy_timeout, false)?;

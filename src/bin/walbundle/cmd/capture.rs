@@ -226,6 +226,7 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
             );
         };
         let src = SourceDb::locate(&expand_home(&d.path))?;
+        src.read_header()?; // before any connection to it exists in this process
         let allow = d
             .allow_inside_source
             .or(cfg.allow_inside_source)
@@ -291,6 +292,7 @@ pub fn run(a: Args) -> Result<u8> {
     };
     let dest = require_dest(&a.dest)?;
     let src = SourceDb::locate(&db)?;
+    src.read_header()?; // before any connection to it exists in this process
     guard_destination(&src, &dest, a.dest.allow_inside_source)?;
     let name = a
         .dest
