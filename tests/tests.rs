@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bundle_corruption;
 mod capture;
 mod corruption;
 mod errors;
