@@ -175,3 +175,50 @@ fn crafted_lengths_are_refused_by_bounds() {
     });
     refused(&t, &set, "b-00000000000");
 }
+
+/// `--until-break` restores up to the last verified point before the first bad link, says so
+/// loudly and exits 1 — whether the break is found while planning (a missing bundle) or while
+/// replaying (a damaged body); on an intact set it is an ordinary restore (exit 0).
+#[test]
+fn until_break_restores_the_verified_prefix_and_says_so() {
+    let (t, set, b) = captured_set();
+    let out = t.path("intact.db");
+    wb(["restore", s(&set), "--out", s(&out), "--until-break"]).ok();
+    let full = check_prefix(&out);
+
+    // A body byte flipped in bundle 3: the header is fine, replay finds the damage.
+    let len = std::fs::metadata(&b[2]).unwrap().len() as i64;
+    flip_bit(&b[2], len / 2);
+    let out = t.path("until-flip.db");
+    let r = wb(["restore", s(&set), "--out", s(&out), "--until-break"]);
+    r.code(1)
+        .stderr_has("PARTIAL RESTORE")
+        .stderr_has("b-000000000003.wbb");
+    let k_flip = check_prefix(&out);
+    assert!(
+        k_flip < full,
+        "a partial restore holds everything ({k_flip} of {full})"
+    );
+
+    // Bundle 2 missing: planning stops before it.
+    std::fs::remove_file(&b[1]).unwrap();
+    let out = t.path("until-missing.db");
+    let r = wb([
+        "restore",
+        s(&set),
+        "--out",
+        s(&out),
+        "--until-break",
+        "--json",
+    ]);
+    r.code(1)
+        .stderr_has("PARTIAL RESTORE")
+        .stderr_has("bundle 2 is missing");
+    assert!(r.json()["partial"].is_string());
+    let k_missing = check_prefix(&out);
+    assert!(k_missing < k_flip);
+    // Without the flag the same set is refused and nothing is written.
+    let out = t.path("refused.db");
+    wb(["restore", s(&set), "--out", s(&out)]).code(2);
+    assert!(!out.exists());
+}

@@ -64,6 +64,8 @@ pub struct RestorePlan {
     pub bundles: Vec<PlannedBundle>,
     /// Where to stop.
     pub stop: Stop,
+    /// With `--until-break`: why the plan stops short of what was asked.
+    pub partial: Option<String>,
     #[serde(skip)]
     pub(crate) base: GenerationManifest,
     #[serde(skip)]
@@ -182,6 +184,24 @@ fn broken_error(set: &BackupSet, ext: &ChainExtent<'_>, asked: &str) -> Error {
 /// `Corrupt` if the target lies beyond a broken link or the set has nothing restorable; `Usage`
 /// if the target is outside every chain.
 pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
+    plan_with(set, target, false)
+}
+
+/// [`plan`], or with `until_break`, a plan that stops at the last verified point before the
+/// first bad link when the target lies beyond it (`partial` then says why).
+///
+/// # Errors
+/// As [`plan`], except for a broken link with `until_break`.
+pub fn plan_with(set: &BackupSet, target: &Target, until_break: bool) -> Result<RestorePlan> {
+    let mut partial: Option<String> = None;
+    let mut on_break = |ext: &ChainExtent<'_>, asked: &str| -> Result<Stop> {
+        let e = broken_error(set, ext, asked);
+        if !until_break {
+            return Err(e);
+        }
+        partial = Some(format!("{e}"));
+        Ok(Stop::Txn(ext.end_txn()))
+    };
     let inv = set.inventory()?;
     let exts = extents(&inv);
     if exts.is_empty() {
@@ -203,14 +223,12 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
                 .iter()
                 .max_by_key(|e| (e.claimed_end.max(e.end_txn()), e.chain.id.clone()))
                 .expect("non-empty");
-            if ext.broken.is_some() || ext.claimed_end > ext.end_txn() {
-                return Err(broken_error(set, ext, "the newest state"));
-            }
-            (
-                ext,
-                Stop::Txn(ext.end_txn()),
-                "the newest state".to_string(),
-            )
+            let stop = if ext.broken.is_some() || ext.claimed_end > ext.end_txn() {
+                on_break(ext, "the newest state")?
+            } else {
+                Stop::Txn(ext.end_txn())
+            };
+            (ext, stop, "the newest state".to_string())
         }
         Target::Txn(n) => {
             let Some(ext) = exts
@@ -227,10 +245,12 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
                 .at(set.dir())
                 .hint("`walbundle list` shows the restorable points"));
             };
-            if *n > ext.end_txn() {
-                return Err(broken_error(set, ext, &format!("txn {n}")));
-            }
-            (ext, Stop::Txn(*n), format!("txn {n}"))
+            let stop = if *n > ext.end_txn() {
+                on_break(ext, &format!("txn {n}"))?
+            } else {
+                Stop::Txn(*n)
+            };
+            (ext, stop, format!("txn {n}"))
         }
         Target::Time(t) => {
             let t_us = t.as_microsecond();
@@ -261,10 +281,12 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
             // Needed bundles: up to the last whose first transaction was captured by t.
             let needs_beyond_run =
                 ext.broken.is_some() && ext.run.last().is_none_or(|(_, h)| h.last_time_us <= t_us);
-            if needs_beyond_run {
-                return Err(broken_error(set, ext, &format!("the state at {t}")));
-            }
-            (ext, Stop::TimeUs(t_us), format!("the state at {t}"))
+            let stop = if needs_beyond_run {
+                on_break(ext, &format!("the state at {t}"))?
+            } else {
+                Stop::TimeUs(t_us)
+            };
+            (ext, stop, format!("the state at {t}"))
         }
     };
     let _ = asked;
@@ -311,6 +333,7 @@ pub fn plan(set: &BackupSet, target: &Target) -> Result<RestorePlan> {
     })?;
     plan.bundles = bundles;
     plan.stop = stop;
+    plan.partial = partial;
     Ok(plan)
 }
 
@@ -339,6 +362,7 @@ pub fn plan_extent(set: &BackupSet, ext: &ChainExtent<'_>) -> Option<RestorePlan
             })
             .collect(),
         stop: Stop::Txn(ext.end_txn()),
+        partial: None,
         base: ext.base.clone(),
         set_id: set.record().set_id.clone(),
     })
@@ -384,4 +408,19 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
 fn bad_time(s: &str) -> Error {
     Error::usage(format!("cannot read time {s:?}"))
         .hint("use RFC 3339 (2026-11-21T05:48:24Z, 2026-11-21T06:48:24.5+01:00) or a relative time (-10m, -2h, -1d)")
+}
+
+impl RestorePlan {
+    /// Cut this plan before bundle `seq` (which failed while replaying): it will stop at the
+    /// last transaction before that bundle, recording `why`. `None` if `seq` is not in the plan.
+    #[must_use]
+    pub fn cut_before(&self, seq: u64, why: String) -> Option<RestorePlan> {
+        let i = self.bundles.iter().position(|b| b.seq == seq)?;
+        let mut p = self.clone();
+        p.bundles.truncate(i);
+        let last = p.bundles.last().map_or(p.base_txn, |b| b.txns.1);
+        p.stop = Stop::Txn(last);
+        p.partial = Some(why);
+        Some(p)
+    }
 }

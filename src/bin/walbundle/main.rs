@@ -1,7 +1,8 @@
 //! The `walbundle` command. Each verb lives in `cmd/`, parses nothing itself and calls the
 //! library; this file owns exit codes and how errors are printed.
 //!
-//! Exit codes: 0 success; 1 `verify` found problems; 2 the command could not do its job (bad
+//! Exit codes: 0 success; 1 `verify` found problems, or `restore --until-break` restored less
+//! than asked; 2 the command could not do its job (bad
 //! input, refused, I/O failure). Errors go to stderr as one line naming the file, what went wrong
 //! and what to do; with `--json`, stdout also carries `{"ok": false, "error": {...}}`.
 

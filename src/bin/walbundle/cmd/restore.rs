@@ -46,6 +46,10 @@ pub struct Args {
     /// Restore the state after transaction N (a point `walbundle list` shows) instead of the newest.
     #[arg(long, value_name = "N")]
     pub txn: Option<u64>,
+    /// If the chain is broken before the target, restore up to the last verified point before
+    /// the first bad link instead of refusing; says so on stderr and exits 1.
+    #[arg(long)]
+    pub until_break: bool,
     /// Print the plan (what would be replayed) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -61,7 +65,7 @@ pub fn run(a: Args) -> Result<u8> {
         (None, Some(n)) => Target::Txn(n),
         (None, None) => Target::Latest,
     };
-    let plan = replay::plan(&set, &target)?;
+    let mut plan = replay::plan::plan_with(&set, &target, a.until_break)?;
     if a.dry_run {
         if a.common.json {
             ui::json(&serde_json::json!({ "ok": true, "dry_run": true, "plan": plan }));
@@ -109,9 +113,34 @@ pub fn run(a: Args) -> Result<u8> {
         check,
     };
     let bar = ui::Bar::new(!a.common.json && !a.common.quiet);
-    let r = replay::restore(&plan, &opts, &bar)?;
+    let r = match replay::restore(&plan, &opts, &bar) {
+        // --until-break: a bundle failed while replaying; stop before it and try once more.
+        Err(e) if a.until_break && e.kind() == walbundle::ErrorKind::Corrupt => {
+            let failed = e
+                .path()
+                .and_then(|p| plan.bundles.iter().find(|b| b.path == p))
+                .map(|b| b.seq);
+            match failed.and_then(|seq| plan.cut_before(seq, e.to_string())) {
+                Some(shorter) => {
+                    plan = shorter;
+                    replay::restore(&plan, &opts, &bar)?
+                }
+                None => return Err(e),
+            }
+        }
+        other => other?,
+    };
+    if let Some(why) = &plan.partial {
+        eprintln!(
+            "walbundle: PARTIAL RESTORE (--until-break): {} holds txn {} only, the last verified point \
+             before the first bad link: {why}",
+            r.out.display(),
+            r.reached.txn
+        );
+    }
+    let code = u8::from(plan.partial.is_some());
     if a.common.json {
-        ui::json(&serde_json::json!({ "ok": true, "restore": r }));
+        ui::json(&serde_json::json!({ "ok": code == 0, "partial": plan.partial, "restore": r }));
     } else if !a.common.quiet {
         let mut s = format!(
             "restored {} ({}): txn {} at {} (chain {}, generation {} + {} bundle(s), {} txn(s) replayed); \
@@ -132,5 +161,5 @@ pub fn run(a: Args) -> Result<u8> {
         }
         ui::out(&s);
     }
-    Ok(0)
+    Ok(code)
 }
