@@ -298,7 +298,7 @@ pub fn decode_image_unchecked(
         )
     };
     for pgno in 1..=page_count {
-        if !read_exact_or(&mut dec, &mut page).map_err(zerr)? {
+        if super::read_up_to(&mut dec, &mut page).map_err(zerr)? != page.len() {
             return Err(Error::corrupt(
                 path,
                 format!(
@@ -336,20 +336,6 @@ pub fn decode_image_unchecked(
         state,
         pages: page_count,
     })
-}
-
-/// Fill `buf` completely; `Ok(false)` on a clean end of stream before the first byte or midway.
-fn read_exact_or(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => return Ok(false),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 /// SHA-256 and length of a whole file, streaming.

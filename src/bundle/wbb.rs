@@ -14,7 +14,6 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::checksum::StateChecksum;
 use crate::error::{Error, Result};
 
 /// First 8 bytes of every bundle: high bit set, "WBN", CR LF, ^Z, LF (catches text-mode
@@ -313,23 +312,16 @@ impl BodyEncoder<Vec<u8>> {
     /// # Errors
     /// Only if zstd cannot be set up.
     pub fn new(page_size: u32, level: i32) -> io::Result<Self> {
-        Self::with_window(page_size, level, 0)
-    }
-
-    /// A new body at zstd `level` with a window of 2^`window_log` bytes (0: zstd's default for
-    /// the level). A window spanning the whole bundle lets zstd find the pages consecutive
-    /// transactions rewrite (measured: 7% smaller than level 3's default window on the
-    /// Litestream-comparison workload); readers accept windows up to 2^27.
-    ///
-    /// # Errors
-    /// Only if zstd cannot be set up.
-    pub fn with_window(page_size: u32, level: i32, window_log: u32) -> io::Result<Self> {
-        BodyEncoder::to_writer(Vec::new(), page_size, level, window_log)
+        BodyEncoder::to_writer(Vec::new(), page_size, level, 0)
     }
 }
 
 impl<W: Write> BodyEncoder<W> {
-    /// A body compressed into `w` (a file, for bundles larger than memory should hold).
+    /// A body compressed into `w` (a file, for bundles larger than memory should hold), at zstd
+    /// `level` with a window of 2^`window_log` bytes (0: zstd's default for the level). A window
+    /// spanning the whole bundle lets zstd find the pages consecutive transactions rewrite
+    /// (measured: 7% smaller than level 3's default window on the Litestream-comparison
+    /// workload); readers accept windows up to 2^27.
     ///
     /// # Errors
     /// Only if zstd cannot be set up.
@@ -501,7 +493,7 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
         .map_err(|e| Error::io(path, "reading metadata", e))?
         .len();
     let mut head = [0u8; HEADER_LEN];
-    let n = read_up_to(&mut f, &mut head).map_err(|e| Error::io(path, "reading", e))?;
+    let n = super::read_up_to(&mut f, &mut head).map_err(|e| Error::io(path, "reading", e))?;
     let header = BundleHeader::decode(path, &head[..n])?;
     let want = HEADER_LEN as u64 + header.body_len + TRAILER_LEN as u64;
     if len != want {
@@ -529,7 +521,9 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
         sha.update(&buf[..n]);
     }
     let mut trailer = [0u8; TRAILER_LEN];
-    if read_up_to(&mut f, &mut trailer).map_err(|e| Error::io(path, "reading", e))? != TRAILER_LEN {
+    if super::read_up_to(&mut f, &mut trailer).map_err(|e| Error::io(path, "reading", e))?
+        != TRAILER_LEN
+    {
         return Err(Error::corrupt(path, "file changed size while being read"));
     }
     if trailer[..8] != TRAILER_MAGIC {
@@ -556,19 +550,6 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
         digest,
         path: path.to_path_buf(),
     })
-}
-
-fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 impl Bundle {
@@ -604,7 +585,7 @@ impl Bundle {
         for i in 0..u64::from(h.txn_count) {
             let txn = h.first_txn + i;
             let mut rh = [0u8; RECORD_HEADER_LEN];
-            if read_up_to(&mut dec, &mut rh).map_err(zerr)? != RECORD_HEADER_LEN {
+            if super::read_up_to(&mut dec, &mut rh).map_err(zerr)? != RECORD_HEADER_LEN {
                 return Err(Error::corrupt(
                     path,
                     format!("body ends inside the header of transaction {txn}"),
@@ -651,8 +632,8 @@ impl Bundle {
             }
             for _ in 0..rec.n_pages {
                 let mut pg = [0u8; 4];
-                if read_up_to(&mut dec, &mut pg).map_err(zerr)? != 4
-                    || read_up_to(&mut dec, &mut page).map_err(zerr)? != page_size
+                if super::read_up_to(&mut dec, &mut pg).map_err(zerr)? != 4
+                    || super::read_up_to(&mut dec, &mut page).map_err(zerr)? != page_size
                 {
                     return Err(Error::corrupt(
                         path,
@@ -674,7 +655,7 @@ impl Bundle {
                 on_page(pgno, &page)?;
             }
             let mut c = [0u8; 4];
-            if read_up_to(&mut dec, &mut c).map_err(zerr)? != 4 {
+            if super::read_up_to(&mut dec, &mut c).map_err(zerr)? != 4 {
                 return Err(Error::corrupt(
                     path,
                     format!("body ends before the CRC of transaction {txn}"),
@@ -691,7 +672,8 @@ impl Bundle {
             }
         }
         let mut extra = [0u8; 1];
-        if read_up_to(&mut dec, &mut extra).map_err(zerr)? != 0 || raw_read != h.body_raw_len {
+        if super::read_up_to(&mut dec, &mut extra).map_err(zerr)? != 0 || raw_read != h.body_raw_len
+        {
             return Err(Error::corrupt(
                 path,
                 "body holds more than its transactions (`body_raw_len` lies)",
@@ -700,9 +682,6 @@ impl Bundle {
         Ok(())
     }
 }
-
-/// State checksum helper re-exported for encoders.
-pub type State = StateChecksum;
 
 #[cfg(test)]
 mod test {

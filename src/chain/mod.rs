@@ -307,14 +307,6 @@ impl Inventory {
             .unwrap_or(0);
         gens.max(bundles)
     }
-
-    /// The newest restorable generation (highest transaction number; ties: newest chain).
-    pub fn newest_generation(
-        &self,
-    ) -> Option<(&ChainInventory, &GenerationEntry, &GenerationManifest)> {
-        self.valid_generations()
-            .max_by(|a, b| (a.2.txn, &a.0.id).cmp(&(b.2.txn, &b.0.id)))
-    }
 }
 
 /// One chain of a set.

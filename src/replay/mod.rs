@@ -20,7 +20,7 @@ pub mod plan;
 pub use apply::{Replayed, replay_into};
 pub use plan::{RestorePlan, Stop, Target, parse_time, plan};
 
-use crate::bundle::image::{ImageSummary, decode_image, decode_image_unchecked};
+use crate::bundle::image::{ImageSummary, decode_image_unchecked};
 use crate::capture::source::sidecar;
 use crate::chain::manifest::GenerationManifest;
 use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
@@ -110,33 +110,6 @@ pub fn integrity_check(path: &Path, level: CheckLevel) -> Result<()> {
             rows.join("; ")
         ),
     ))
-}
-
-/// Decode generation image `image` (described by `m`) into `out`, checking every hash and the
-/// state checksum on the way.
-///
-/// # Errors
-/// `Corrupt` naming the image; `Io` naming `out_path`.
-pub fn materialize(
-    image: &Path,
-    m: &GenerationManifest,
-    out: &mut File,
-    out_path: &Path,
-    progress: &dyn Progress,
-) -> Result<ImageSummary> {
-    progress.begin("restoring", m.image.raw_size);
-    let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
-    let summary = decode_image(
-        image,
-        m,
-        |_, page| w.write_all(page).ctx(out_path, "writing"),
-        |n| progress.advance(n),
-    )?;
-    w.flush().ctx(out_path, "writing")?;
-    drop(w);
-    out.sync_all().ctx(out_path, "syncing")?;
-    progress.end();
-    Ok(summary)
 }
 
 /// A temporary file that deletes itself unless kept.

@@ -116,7 +116,7 @@ pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
             if b.seq != expect {
                 broken = Some((
                     format!("bundle {expect} is missing (next present: {})", b.seq),
-                    chain_path(inv, chain, expect),
+                    chain_path(chain, expect),
                 ));
                 continue;
             }
@@ -141,7 +141,7 @@ pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
     out
 }
 
-fn chain_path(_inv: &Inventory, chain: &ChainInventory, seq: u64) -> PathBuf {
+fn chain_path(chain: &ChainInventory, seq: u64) -> PathBuf {
     chain
         .bundles
         .first()
