@@ -279,7 +279,9 @@ impl Capturer {
         set.lock_writer()?;
         // Bundles a killed capture was writing are hidden temporaries: remove them.
         set.store().clean_stale_temps("")?;
-        for chain in set.inventory()?.chains {
+        // One scan of the set serves start-up (listings skip temporaries, so it stays valid).
+        let inv = set.inventory()?;
+        for chain in &inv.chains {
             set.store().clean_stale_temps(&chain.id)?;
         }
         // No header check with a descriptor of our own here: this process may already hold
@@ -339,7 +341,7 @@ impl Capturer {
             events: Vec::new(),
             stats: CaptureStats::default(),
         };
-        match me.resume()? {
+        match me.resume(&inv)? {
             Ok(()) => {}
             Err(Gap(reason)) => me.new_chain(&reason)?,
         }
@@ -357,8 +359,7 @@ impl Capturer {
     }
 
     /// The cursor of the newest chain that has a WAL position, if the set has one.
-    fn chain_end(&self) -> Result<Option<Cursor>> {
-        let inv = self.set.inventory()?;
+    fn chain_end(inv: &crate::chain::Inventory) -> Result<Option<Cursor>> {
         let mut best: Option<(u64, Cursor)> = None;
         for chain in &inv.chains {
             let Some(base) = chain.base() else { continue };
@@ -394,11 +395,11 @@ impl Capturer {
     }
 
     /// Try to continue the newest chain. `Ok(Err(gap))` when continuity cannot be proven.
-    fn resume(&mut self) -> Result<std::result::Result<(), Gap>> {
-        let Some(cur) = self.chain_end()? else {
+    fn resume(&mut self, inv: &crate::chain::Inventory) -> Result<std::result::Result<(), Gap>> {
+        let Some(cur) = Self::chain_end(inv)? else {
             return Ok(Err(Gap("first capture of this database".into())));
         };
-        if self.set.inventory()?.max_txn() >= cur.next_txn {
+        if inv.max_txn() >= cur.next_txn {
             return Ok(Err(Gap(
                 "the set's newest point is not the end of a capturable chain".into(),
             )));
@@ -939,16 +940,15 @@ impl Capturer {
                     }
                     buf[FRAME_HEADER_LEN as usize..].to_vec()
                 };
-                let page = &page[..];
                 let t = if pgno == lock {
                     0
                 } else {
-                    crate::bundle::checksum::page_term(pgno, page)
+                    crate::bundle::checksum::page_term(pgno, &page)
                 };
                 let slot = &mut self.terms[pgno as usize - 1];
                 state.0 ^= *slot ^ t;
                 *slot = t;
-                contents.push((pgno, page.to_vec()));
+                contents.push((pgno, page));
             }
             meta_state = state;
             let meta = TxnMeta {
