@@ -22,6 +22,8 @@ pub mod bundle;
 pub mod capture;
 pub mod chain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod progress;
 pub mod replay;
 pub mod store;

@@ -222,3 +222,21 @@ fn unrelated_files_are_notes_not_problems() {
     let v = wb(["verify", s(&f.set)]);
     v.ok().stderr_has("README.txt");
 }
+
+/// A manifest whose image path points outside its generation folder — even correctly sealed,
+/// and even when the file it names exists and is a valid image — is refused, naming the field.
+#[test]
+fn manifest_naming_a_path_outside_the_set_is_refused() {
+    use walbundle::chain::manifest::{GenerationManifest, Sealed};
+    let f = fixture(1);
+    let g = newest_gen(&f.set);
+    let outside = f.t.path("elsewhere.zst");
+    std::fs::copy(g.join("image.zst"), &outside).unwrap();
+    let mp = g.join("manifest.json");
+    let mut m = GenerationManifest::from_sealed_bytes(&mp, &std::fs::read(&mp).unwrap()).unwrap();
+    m.image.file = "../../../elsewhere.zst".into();
+    std::fs::write(&mp, m.to_sealed_bytes()).unwrap();
+    caught(&f, &mp, "outside the set");
+    let r = wb(["restore", s(&f.set), "--out", s(&f.t.path("o.db"))]);
+    r.code(2).stderr_has(s(&mp)).stderr_has("image.file");
+}

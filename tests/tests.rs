@@ -7,6 +7,8 @@ mod bundle_corruption;
 mod capture;
 mod corruption;
 mod errors;
+mod fuzz_seeds;
 mod golden;
+mod model;
 mod retention;
 mod snapshot;

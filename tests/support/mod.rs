@@ -3,6 +3,8 @@
 //! database holds exactly a contiguous prefix of committed transactions.
 #![allow(dead_code)]
 
+pub mod synth;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
