@@ -23,6 +23,8 @@ pub mod capture;
 pub mod chain;
 pub mod error;
 #[doc(hidden)]
+pub mod fault;
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod progress;
 pub mod replay;

@@ -5,6 +5,7 @@ mod support;
 
 mod bundle_corruption;
 mod capture;
+mod compact;
 mod corruption;
 mod errors;
 mod fuzz_seeds;

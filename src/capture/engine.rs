@@ -181,7 +181,7 @@ impl Cursor {
         Self {
             chain_id: m.chain_id.clone(),
             next_seq: m.seq + 1,
-            prev_digest: wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]),
+            prev_digest: m.link(),
             state: StateChecksum::from_hex(&m.state_checksum).unwrap_or_default(),
             page_size: m.page_size,
             page_count: m.page_count,

@@ -58,9 +58,13 @@ pub fn new_set_id() -> String {
     super::manifest::hex(&r)
 }
 
+/// The lock file compaction and retention hold (flock) at the set's root; it names its holder.
+pub const MAINTENANCE_LOCK: &str = ".walbundle-maintenance.lock";
+
 /// True for every name walbundle writes inside a set (and only those): what it may delete.
 pub fn is_own_name(name: &str) -> bool {
     name == SET_FILE
+        || name == MAINTENANCE_LOCK
         || name == MANIFEST_FILE
         || name == IMAGE_FILE
         || name.starts_with(crate::store::TEMP_PREFIX)

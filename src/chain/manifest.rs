@@ -185,10 +185,13 @@ pub enum Origin {
         /// The chain this one follows, if any.
         previous_chain: Option<String>,
     },
-    /// Replay of an earlier generation of the same chain plus its bundles.
+    /// Replay of an earlier generation of the same chain plus its bundles up to `seq`.
     Compaction {
         /// Bundle sequence of the generation it was built from.
         from_seq: u64,
+        /// SHA-256 digest of bundle `seq` (hex): the previous-bundle link bundle `seq + 1`
+        /// carries, so the chain continues from this generation once older files are retired.
+        bundle_sha256: String,
     },
 }
 
@@ -242,6 +245,16 @@ impl Sealed for GenerationManifest {
 }
 
 impl GenerationManifest {
+    /// The digest bundle `seq + 1` must name as its previous link: the image's SHA-256 for a
+    /// snapshot, bundle `seq`'s digest for a compacted generation.
+    pub fn link(&self) -> [u8; 32] {
+        let hex = match &self.origin {
+            Origin::Compaction { bundle_sha256, .. } => bundle_sha256,
+            Origin::Snapshot { .. } => &self.image.sha256,
+        };
+        crate::bundle::wbb::sha_bytes(hex).unwrap_or([0; 32])
+    }
+
     /// Check field values a decoder must not trust blindly (page size, sizes, names).
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(Error::corrupt(path, what));
@@ -275,10 +288,28 @@ impl GenerationManifest {
         if crate::bundle::checksum::StateChecksum::from_hex(&self.state_checksum).is_none() {
             return bad("field `state_checksum` is not 16 hex digits".into());
         }
+        let link = match &self.origin {
+            Origin::Compaction {
+                from_seq,
+                bundle_sha256,
+            } => {
+                if *from_seq >= self.seq {
+                    return bad(format!(
+                        "field `origin.from_seq` is {from_seq}, not before this generation's {}",
+                        self.seq
+                    ));
+                }
+                Some(bundle_sha256)
+            }
+            Origin::Snapshot { .. } => None,
+        };
         for (name, v) in [
             ("image.sha256", &self.image.sha256),
             ("image.raw_sha256", &self.image.raw_sha256),
-        ] {
+        ]
+        .into_iter()
+        .chain(link.map(|l| ("origin.bundle_sha256", l)))
+        {
             if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(format!("field `{name}` is not a SHA-256 in hex"));
             }

@@ -5,6 +5,7 @@
 //! starts with a full snapshot (generation 0) and may later hold bundles and compacted
 //! generations. See `format/README.md` for the layout a stranger could implement from.
 
+pub mod compact;
 pub mod layout;
 pub mod manifest;
 pub mod retention;
@@ -37,6 +38,7 @@ pub struct BackupSet {
     store: LocalStore,
     record: SetRecord,
     lock: Option<File>,
+    maintenance: Option<File>,
 }
 
 impl BackupSet {
@@ -71,6 +73,7 @@ impl BackupSet {
             store,
             record,
             lock: None,
+            maintenance: None,
         })
     }
 
@@ -126,6 +129,7 @@ impl BackupSet {
                 store,
                 record,
                 lock: None,
+                maintenance: None,
             }),
             // Another process created it first: use theirs if it is for the same source.
             Err(e) if e.kind() == ErrorKind::Refused => Self::open_or_create(dest, name, source),
@@ -155,6 +159,57 @@ impl BackupSet {
         Ok(())
     }
 
+    /// Take the set's maintenance lock (one compactor or retention run at a time), or refuse
+    /// naming the holder. It is an flock on [`layout::MAINTENANCE_LOCK`], so a holder that dies
+    /// (even by `kill -9`) releases it at once: no stale lease to break. Capture does not take
+    /// it: capture only appends, maintenance only replaces and retires older files.
+    ///
+    /// # Errors
+    /// `Busy` if another process holds it.
+    pub fn lock_maintenance(&mut self) -> Result<()> {
+        use std::io::{Read, Seek, Write};
+        if self.maintenance.is_some() {
+            return Ok(());
+        }
+        let path = self.store.path(layout::MAINTENANCE_LOCK);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ctx(&path, "opening the maintenance lock")?;
+        if !crate::sys::try_flock_exclusive(&f).ctx(&path, "locking")? {
+            let mut holder = String::new();
+            let _ = Read::by_ref(&mut f).take(512).read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "another walbundle process is compacting or retiring files in this set ({})",
+                    if holder.is_empty() {
+                        "holder unknown"
+                    } else {
+                        holder
+                    }
+                ),
+            )
+            .at(self.store.root())
+            .hint("wait for it to finish; the lock is released as soon as that process exits"));
+        }
+        let note = format!(
+            "pid {} on {} since {}\n",
+            std::process::id(),
+            crate::sys::hostname(),
+            jiff::Timestamp::now()
+        );
+        let _ = f.set_len(0);
+        let _ = f.rewind();
+        let _ = f.write_all(note.as_bytes());
+        self.maintenance = Some(f);
+        Ok(())
+    }
+
     /// The set's folder.
     pub fn dir(&self) -> &Path {
         self.store.root()
@@ -178,7 +233,7 @@ impl BackupSet {
     pub fn inventory(&self) -> Result<Inventory> {
         let mut inv = Inventory::default();
         for ent in self.store.list("")? {
-            if ent.name == SET_FILE {
+            if ent.name == SET_FILE || ent.name == layout::MAINTENANCE_LOCK {
                 continue;
             }
             if !(ent.is_dir && layout::is_chain_id(&ent.name)) {
@@ -323,12 +378,13 @@ pub struct ChainInventory {
 }
 
 impl ChainInventory {
-    /// The generation-0 manifest (the chain's first snapshot), if readable.
+    /// The chain's base: its oldest readable generation (the first snapshot, or once older
+    /// history is retired, the oldest compacted generation). Bundles at or before its sequence
+    /// are superseded leftovers.
     pub fn base(&self) -> Option<&GenerationManifest> {
         self.generations
             .iter()
-            .find(|g| g.seq == 0)
-            .and_then(|g| g.manifest.as_ref().ok())
+            .find_map(|g| g.manifest.as_ref().ok())
     }
 }
 

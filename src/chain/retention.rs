@@ -1,4 +1,5 @@
-//! Retention for snapshot-only sets: which chains to retire, and retiring them safely.
+//! Chain-granular retention for `snapshot --keep/--retain-days`, and retiring folders safely
+//! (also used by compaction's finer retention, `compact.rs`).
 //!
 //! A chain is kept if *any* rule keeps it: it is among the `keep` newest, or its newest state is
 //! younger than `retain_days`. The newest chain is always kept, and a chain whose manifests
@@ -10,9 +11,9 @@
 
 use serde::Serialize;
 
-use super::layout::{IMAGE_FILE, MANIFEST_FILE};
 use super::{BackupSet, Inventory};
 use crate::error::{IoContext, Result};
+use crate::store::LocalStore;
 
 /// Which generations to keep.
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,32 +91,57 @@ pub fn plan(inv: &Inventory, policy: &RetentionPolicy, now: jiff::Timestamp) -> 
     out
 }
 
-/// Retire `chains` from `set`. The caller holds the writer lock.
+/// Retire `chains` from `set`, each as a whole (generations and bundles). The caller holds
+/// the maintenance lock.
 ///
 /// # Errors
 /// `Io` if a deletion fails; what was already retired stays retired, the rest is untouched.
 pub fn apply(set: &BackupSet, chains: &[Retire]) -> Result<()> {
-    let store = set.store();
-    let inv = set.inventory()?;
     for r in chains {
-        let Some(chain) = inv.chains.iter().find(|c| c.id == r.chain_id) else {
-            continue;
-        };
-        for g in &chain.generations {
-            let from = store.path(&g.key);
-            let tmp_key = format!(
-                "{}/{}",
-                chain.id,
-                crate::store::temp_key_name(&format!("retired-{}", g.seq))
-            );
-            let to = store.path(&tmp_key);
-            crate::sys::rename_noreplace(&from, &to).ctx(&from, "retiring generation")?;
-            crate::store::sync_dir(&store.path(&chain.id))?;
-            store.remove_file(&format!("{tmp_key}/{MANIFEST_FILE}"))?;
-            store.remove_file(&format!("{tmp_key}/{IMAGE_FILE}"))?;
-            store.remove_dir_if_empty(&tmp_key)?;
-        }
-        store.remove_dir_if_empty(&chain.id)?;
+        retire_dir(set.store(), "", &r.chain_id)?;
     }
     Ok(())
+}
+
+/// Retire folder `name` inside `parent` (a chain at the root, or a generation in its chain):
+/// renamed to a temporary name in one step, so it stops being part of the set at once, then its
+/// files removed. A folder holding files walbundle did not write is not renamed (that would
+/// hide them): walbundle's own files inside it are removed in place and the rest left alone.
+///
+/// # Errors
+/// `Io` if the rename fails.
+pub(crate) fn retire_dir(store: &LocalStore, parent: &str, name: &str) -> Result<()> {
+    let key = if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    };
+    let from = store.path(&key);
+    if !from.exists() {
+        return Ok(());
+    }
+    if has_foreign(&from) {
+        crate::store::remove_own_tree(&from);
+        return Ok(());
+    }
+    let tmp = crate::store::temp_key_name(&format!("retired-{name}"));
+    let to = store.path(&if parent.is_empty() {
+        tmp
+    } else {
+        format!("{parent}/{tmp}")
+    });
+    crate::sys::rename_noreplace(&from, &to).ctx(&from, "retiring")?;
+    crate::store::sync_dir(from.parent().unwrap_or(store.root()))?;
+    crate::fault::pause_point("retire:renamed");
+    crate::store::remove_own_tree(&to);
+    Ok(())
+}
+
+fn has_foreign(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            !super::layout::is_own_name(&n) || (e.path().is_dir() && has_foreign(&e.path()))
+        })
+    })
 }

@@ -119,12 +119,12 @@ fn verify_bundles(
                     || format!("{}/{}", set.dir().display(), chain.id),
                     |g| g.image_path.display().to_string(),
                 ),
-                what: "the chain's first generation (gen-000000000000) is missing or damaged; its bundles cannot be replayed".into(),
+                what: "the chain has no readable generation; its bundles cannot be replayed".into(),
             });
         }
         let mut prev: Option<([u8; 32], u64, u32, u64)> = base.map(|m| {
             (
-                wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]),
+                m.link(),
                 crate::bundle::checksum::StateChecksum::from_hex(&m.state_checksum)
                     .unwrap_or_default()
                     .0,
@@ -132,8 +132,19 @@ fn verify_bundles(
                 m.txn,
             )
         });
-        let mut expect = 1u64;
-        for b in &chain.bundles {
+        let base_seq = base.map_or(0, |m| m.seq);
+        let superseded = chain.bundles.iter().filter(|b| b.seq <= base_seq).count();
+        if superseded > 0 {
+            r.notes.push(format!(
+                "{}/{}: {superseded} bundle(s) at or before the chain's oldest generation \
+                 {base_seq} are superseded leftovers of interrupted retention; the next \
+                 `walbundle compact` removes them",
+                set.dir().display(),
+                chain.id
+            ));
+        }
+        let mut expect = base_seq + 1;
+        for b in chain.bundles.iter().filter(|b| b.seq > base_seq) {
             let path = b.path.display().to_string();
             if b.seq != expect {
                 let missing = chain
@@ -200,6 +211,30 @@ fn verify_bundles(
                 }
             }
             prev = Some((bun.digest, h.state_after, h.page_count_after, h.last_txn()));
+            // A compacted generation at this bundle must hold exactly the bundle's end state.
+            if let Some((g, m)) = chain
+                .generations
+                .iter()
+                .filter(|g| g.seq == b.seq)
+                .find_map(|g| g.manifest.as_ref().ok().map(|m| (g, m)))
+            {
+                let state = crate::bundle::checksum::StateChecksum::from_hex(&m.state_checksum)
+                    .unwrap_or_default()
+                    .0;
+                if m.link() != bun.digest
+                    || state != h.state_after
+                    || m.page_count != h.page_count_after
+                    || m.txn != h.last_txn()
+                {
+                    r.problems.push(Problem {
+                        path: g.image_path.with_file_name(super::layout::MANIFEST_FILE).display().to_string(),
+                        what: format!(
+                            "generation {} does not hold bundle {}'s end state (link, state checksum, page count or txn differ)",
+                            g.seq, b.seq
+                        ),
+                    });
+                }
+            }
         }
     }
     if opts.deep && r.problems.is_empty() {

@@ -85,7 +85,7 @@ impl Live {
     }
 }
 
-fn time_string(us: i64) -> String {
+pub(crate) fn time_string(us: i64) -> String {
     jiff::Timestamp::from_microsecond(us)
         .map(|t| t.to_string())
         .unwrap_or_default()
@@ -123,7 +123,7 @@ pub fn replay_into(
     let mut txn = m.txn;
     let mut time = m.state_time.clone();
     let mut page_count = m.page_count;
-    let mut prev = wbb::sha_bytes(&m.image.sha256).unwrap_or([0; 32]);
+    let mut prev = m.link();
     let mut applied = 0usize;
     let mut txns_applied = 0u64;
     let zeros = vec![0u8; ps as usize];

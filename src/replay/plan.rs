@@ -334,7 +334,40 @@ pub fn plan_with(set: &BackupSet, target: &Target, until_break: bool) -> Result<
     plan.bundles = bundles;
     plan.stop = stop;
     plan.partial = partial;
-    Ok(plan)
+    Ok(shortcut(plan, ext))
+}
+
+/// Start `plan` from the newest generation of its chain that lies on the planned path at or
+/// before the stop (a compacted generation), so fewer bundles are replayed.
+fn shortcut(mut plan: RestorePlan, ext: &ChainExtent<'_>) -> RestorePlan {
+    let last_seq = plan.bundles.last().map_or(plan.generation_seq, |b| b.seq);
+    let best = ext
+        .chain
+        .generations
+        .iter()
+        .filter_map(|g| g.manifest.as_ref().ok().map(|m| (g, m)))
+        .filter(|(_, m)| {
+            m.seq > plan.generation_seq
+                && m.seq <= last_seq
+                && match plan.stop {
+                    Stop::Txn(n) => m.txn <= n,
+                    Stop::TimeUs(t) => m
+                        .state_time
+                        .parse::<jiff::Timestamp>()
+                        .is_ok_and(|s| s.as_microsecond() <= t),
+                }
+        })
+        .max_by_key(|(_, m)| m.seq);
+    if let Some((g, m)) = best {
+        plan.generation_seq = m.seq;
+        plan.base_txn = m.txn;
+        plan.base_time = m.state_time.clone();
+        plan.page_size = m.page_size;
+        plan.image = g.image_path.clone();
+        plan.base = m.clone();
+        plan.bundles.retain(|b| b.seq > m.seq);
+    }
+    plan
 }
 
 /// A plan that replays chain extent `ext` to its end (for `verify --deep`).
@@ -378,31 +411,48 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
         return Ok(t);
     }
     if let Some(rel) = s.strip_prefix('-') {
-        let mut total: i64 = 0;
-        let mut num = String::new();
-        for c in rel.chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-                continue;
-            }
-            let n: i64 = num.parse().map_err(|_| bad_time(s))?;
-            num.clear();
-            total += n * match c {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86_400,
-                _ => return Err(bad_time(s)),
-            };
-        }
-        if !num.is_empty() || total == 0 {
-            return Err(bad_time(s));
-        }
+        let secs = parse_duration(rel).map_err(|_| bad_time(s))?;
         return jiff::Timestamp::now()
-            .checked_sub(jiff::SignedDuration::from_secs(total))
+            .checked_sub(jiff::SignedDuration::from_secs(secs))
             .map_err(|_| bad_time(s));
     }
     Err(bad_time(s))
+}
+
+/// Parse a duration such as `30s`, `10m`, `2h`, `7d` or `1h30m` into seconds (at least 1).
+///
+/// # Errors
+/// `Usage` naming the accepted form.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let bad = || {
+        Error::usage(format!("cannot read duration {s:?}"))
+            .hint("use a number with a unit: 30s, 10m, 2h, 7d, or combined (1h30m)")
+    };
+    let mut total: i64 = 0;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
 }
 
 fn bad_time(s: &str) -> Error {

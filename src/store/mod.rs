@@ -296,7 +296,7 @@ impl LocalStore {
 
 /// Remove the files walbundle names inside `dir` (recursively) and the folders that end up
 /// empty; anything else is left alone. True if `dir` itself is gone.
-fn remove_own_tree(dir: &Path) -> bool {
+pub(crate) fn remove_own_tree(dir: &Path) -> bool {
     if let Ok(rd) = fs::read_dir(dir) {
         for ent in rd.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();

@@ -43,6 +43,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Rebuild a database from a set, verify it, and publish it atomically at --out.
     Restore(cmd::restore::Args),
+    /// Replay older history into a new verified generation (offline), then apply retention.
+    Compact(cmd::compact::Args),
     /// Run the whole job end to end on a demo database (created if missing): write, snapshot,
     /// list, verify, restore, compare.
     Demo(cmd::demo::Args),
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         Command::List(a) => (a.common.json, cmd::list::run(a)),
         Command::Verify(a) => (a.common.json, cmd::verify::run(a)),
         Command::Restore(a) => (a.common.json, cmd::restore::run(a)),
+        Command::Compact(a) => (a.common.json, cmd::compact::run(a)),
         Command::Demo(a) => (false, cmd::demo::run(a)),
     };
     match result {

@@ -1,6 +1,7 @@
 //! One file per verb; each parses nothing itself and calls the library.
 
 pub mod capture;
+pub mod compact;
 pub mod demo;
 pub mod list;
 pub mod restore;

@@ -84,8 +84,14 @@ pub fn run(a: Args) -> Result<u8> {
         keep: a.keep.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
         retain_days: a.retain_days,
     };
-    let retired = retention::plan(&set.inventory()?, &policy, jiff::Timestamp::now());
-    retention::apply(&set, &retired)?;
+    let retired = if policy.is_empty() {
+        Vec::new()
+    } else {
+        set.lock_maintenance()?;
+        let retired = retention::plan(&set.inventory()?, &policy, jiff::Timestamp::now());
+        retention::apply(&set, &retired)?;
+        retired
+    };
 
     if a.common.json {
         ui::json(&serde_json::json!({ "ok": true, "snapshot": report, "retired": retired }));

@@ -1,0 +1,435 @@
+//! Compaction: new generations equal to the replayed history at every shared point, retention
+//! that keeps every point of the window, crash safety under `kill -9` in a loop, and compaction
+//! beside a running capture of a live writer.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use walbundle::chain::compact::{CompactOptions, CompactPolicy, CompactReport, compact};
+use walbundle::chain::verify::{VerifyOptions, verify};
+use walbundle::replay::{RestoreOptions, Target, plan, restore};
+use walbundle::{BackupSet, CheckLevel, NoProgress};
+
+use crate::support::synth::{Synth, Txn};
+use crate::support::*;
+
+/// Synthetic time of transaction `n` (see support/synth.rs): 2026-01-01 plus n seconds.
+fn txn_time(n: u64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(1_767_225_600 + n as i64).unwrap()
+}
+
+fn run_compact(set: &Path, policy: CompactPolicy, now: jiff::Timestamp) -> CompactReport {
+    let mut s = BackupSet::open(set).unwrap();
+    let opts = CompactOptions {
+        policy,
+        check: CheckLevel::None, // synthetic pages are not a SQLite database
+        now: Some(now),
+        ..CompactOptions::default()
+    };
+    compact(&mut s, &opts, &NoProgress).unwrap()
+}
+
+fn restore_txn(set: &Path, n: u64, out: &Path) -> walbundle::Result<Vec<u8>> {
+    let s = BackupSet::open(set).unwrap();
+    let p = plan(&s, &Target::Txn(n))?;
+    restore(
+        &p,
+        &RestoreOptions {
+            out: out.to_path_buf(),
+            force: false,
+            check: CheckLevel::None,
+        },
+        &NoProgress,
+    )?;
+    let b = std::fs::read(out).unwrap();
+    std::fs::remove_file(out).unwrap();
+    Ok(b)
+}
+
+fn verify_clean(set: &Path) {
+    let s = BackupSet::open(set).unwrap();
+    let r = verify(
+        &s,
+        &VerifyOptions {
+            deep: true,
+            check: CheckLevel::None,
+            scratch_dir: None,
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
+}
+
+/// Some growth, rewrites and truncation: a deterministic workload for `m`.
+fn workload(m: &mut Synth, bundles: u32, salt: u8) {
+    for b in 0..bundles {
+        let txns: Vec<Txn> = (0..3u32)
+            .map(|i| {
+                let count = 4 + ((b * 3 + i + u32::from(salt)) % 9);
+                Txn {
+                    writes: (1..=count)
+                        .filter(|p| (p + b + i) % 3 != 0)
+                        .map(|p| (p, salt.wrapping_add((p * 7 + b + i) as u8)))
+                        .collect(),
+                    count_after: count,
+                }
+            })
+            .collect();
+        m.bundle(&txns);
+    }
+}
+
+fn force(retain_days: u64, keep: usize) -> CompactPolicy {
+    CompactPolicy {
+        force: true,
+        retain_days,
+        keep_generations: keep,
+        min_window_secs: 1,
+        ..CompactPolicy::default()
+    }
+}
+
+/// A compacted generation gives the same result as the old one at every shared point, later
+/// bundles chain from it, and a second compaction builds on the first.
+#[test]
+fn compacted_generations_equal_the_model_at_every_point() {
+    let t = Tmp::new();
+    let set = t.path("set");
+    let mut m = Synth::new(&set, 5);
+    workload(&mut m, 6, 1);
+    // Keep everything (window of 10 years): only the new generation appears.
+    let r = run_compact(&set, force(3650, 2), txn_time(m.txn));
+    let g = r.created.expect("a generation");
+    assert_eq!((g.seq, g.txn, g.from_seq), (6, m.txn, 0));
+    assert!(r.retired.is_empty(), "{:?}", r.retired);
+    verify_clean(&set);
+    workload(&mut m, 4, 9);
+    let r = run_compact(&set, force(3650, 3), txn_time(m.txn));
+    let g = r.created.expect("a second generation");
+    assert_eq!((g.seq, g.from_seq), (10, 6));
+    verify_clean(&set);
+    workload(&mut m, 2, 17);
+    verify_clean(&set);
+    let out = t.path("out.db");
+    for (n, image) in &m.images {
+        let got = restore_txn(&set, *n, &out).unwrap();
+        assert!(got == *image, "txn {n} differs from the model");
+    }
+    // Nothing more to do: no bundles after generation 12? (12 bundles, newest gen at 10.)
+    let r = run_compact(&set, force(3650, 3), txn_time(m.txn));
+    assert_eq!(r.created.map(|g| g.seq), Some(12));
+    let r = run_compact(&set, force(3650, 3), txn_time(m.txn));
+    assert!(r.created.is_none(), "compacted twice at the same bundle");
+    assert!(r.skipped.unwrap().contains("already compacted"));
+}
+
+/// Retention keeps every point inside the window restorable, retires what lies wholly before
+/// it (old generations first, then the bundles they supersede), and keeps N generations.
+#[test]
+fn retention_keeps_every_point_of_the_window() {
+    let t = Tmp::new();
+    let set = t.path("set");
+    let mut m = Synth::new(&set, 3);
+    let mut gens = Vec::new();
+    for round in 0..4u8 {
+        workload(&mut m, 3, round * 5);
+        let r = run_compact(&set, force(3650, 10), txn_time(m.txn));
+        gens.push(r.created.unwrap());
+    }
+    workload(&mut m, 2, 99);
+    // Window: from just after generation 2's state (its txn + 1) to the end.
+    let cutoff_txn = gens[1].txn + 1;
+    let now = txn_time(m.txn);
+    let window = now.as_second() - txn_time(cutoff_txn).as_second();
+    let policy = CompactPolicy {
+        force: false,
+        trigger_bytes_pct: u64::MAX / 200,
+        retain_days: 0,
+        keep_generations: 1,
+        min_window_secs: window,
+        ..CompactPolicy::default()
+    };
+    let r = run_compact(&set, policy, now);
+    assert!(r.created.is_none());
+    // Generation 0 and the first compacted one are retired; the one that reaches the cutoff
+    // (gens[1]) is the new base; bundles up to it are gone.
+    let kinds: Vec<(&str, String)> = r
+        .retired
+        .iter()
+        .map(|x| (x.kind, x.path.rsplit('/').next().unwrap().to_string()))
+        .collect();
+    assert!(
+        kinds.contains(&("generation", "gen-000000000000".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("generation", format!("gen-{:012}", gens[0].seq))),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k.1 == format!("gen-{:012}", gens[1].seq)),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| k.0 == "bundle").count() as u64,
+        gens[1].seq,
+        "{kinds:?}"
+    );
+    verify_clean(&set);
+    let out = t.path("out.db");
+    for (n, image) in &m.images {
+        let got = restore_txn(&set, *n, &out);
+        if *n >= gens[1].txn {
+            assert!(
+                got.unwrap() == *image,
+                "txn {n} (inside the window) differs"
+            );
+        } else {
+            assert!(got.is_err(), "txn {n} should have been retired");
+        }
+    }
+}
+
+/// An interrupted retention (generation 0 gone, some superseded bundles left) still verifies,
+/// and the next run removes the leftovers.
+#[test]
+fn leftovers_of_interrupted_retention_verify_and_are_removed() {
+    let t = Tmp::new();
+    let set = t.path("set");
+    let mut m = Synth::new(&set, 4);
+    workload(&mut m, 5, 3);
+    run_compact(&set, force(3650, 5), txn_time(m.txn));
+    workload(&mut m, 1, 4);
+    let chain = std::fs::read_dir(&set)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    // As if killed after retiring generation 0 and bundles 1..=2.
+    std::fs::remove_dir_all(chain.join("gen-000000000000")).unwrap();
+    for s in 1..=2 {
+        std::fs::remove_file(chain.join(format!("b-{s:012}.wbb"))).unwrap();
+    }
+    let v = wb(["verify", s(&set)]);
+    v.ok();
+    assert!(
+        v.stdout.contains("superseded") || v.stderr.contains("superseded"),
+        "{v:?}"
+    );
+    let r = run_compact(&set, force(3650, 5), txn_time(m.txn));
+    assert_eq!(
+        r.retired.iter().filter(|x| x.kind == "bundle").count(),
+        3,
+        "{:?}",
+        r.retired
+    );
+    verify_clean(&set);
+    let out = t.path("out.db");
+    let got = restore_txn(&set, m.txn, &out).unwrap();
+    assert!(got == m.image());
+}
+
+/// A second compactor is refused with a message naming the holder; `--dry-run` changes nothing.
+#[test]
+fn second_compactor_is_refused_and_dry_run_changes_nothing() {
+    let t = Tmp::new();
+    let set = t.path("set");
+    let mut m = Synth::new(&set, 4);
+    workload(&mut m, 4, 2);
+    let before = set_files(&set);
+    let d = wb([
+        "compact",
+        s(&set),
+        "--dry-run",
+        "--force",
+        "--check",
+        "quick",
+    ]);
+    d.ok();
+    assert!(d.stdout.contains("would create generation"), "{d:?}");
+    assert_eq!(set_files(&set), before, "--dry-run changed the set");
+    let mut holder = BackupSet::open(&set).unwrap();
+    holder.lock_maintenance().unwrap();
+    let r = wb(["compact", s(&set), "--force"]);
+    r.code(2)
+        .stderr_has("another walbundle process is compacting")
+        .stderr_has(&format!("pid {}", std::process::id()));
+    drop(holder);
+    assert_eq!(set_files(&set), before);
+}
+
+/// The set's files, without the maintenance lock file (created by the first run, never content).
+fn set_files(set: &Path) -> Vec<std::path::PathBuf> {
+    all_files(set)
+        .into_iter()
+        .filter(|p| !p.ends_with(".walbundle-maintenance.lock"))
+        .collect()
+}
+
+fn committed_count(log: &Path) -> u64 {
+    committed(log).len() as u64
+}
+
+/// Capture of a live writer and compaction of the same set at once, compaction killed with
+/// `kill -9` at spread-out moments in a loop (and sometimes run to completion with aggressive
+/// retention): after every kill the set verifies; at the end every sampled point restores as a
+/// contiguous committed prefix, and the newest equals the source.
+#[test]
+fn compaction_beside_capture_survives_kill_loop() {
+    let t = Tmp::new();
+    let db = t.mkdir("src").join("app.db");
+    let dest = t.mkdir("dest");
+    init_db(&db, 3000, 4096, "wal");
+    let log = t.path("commits.tsv");
+    let mut cap = Command::new(bin())
+        .args([
+            "capture",
+            s(&db),
+            "--dest",
+            s(&dest),
+            "-q",
+            "--interval",
+            "0.3",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let set = dest.join("app");
+    for _ in 0..100 {
+        if set.join("walbundle-set.json").exists() && generation_dirs(&set).len() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut w = spawn_writer(
+        &db,
+        &log,
+        &["--rate", "300", "--duration", "12", "--rows-per-txn", "6"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut kills = 0;
+    let mut completed = 0;
+    // Each named point in turn (the process stops there and is killed), then spread-out
+    // random moments, and every fourth run to completion.
+    let points = [
+        "compact:replayed",
+        "compact:staged",
+        "compact:published",
+        "retire:renamed",
+        "retire:bundle",
+    ];
+    let pause_file = t.path("paused");
+    let mut paused_at = Vec::new();
+    for i in 0..16u64 {
+        let _ = std::fs::remove_file(&pause_file);
+        let point = points[(i as usize) % points.len()];
+        if point.starts_with("retire") {
+            // Let older generations fall out of the 1 s window, so retention has work.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        let mut c = Command::new(bin())
+            .args([
+                "compact",
+                s(&set),
+                "--force",
+                "--check",
+                "quick",
+                "--retain-days",
+                "0",
+                "--min-window",
+                "1s",
+                "--keep-generations",
+                "1",
+            ])
+            .env("WALBUNDLE_PAUSE_AT", if i < 10 { point } else { "" })
+            .env("WALBUNDLE_PAUSE_FILE", &pause_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if i < 10 {
+            // Wait until it reaches the point (or finishes without reaching it).
+            for _ in 0..300 {
+                if pause_file.exists() || c.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if pause_file.exists() {
+                paused_at.push(point);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            kills += 1;
+        } else if i % 3 == 0 {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            completed += 1;
+        } else {
+            // 0..~400 ms, spread by a fixed sequence.
+            std::thread::sleep(Duration::from_millis((i * 137) % 420));
+            let _ = c.kill();
+            let _ = c.wait();
+            kills += 1;
+        }
+        let v = wb(["verify", s(&set)]);
+        assert_eq!(
+            v.code, 0,
+            "set does not verify after compaction run {i}: {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(w.wait().unwrap().success());
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = Command::new("kill")
+        .args(["-TERM", &cap.id().to_string()])
+        .status();
+    let o = std::mem::replace(&mut cap, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wb(["compact", s(&set), "--force"]).ok();
+    wb(["verify", s(&set), "--deep"]).ok();
+    // No orphans under final names, no temporaries left.
+    for f in all_files(&set) {
+        let n = f.to_string_lossy();
+        assert!(!n.contains(".wbtmp"), "temporary left behind: {n}");
+    }
+    let all = committed_count(&log);
+    let out = t.path("latest.db");
+    wb(["restore", s(&set), "--out", s(&out)]).ok();
+    assert_eq!(check_prefix(&out), all);
+    let l = wb(["list", s(&set), "--json"]);
+    let j = l.json();
+    let r = j["restorable"].as_array().unwrap().last().unwrap().clone();
+    let (lo, hi) = (
+        r["first_txn"].as_u64().unwrap(),
+        r["last_txn"].as_u64().unwrap(),
+    );
+    assert_eq!(hi, all + 1, "newest restorable txn vs the writer's commits"); // +1: the initial rows
+    let mut points_checked = std::collections::BTreeSet::new();
+    {
+        for k in 0..6 {
+            let n = lo + (hi - lo) * k / 5;
+            if !points_checked.insert(n) {
+                continue;
+            }
+            let o = t.path(&format!("at-{n}.db"));
+            wb(["restore", s(&set), "--txn", &n.to_string(), "--out", s(&o)]).ok();
+            check_prefix(&o);
+        }
+    }
+    eprintln!("{kills} kills ({paused_at:?} at named points), {completed} completed compactions");
+    for p in points {
+        assert!(
+            paused_at.contains(&p),
+            "no run was killed at {p}: {paused_at:?}"
+        );
+    }
+}
