@@ -394,8 +394,54 @@ fn compaction_beside_capture_survives_kill_loop() {
         .wait_with_output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Sampled points before the final compaction, compared after it.
+    let range = |set: &Path| {
+        let j = wb(["list", s(set), "--json"]).json();
+        let r = j["restorable"].as_array().unwrap().last().unwrap().clone();
+        (
+            r["first_txn"].as_u64().unwrap(),
+            r["last_txn"].as_u64().unwrap(),
+        )
+    };
+    let (lo0, hi0) = range(&set);
+    let sample: Vec<u64> = (0..5).map(|k| lo0 + (hi0 - lo0) * k / 4).collect();
+    let mut before = Vec::new();
+    for (i, n) in sample.iter().enumerate() {
+        let o = t.path(&format!("before-{i}.db"));
+        wb([
+            "restore",
+            s(&set),
+            "--txn",
+            &n.to_string(),
+            "--out",
+            s(&o),
+            "--check",
+            "quick",
+        ])
+        .ok();
+        before.push(sha_file(&o));
+    }
     wb(["compact", s(&set), "--force"]).ok();
     wb(["verify", s(&set), "--deep"]).ok();
+    for (i, n) in sample.iter().enumerate() {
+        let o = t.path(&format!("after-{i}.db"));
+        wb([
+            "restore",
+            s(&set),
+            "--txn",
+            &n.to_string(),
+            "--out",
+            s(&o),
+            "--check",
+            "quick",
+        ])
+        .ok();
+        assert_eq!(
+            sha_file(&o),
+            before[i],
+            "txn {n} differs before and after compaction"
+        );
+    }
     // No orphans under final names, no temporaries left.
     for f in all_files(&set) {
         let n = f.to_string_lossy();
@@ -432,4 +478,108 @@ fn compaction_beside_capture_survives_kill_loop() {
             "no run was killed at {p}: {paused_at:?}"
         );
     }
+}
+
+/// After compaction retired everything before the newest generation, a restarted capture
+/// continues the same chain from that generation (its recorded WAL position and link), and the
+/// continued history restores completely.
+#[test]
+fn capture_resumes_from_a_compacted_base() {
+    let t = Tmp::new();
+    let db = t.mkdir("src").join("app.db");
+    let dest = t.mkdir("dest");
+    init_db(&db, 500, 4096, "wal");
+    // Keep an application connection open throughout, as a real application would: the WAL
+    // then survives between the two capture runs, which resume needs.
+    let app = rusqlite::Connection::open(&db).unwrap();
+    app.execute_batch("SELECT count(*) FROM items").unwrap();
+    let log = t.path("commits.tsv");
+    let capture = || {
+        Command::new(bin())
+            .args([
+                "capture",
+                s(&db),
+                "--dest",
+                s(&dest),
+                "--json",
+                "--interval",
+                "0.3",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stop = |c: std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let c = capture();
+    std::thread::sleep(Duration::from_millis(800));
+    let st = writer(&[
+        "--db",
+        s(&db),
+        "--log",
+        s(&log),
+        "--txns",
+        "300",
+        "--rate",
+        "300",
+    ])
+    .status()
+    .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(800));
+    stop(c);
+    let set = dest.join("app");
+    std::thread::sleep(Duration::from_millis(1200));
+    wb([
+        "compact",
+        s(&set),
+        "--force",
+        "--retain-days",
+        "0",
+        "--min-window",
+        "1s",
+        "--keep-generations",
+        "1",
+    ])
+    .ok();
+    // Only the compacted generation is left in the chain.
+    let gens = generation_dirs(&set);
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    assert!(!gens[0].ends_with("gen-000000000000"));
+    let c = capture();
+    std::thread::sleep(Duration::from_millis(800));
+    let st = writer(&[
+        "--db",
+        s(&db),
+        "--log",
+        s(&log),
+        "--txns",
+        "300",
+        "--rate",
+        "300",
+        "--seed",
+        "2",
+    ])
+    .status()
+    .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(800));
+    let events = stop(c);
+    assert!(
+        events.contains("\"resumed\""),
+        "capture did not resume: {events}"
+    );
+    assert_eq!(generation_dirs(&set).len(), 1, "a new chain was started");
+    wb(["verify", s(&set), "--deep"]).ok();
+    let out = t.path("r.db");
+    wb(["restore", s(&set), "--out", s(&out)]).ok();
+    assert_eq!(check_prefix(&out), committed(&log).len() as u64);
+    drop(app);
 }

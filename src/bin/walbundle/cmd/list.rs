@@ -161,7 +161,11 @@ pub fn run(a: Args) -> Result<u8> {
                 previous_chain,
                 ..
             }) => (Some(reason.clone()), previous_chain.clone()),
-            _ => (None, None),
+            Some(Origin::Compaction { .. }) => (
+                Some("history before its oldest generation was retired after compaction".into()),
+                None,
+            ),
+            None => (None, None),
         };
         let ext = exts.iter().find(|e| e.chain.id == c.id);
         let restorable = ext.map(|e| Range {
@@ -215,17 +219,21 @@ pub fn run(a: Args) -> Result<u8> {
         s.push_str(&format!(
             "\nchain {}: {}\n",
             c.id,
-            c.reason
-                .as_deref()
-                .unwrap_or("(first generation unreadable)")
+            c.reason.as_deref().unwrap_or("(no readable generation)")
         ));
         for g in &c.generations {
             if let Some(err) = &g.error {
                 s.push_str(&format!("  generation {:>4}  DAMAGED: {err}\n", g.seq));
                 continue;
             }
+            let kind = match &g.origin {
+                Some(Origin::Compaction { from_seq, .. }) => {
+                    format!(", compacted from generation {from_seq}")
+                }
+                _ => String::new(),
+            };
             s.push_str(&format!(
-                "  generation {:>4}  txn {:>8}  {}  {} pages x {} B = {}, stored {}\n",
+                "  generation {:>4}  txn {:>8}  {}  {} pages x {} B = {}, stored {}{kind}\n",
                 g.seq,
                 g.txn.unwrap_or(0),
                 g.state_time.as_deref().unwrap_or(""),
@@ -265,7 +273,7 @@ pub fn run(a: Args) -> Result<u8> {
                 "  restorable: txn {}..={} only; BROKEN after that: {b}\n",
                 r.first_txn, r.last_txn
             )),
-            (None, _) => s.push_str("  restorable: nothing (no readable first generation)\n"),
+            (None, _) => s.push_str("  restorable: nothing (no readable generation)\n"),
         }
     }
     s.push_str(&format!(
