@@ -94,49 +94,77 @@ impl ChainExtent<'_> {
     }
 }
 
-/// Work out each chain's restorable run: the generation-0 base, then bundles 1, 2, ... while
-/// each exists and its header is readable and links by sequence.
+/// Work out each chain's restorable runs: from the chain's base (its oldest readable
+/// generation), bundles base+1, base+2, ... while each exists, has a readable header and links
+/// by sequence. At a bad link, a readable generation at or after it (a compacted one) starts a
+/// further extent of the same chain, so history beyond a damaged bundle stays restorable from
+/// there; the points in between are not.
 pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
     let mut out = Vec::new();
     for chain in &inv.chains {
-        let Some(base) = chain.base() else { continue };
-        let mut run = Vec::new();
-        let mut broken = None;
-        let mut expect = base.seq + 1;
-        let mut claimed_end = base.txn;
-        for b in &chain.bundles {
-            if let Ok(h) = &b.header {
-                claimed_end = claimed_end.max(h.last_txn());
-            } else {
-                claimed_end = u64::MAX; // a damaged bundle could hold anything
-            }
-            if broken.is_some() || b.seq <= base.seq {
-                continue;
-            }
-            if b.seq != expect {
-                broken = Some((
-                    format!("bundle {expect} is missing (next present: {})", b.seq),
-                    chain_path(chain, expect),
-                ));
-                continue;
-            }
-            match &b.header {
-                Ok(h) => {
-                    run.push((b, h));
-                    expect += 1;
+        let Some(mut base) = chain.base() else {
+            continue;
+        };
+        loop {
+            let mut run = Vec::new();
+            let mut broken = None;
+            let mut break_seq = None;
+            let mut expect = base.seq + 1;
+            let mut claimed_end = base.txn;
+            for b in &chain.bundles {
+                if let Ok(h) = &b.header {
+                    claimed_end = claimed_end.max(h.last_txn());
+                } else {
+                    claimed_end = u64::MAX; // a damaged bundle could hold anything
                 }
-                Err(e) => {
-                    broken = Some((format!("bundle {} is damaged: {e}", b.seq), b.path.clone()))
+                if broken.is_some() || b.seq <= base.seq {
+                    continue;
                 }
+                if b.seq != expect {
+                    broken = Some((
+                        format!("bundle {expect} is missing (next present: {})", b.seq),
+                        chain_path(chain, expect),
+                    ));
+                    break_seq = Some(expect);
+                    continue;
+                }
+                match &b.header {
+                    Ok(h) => {
+                        run.push((b, h));
+                        expect += 1;
+                    }
+                    Err(e) => {
+                        broken =
+                            Some((format!("bundle {} is damaged: {e}", b.seq), b.path.clone()));
+                        break_seq = Some(b.seq);
+                    }
+                }
+            }
+            let bridge = break_seq.and_then(|at| {
+                chain
+                    .generations
+                    .iter()
+                    .filter_map(|g| g.manifest.as_ref().ok())
+                    .filter(|m| m.seq >= at)
+                    .min_by_key(|m| m.seq)
+            });
+            if let Some(next) = bridge {
+                // Points up to the bridge's own are this extent's claim (and lost); the rest
+                // belong to the next extent.
+                claimed_end = next.txn.saturating_sub(1);
+            }
+            out.push(ChainExtent {
+                chain,
+                base,
+                run,
+                broken,
+                claimed_end,
+            });
+            match bridge {
+                Some(next) => base = next,
+                None => break,
             }
         }
-        out.push(ChainExtent {
-            chain,
-            base,
-            run,
-            broken,
-            claimed_end,
-        });
     }
     out
 }

@@ -53,10 +53,14 @@ struct ChainRow {
     previous_chain: Option<String>,
     generations: Vec<GenRow>,
     bundles: Vec<BundleRow>,
-    /// Restorable range through contiguous, readable links.
+    /// Restorable range through contiguous, readable links (the newest, if a damaged bundle
+    /// splits the chain and a compacted generation bridges it).
     restorable: Option<Range>,
-    /// The first bad link, if the chain is broken.
+    /// The first bad link after that range, if any.
     broken: Option<String>,
+    /// Earlier restorable ranges of the chain, each ending at a bad link that a later
+    /// generation bridges (the points between are lost).
+    earlier: Vec<(Range, String)>,
     stored_bytes: u64,
 }
 
@@ -167,8 +171,7 @@ pub fn run(a: Args) -> Result<u8> {
             ),
             None => (None, None),
         };
-        let ext = exts.iter().find(|e| e.chain.id == c.id);
-        let restorable = ext.map(|e| Range {
+        let range = |e: &walbundle::replay::plan::ChainExtent<'_>| Range {
             chain_id: c.id.clone(),
             first_txn: e.base.txn,
             first_time: e.base.state_time.clone(),
@@ -177,8 +180,18 @@ pub fn run(a: Args) -> Result<u8> {
                 .run
                 .last()
                 .map_or_else(|| e.base.state_time.clone(), |(_, h)| t(h.last_time_us)),
-        });
+        };
+        let mine: Vec<_> = exts.iter().filter(|e| e.chain.id == c.id).collect();
+        let ext = mine.last();
+        let restorable = ext.map(|e| range(e));
         let broken = ext.and_then(|e| e.broken.as_ref().map(|(what, _)| what.clone()));
+        let earlier = mine[..mine.len().saturating_sub(1)]
+            .iter()
+            .map(|e| {
+                let what = e.broken.as_ref().map(|b| b.0.clone()).unwrap_or_default();
+                (range(e), what)
+            })
+            .collect();
         total += stored;
         chains.push(ChainRow {
             id: c.id.clone(),
@@ -188,6 +201,7 @@ pub fn run(a: Args) -> Result<u8> {
             bundles,
             restorable,
             broken,
+            earlier,
             stored_bytes: stored,
         });
     }
@@ -199,7 +213,15 @@ pub fn run(a: Args) -> Result<u8> {
         set_id: rec.set_id.clone(),
         name: rec.name.clone(),
         source: rec.source.clone(),
-        restorable: chains.iter().filter_map(|c| c.restorable.clone()).collect(),
+        restorable: chains
+            .iter()
+            .flat_map(|c| {
+                c.earlier
+                    .iter()
+                    .map(|e| e.0.clone())
+                    .chain(c.restorable.clone())
+            })
+            .collect(),
         chains,
         unrelated,
         stored_bytes: total,
@@ -263,6 +285,12 @@ pub fn run(a: Args) -> Result<u8> {
                     b.error.as_deref().unwrap_or("")
                 ));
             }
+        }
+        for (r, what) in &c.earlier {
+            s.push_str(&format!(
+                "  restorable: txn {}..={} ({} .. {}); then LOST up to the next generation: {what}\n",
+                r.first_txn, r.last_txn, r.first_time, r.last_time
+            ));
         }
         match (&c.restorable, &c.broken) {
             (Some(r), None) => s.push_str(&format!(
