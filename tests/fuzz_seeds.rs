@@ -77,6 +77,7 @@ fn bundle_raw_seed_corpus() {
         &[
             ("record-tag", "not a transaction"),
             ("record-crc", "CRC32"),
+            ("first-txn-overflow", "first_txn"),
             ("page-size", "page_size"),
         ],
     );

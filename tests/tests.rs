@@ -11,5 +11,6 @@ mod errors;
 mod fuzz_seeds;
 mod golden;
 mod model;
+mod ops;
 mod retention;
 mod snapshot;

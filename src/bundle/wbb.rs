@@ -231,6 +231,19 @@ impl BundleHeader {
                 h.txn_count
             )));
         }
+        if h.first_txn == 0
+            || h.first_txn
+                .checked_add(u64::from(h.txn_count))
+                .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(bad(format!(
+                "field `first_txn` is {}: transactions count from 1 and stay below 2^63",
+                h.first_txn
+            )));
+        }
+        if h.body_len > i64::MAX as u64 {
+            return Err(bad(format!("field `body_len` is {}", h.body_len)));
+        }
         if h.body_raw_len > h.max_raw_len() {
             return Err(bad(format!(
                 "field `body_raw_len` is {}, more than {frames} frames can hold ({})",

@@ -107,6 +107,10 @@ pub struct CaptureStats {
     pub last_txn: u64,
     /// Current chain.
     pub chain_id: String,
+    /// Newest transaction sealed into a published bundle (or the chain's generation).
+    pub sealed_txn: u64,
+    /// When the newest bundle was sealed (µs since the epoch; 0: none yet).
+    pub last_seal_us: i64,
 }
 
 /// Something a caller may want to log.
@@ -234,6 +238,9 @@ pub struct Capturer {
     in_barrier: bool,
     last_seal: Instant,
     events: Vec<Event>,
+    /// When the heartbeat file was last written, and when this capture started (µs).
+    hb_at: Instant,
+    started_us: i64,
     /// Running totals.
     pub stats: CaptureStats,
 }
@@ -340,6 +347,8 @@ impl Capturer {
             last_seal: Instant::now(),
             events: Vec::new(),
             stats: CaptureStats::default(),
+            hb_at: Instant::now(),
+            started_us: now_us(),
         };
         match me.resume(&inv)? {
             Ok(()) => {}
@@ -432,6 +441,7 @@ impl Capturer {
         self.terms = terms;
         self.stats.chain_id = cur.chain_id.clone();
         self.stats.last_txn = cur.next_txn - 1;
+        self.stats.sealed_txn = cur.next_txn - 1;
         self.events.push(Event::Resumed {
             chain_id: cur.chain_id.clone(),
             next_seq: cur.next_seq,
@@ -560,6 +570,7 @@ impl Capturer {
         self.stats.chains_started += 1;
         self.stats.chain_id = m.chain_id.clone();
         self.stats.last_txn = m.txn;
+        self.stats.sealed_txn = m.txn;
         self.events.push(Event::ChainStarted {
             chain_id: m.chain_id.clone(),
             reason: reason.to_string(),
@@ -632,6 +643,42 @@ impl Capturer {
             self.cut_window()?;
         }
         Ok(())
+    }
+
+    /// This capture's heartbeat in `state` ("running", "stopped", "failing"); see
+    /// [`super::heartbeat`].
+    pub fn heartbeat(&self, state: &str) -> super::heartbeat::Heartbeat {
+        super::heartbeat::Heartbeat {
+            state: state.into(),
+            pid: std::process::id(),
+            host: crate::sys::hostname(),
+            db: self.src.path.display().to_string(),
+            at_us: now_us(),
+            started_us: self.started_us,
+            chain_id: self.cur.chain_id.clone(),
+            last_txn: self.stats.last_txn.max(self.stats.sealed_txn),
+            sealed_txn: self.stats.sealed_txn,
+            last_seal_us: self.stats.last_seal_us,
+            oldest_unsealed_us: self.pending.as_ref().map_or(0, |p| p.header.first_time_us),
+            stuck_since_us: self.stuck.as_ref().map_or(0, |s| {
+                now_us() - i64::try_from(s.2.elapsed().as_micros()).unwrap_or(i64::MAX / 2)
+            }),
+            bundles: self.stats.bundles,
+            txns: self.stats.txns,
+            bundle_bytes: self.stats.bundle_bytes,
+            barrier_max_us: self.stats.barrier_max_us,
+            last_error: String::new(),
+            last_error_us: 0,
+            errors: 0,
+        }
+    }
+
+    /// Write the heartbeat file (at most about once a second unless `force`).
+    pub fn write_heartbeat(&mut self, state: &str, force: bool) {
+        if force || self.hb_at.elapsed() >= Duration::from_secs(1) {
+            self.hb_at = Instant::now();
+            super::heartbeat::write(self.set.dir(), &self.heartbeat(state));
+        }
     }
 
     /// Capture everything committed now, seal it, and move the pin (for `--once` and shutdown).
@@ -1018,6 +1065,8 @@ impl Capturer {
         self.cur.next_seq = seq + 1;
         self.cur.prev_digest = digest;
         self.last_seal = Instant::now();
+        self.stats.sealed_txn = last;
+        self.stats.last_seal_us = now_us();
         self.stats.bundles += 1;
         self.stats.bundle_bytes += bytes_len;
         self.events.push(Event::Bundle {
@@ -1172,29 +1221,53 @@ pub fn run(
 ) -> Result<CaptureStats> {
     crate::sys::install_stop_signals();
     let poll = opts.poll;
-    let mut cap = Capturer::start(src, set, opts)?;
+    let set_dir = set.dir().to_path_buf();
+    let db = src.path.display().to_string();
+    let mut cap =
+        Capturer::start(src, set, opts).inspect_err(|e| failing(&set_dir, &db, None, e))?;
     for e in cap.take_events() {
         on_event(&e, &cap.stats);
     }
-    if once {
-        cap.flush()?;
-        for e in cap.take_events() {
-            on_event(&e, &cap.stats);
+    let mut body = || -> Result<()> {
+        if !once {
+            while !crate::sys::STOP.load(Ordering::SeqCst) {
+                cap.step()?;
+                cap.write_heartbeat("running", false);
+                for e in cap.take_events() {
+                    on_event(&e, &cap.stats);
+                }
+                std::thread::sleep(poll);
+            }
         }
-        return Ok(cap.stats.clone());
+        cap.flush()
+    };
+    let res = body();
+    match &res {
+        Ok(()) => cap.write_heartbeat("stopped", true),
+        Err(e) => failing(&set_dir, &db, Some(&cap), e),
     }
-    while !crate::sys::STOP.load(Ordering::SeqCst) {
-        cap.step()?;
-        for e in cap.take_events() {
-            on_event(&e, &cap.stats);
-        }
-        std::thread::sleep(poll);
-    }
-    cap.flush()?;
     for e in cap.take_events() {
         on_event(&e, &cap.stats);
     }
-    Ok(cap.stats.clone())
+    res.map(|()| cap.stats.clone())
+}
+
+/// Record a failure in the set's heartbeat (state "failing"), keeping what is known.
+fn failing(set_dir: &std::path::Path, db: &str, cap: Option<&Capturer>, e: &Error) {
+    let prev = super::heartbeat::read(set_dir);
+    let mut hb = cap.map(|c| c.heartbeat("failing")).unwrap_or_else(|| {
+        let mut h = prev.clone().unwrap_or_default();
+        h.pid = std::process::id();
+        h.host = crate::sys::hostname();
+        h.db = db.to_string();
+        h
+    });
+    hb.state = "failing".into();
+    hb.at_us = now_us();
+    hb.last_error = e.to_string();
+    hb.last_error_us = hb.at_us;
+    hb.errors = prev.map_or(0, |p| p.errors) + 1;
+    super::heartbeat::write(set_dir, &hb);
 }
 
 /// One database of a multi-database run.
@@ -1217,9 +1290,29 @@ struct Slot {
     final_stats: Option<CaptureStats>,
 }
 
+/// Finding databases that appear while a multi-database capture runs.
+pub struct Discover<'a> {
+    /// How often to look.
+    pub every: Duration,
+    /// Specs of databases not seen before (the caller remembers what it returned).
+    pub find: &'a (dyn Fn() -> Vec<CaptureSpec> + Sync),
+}
+
+fn slot(spec: CaptureSpec) -> Slot {
+    Slot {
+        name: spec.src.path.display().to_string(),
+        spec: Some(spec),
+        cap: None,
+        retry_at: Instant::now(),
+        failures: 0,
+        final_stats: None,
+    }
+}
+
 /// Capture several databases in one process on at most `threads` threads until SIGTERM/SIGINT
 /// (or once each, with `once`). A failing database is logged through `on_error` and retried
-/// with backoff (1 s doubling to 60 s) without disturbing the others.
+/// with backoff (1 s doubling to 60 s) without disturbing the others. With `discover`,
+/// databases found later join the run (spread over the threads).
 ///
 /// # Errors
 /// Only if a thread cannot be spawned; per-database failures go to `on_error`.
@@ -1227,33 +1320,55 @@ pub fn run_many(
     specs: Vec<CaptureSpec>,
     threads: usize,
     once: bool,
+    discover: Option<&Discover<'_>>,
     on_event: &(dyn Fn(&str, &Event, &CaptureStats) + Sync),
     on_error: &(dyn Fn(&str, &Error) + Sync),
 ) -> Result<Vec<(String, CaptureStats)>> {
     crate::sys::install_stop_signals();
-    let threads = threads.clamp(1, specs.len().max(1));
+    let threads = if discover.is_some() && !once {
+        threads.max(1)
+    } else {
+        threads.clamp(1, specs.len().max(1))
+    };
     let mut groups: Vec<Vec<Slot>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, spec) in specs.into_iter().enumerate() {
-        groups[i % threads].push(Slot {
-            name: spec.src.path.display().to_string(),
-            spec: Some(spec),
-            cap: None,
-            retry_at: Instant::now(),
-            failures: 0,
-            final_stats: None,
-        });
+        groups[i % threads].push(slot(spec));
     }
+    let inboxes: Vec<std::sync::Mutex<Vec<Slot>>> = (0..threads)
+        .map(|_| std::sync::Mutex::new(Vec::new()))
+        .collect();
+    let next_inbox = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for mut group in groups {
+        for (ti, mut group) in groups.into_iter().enumerate() {
             let results = &results;
+            let inboxes = &inboxes;
+            let next_inbox = &next_inbox;
             scope.spawn(move || {
                 let poll = group
                     .iter()
                     .filter_map(|s| s.spec.as_ref().map(|x| x.opts.poll))
                     .min()
                     .unwrap_or(Duration::from_millis(100));
+                let mut last_scan = Instant::now();
                 loop {
+                    if let Some(d) = discover.filter(|_| ti == 0 && !once)
+                        && last_scan.elapsed() >= d.every
+                    {
+                        last_scan = Instant::now();
+                        for spec in (d.find)() {
+                            let i = next_inbox.fetch_add(1, Ordering::SeqCst) % inboxes.len();
+                            inboxes[i]
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(slot(spec));
+                        }
+                    }
+                    group.append(
+                        &mut inboxes[ti]
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    );
                     let stopping = crate::sys::STOP.load(Ordering::SeqCst);
                     let mut all_done = true;
                     for slot in &mut group {
@@ -1306,6 +1421,7 @@ fn drive(
                 slot.failures = 0;
             }
             Err(e) => {
+                failing(spec.set.dir(), &slot.name, None, &e);
                 on_error(&slot.name, &e);
                 slot.failures += 1;
                 slot.retry_at = Instant::now() + backoff(slot.failures);
@@ -1323,7 +1439,11 @@ fn drive(
     for e in cap.take_events() {
         on_event(&slot.name, &e, &cap.stats);
     }
+    if res.is_ok() {
+        cap.write_heartbeat(if finishing { "stopped" } else { "running" }, finishing);
+    }
     if let Err(e) = res {
+        failing(cap.set.dir(), &slot.name, Some(cap), &e);
         on_error(&slot.name, &e);
         slot.failures += 1;
         slot.retry_at = Instant::now() + backoff(slot.failures);

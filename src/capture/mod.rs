@@ -2,6 +2,7 @@
 //! snapshots tied to a WAL position.
 
 pub mod engine;
+pub mod heartbeat;
 pub mod snapshot;
 pub mod source;
 pub mod wal;

@@ -65,6 +65,7 @@ pub const MAINTENANCE_LOCK: &str = ".walbundle-maintenance.lock";
 pub fn is_own_name(name: &str) -> bool {
     name == SET_FILE
         || name == MAINTENANCE_LOCK
+        || name == crate::capture::heartbeat::FILE
         || name == MANIFEST_FILE
         || name == IMAGE_FILE
         || name.starts_with(crate::store::TEMP_PREFIX)

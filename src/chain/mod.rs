@@ -233,7 +233,10 @@ impl BackupSet {
     pub fn inventory(&self) -> Result<Inventory> {
         let mut inv = Inventory::default();
         for ent in self.store.list("")? {
-            if ent.name == SET_FILE || ent.name == layout::MAINTENANCE_LOCK {
+            if ent.name == SET_FILE
+                || ent.name == layout::MAINTENANCE_LOCK
+                || ent.name == crate::capture::heartbeat::FILE
+            {
                 continue;
             }
             if !(ent.is_dir && layout::is_chain_id(&ent.name)) {

@@ -7,6 +7,9 @@
 //! and what to do; with `--json`, stdout also carries `{"ok": false, "error": {...}}`.
 
 mod cmd;
+mod config;
+mod health;
+mod hook;
 mod ui;
 
 use std::path::PathBuf;
@@ -45,6 +48,10 @@ enum Command {
     Restore(cmd::restore::Args),
     /// Replay older history into a new verified generation (offline), then apply retention.
     Compact(cmd::compact::Args),
+    /// Is every database's protection current? (exit 0 healthy, 1 stale or failing)
+    Status(cmd::status::Args),
+    /// Install, list or remove schedules (systemd user units, crontab, launchd).
+    Schedule(cmd::schedule::Args),
     /// Run the whole job end to end on a demo database (created if missing): write, snapshot,
     /// list, verify, restore, compare.
     Demo(cmd::demo::Args),
@@ -102,6 +109,15 @@ fn main() -> ExitCode {
         Command::Verify(a) => (a.common.json, cmd::verify::run(a)),
         Command::Restore(a) => (a.common.json, cmd::restore::run(a)),
         Command::Compact(a) => (a.common.json, cmd::compact::run(a)),
+        Command::Status(a) => (a.common.json, cmd::status::run(a)),
+        Command::Schedule(a) => (
+            match &a.action {
+                cmd::schedule::Action::Install(i) => i.common.json,
+                cmd::schedule::Action::List(l) => l.common.json,
+                cmd::schedule::Action::Remove(r) => r.common.json,
+            },
+            cmd::schedule::run(a),
+        ),
         Command::Demo(a) => (false, cmd::demo::run(a)),
     };
     match result {

@@ -8,8 +8,9 @@ use walbundle::capture::source::guard_destination;
 use walbundle::{BackupSet, Error, Result, SourceDb};
 
 use crate::cmd::snapshot::require_dest;
-use crate::ui;
+use crate::config::{self, Config, Mode, Resolved};
 use crate::{Common, DestArgs};
+use crate::{hook, ui};
 
 /// Arguments of `capture`.
 #[derive(Debug, clap::Args)]
@@ -26,9 +27,8 @@ pub struct Args {
     /// The SQLite database to capture (must be in WAL mode).
     #[arg(required_unless_present = "config", conflicts_with = "config")]
     pub db: Option<PathBuf>,
-    /// Capture every database a TOML file names, in one process (see the README for the
-    /// format: `dest`, `threads`, `interval`, and `[[database]]` tables with `path`, `name`,
-    /// `dest`, `interval`, `max_wal_mib`, `max_bundle_mib`).
+    /// Capture every capture-mode database a TOML file names (paths or patterns, matched again
+    /// every `rescan`), in one process; see the README for the format.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// With --config: capture at most this many databases at once per thread pool (default:
@@ -57,6 +57,17 @@ pub struct Args {
     /// consecutive transactions rewrite compress against each other; 0: the level's default).
     #[arg(long, default_value_t = 24, value_name = "LOG2")]
     pub window_log: u32,
+    /// Run this shell command whenever capture fails for a database (environment:
+    /// WALBUNDLE_DB, WALBUNDLE_SET, WALBUNDLE_COMMAND, WALBUNDLE_ERROR).
+    #[arg(long, value_name = "CMD")]
+    pub on_error: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this loopback address (e.g. 127.0.0.1:9717).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Write the same metrics to this file every few seconds (node_exporter's textfile
+    /// collector).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -81,41 +92,6 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         return Err(format!("duration {s:?} must be positive"));
     }
     Ok(Duration::from_secs_f64(v * mult))
-}
-
-/// The `--config` file.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    /// Default destination for every database.
-    dest: Option<PathBuf>,
-    /// Threads for the whole run.
-    threads: Option<usize>,
-    /// Default seal interval.
-    interval: Option<String>,
-    /// Refuse nothing inside source folders (per database below too).
-    allow_inside_source: Option<bool>,
-    #[serde(default)]
-    database: Vec<DbEntry>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DbEntry {
-    path: PathBuf,
-    name: Option<String>,
-    dest: Option<PathBuf>,
-    interval: Option<String>,
-    max_wal_mib: Option<u64>,
-    max_bundle_mib: Option<u64>,
-    allow_inside_source: Option<bool>,
-}
-
-fn expand_home(p: &std::path::Path) -> PathBuf {
-    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => p.to_path_buf(),
-    }
 }
 
 fn options(a: &Args, interval: Duration, max_wal_mib: u64, max_bundle_mib: u64) -> CaptureOptions {
@@ -199,73 +175,128 @@ fn print_stopped(db: &str, stats: &engine::CaptureStats) {
 }
 
 fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading config", e))?;
-    let cfg: Config = toml::from_str(&text)
-        .map_err(|e| Error::usage(format!("config is not valid: {e}")).at(path))?;
-    if cfg.database.is_empty() {
-        return Err(Error::usage("config names no [[database]]").at(path));
-    }
+    let cfg = Config::load(path)?;
     let default_interval = match &cfg.interval {
-        Some(s) => parse_duration(s).map_err(|e| Error::usage(e).at(path))?,
+        Some(s) => config::duration(s).map_err(|e| Error::usage(e).at(path))?,
         None => a.interval,
     };
-    let mut specs = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    for d in &cfg.database {
-        let dest = d
-            .dest
-            .as_ref()
-            .or(cfg.dest.as_ref())
-            .or(a.dest.dest.as_ref())
-            .map(|p| expand_home(p));
-        let Some(dest) = dest else {
-            return Err(
-                Error::usage(format!("database {} has no destination", d.path.display()))
-                    .at(path)
-                    .hint("set `dest` at the top of the config or in its [[database]] table"),
-            );
-        };
-        let src = SourceDb::locate(&expand_home(&d.path))?;
+    let on_error_cmd = a.on_error.clone().or_else(|| cfg.on_error.clone());
+    // Only capture-mode databases; snapshot-mode ones belong to `snapshot --config`.
+    let spec_for = |r: &Resolved| -> Result<engine::CaptureSpec> {
+        let src = SourceDb::locate(&r.db)?;
         src.read_header()?; // before any connection to it exists in this process
-        let allow = d
-            .allow_inside_source
-            .or(cfg.allow_inside_source)
-            .unwrap_or(a.dest.allow_inside_source);
-        guard_destination(&src, &dest, allow)?;
-        let name = d.name.clone().unwrap_or_else(|| src.default_set_name());
-        if !names.insert((dest.clone(), name.clone())) {
-            return Err(Error::usage(format!(
-                "two databases would share the set {}: give one a `name`",
-                dest.join(&name).display()
-            ))
-            .at(path));
-        }
-        let set = BackupSet::open_or_create(&dest, &name, &src.identity())?;
-        let interval = match &d.interval {
-            Some(s) => parse_duration(s).map_err(|e| Error::usage(e).at(path))?,
+        guard_destination(
+            &src,
+            &r.dest,
+            r.allow_inside_source || a.dest.allow_inside_source,
+        )?;
+        let set = BackupSet::open_or_create(&r.dest, &r.name, &src.identity())?;
+        let interval = match &r.entry.interval {
+            Some(s) => config::duration(s).map_err(|e| Error::usage(e).at(path))?,
             None => default_interval,
         };
         let opts = options(
             a,
             interval,
-            d.max_wal_mib.unwrap_or(a.max_wal_mib),
-            d.max_bundle_mib.unwrap_or(a.max_bundle_mib),
+            r.entry.max_wal_mib.unwrap_or(a.max_wal_mib),
+            r.entry.max_bundle_mib.unwrap_or(a.max_bundle_mib),
         );
-        specs.push(engine::CaptureSpec { src, set, opts });
+        Ok(engine::CaptureSpec { src, set, opts })
+    };
+    let resolved: Vec<Resolved> = cfg
+        .resolve(path, a.dest.dest.as_deref())?
+        .into_iter()
+        .filter(|r| r.mode == Mode::Capture)
+        .collect();
+    let known = std::sync::Mutex::new(
+        resolved
+            .iter()
+            .map(|r| r.db.clone())
+            .collect::<std::collections::HashSet<_>>(),
+    );
+    let mut specs = Vec::new();
+    for r in &resolved {
+        specs.push(spec_for(r)?);
     }
+    let sets = std::sync::Arc::new(std::sync::Mutex::new(
+        specs
+            .iter()
+            .map(|s| (s.src.path.clone(), s.set.dir().to_path_buf()))
+            .collect::<Vec<_>>(),
+    ));
+    let find = || -> Vec<engine::CaptureSpec> {
+        let Ok(now) = cfg.resolve(path, a.dest.dest.as_deref()) else {
+            return Vec::new();
+        };
+        let mut known = known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        for r in now.into_iter().filter(|r| r.mode == Mode::Capture) {
+            if known.contains(&r.db) {
+                continue;
+            }
+            match spec_for(&r) {
+                Ok(spec) => {
+                    ui::log(
+                        a.common.quiet,
+                        &format!(
+                            "{}: new database matched; capturing into {}",
+                            r.db.display(),
+                            spec.set.dir().display()
+                        ),
+                    );
+                    known.insert(r.db.clone());
+                    sets.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((spec.src.path.clone(), spec.set.dir().to_path_buf()));
+                    out.push(spec);
+                }
+                Err(e) => {
+                    // Reported once; it is tried again at the next scan.
+                    known.insert(r.db.clone());
+                    eprintln!("walbundle: error: {}: {e}", r.db.display());
+                    hook::on_error(
+                        on_error_cmd.as_deref(),
+                        "capture",
+                        &r.db.display().to_string(),
+                        &r.set_dir().display().to_string(),
+                        &e.to_string(),
+                    );
+                }
+            }
+        }
+        out
+    };
+    let discover = engine::Discover {
+        every: cfg.rescan(),
+        find: &find,
+    };
     let threads = a.threads.or(cfg.threads).unwrap_or(4);
     let (json, quiet) = (a.common.json, a.common.quiet);
     let failed = std::sync::atomic::AtomicBool::new(false);
+    let metrics =
+        crate::health::serve_metrics(a.metrics.as_deref(), a.metrics_file.as_deref(), &sets)?;
     let results = engine::run_many(
         specs,
         threads,
         a.once,
+        Some(&discover),
         &|db, e, st| print_event(json, quiet, db, e, st),
         &|db, e| {
             failed.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("walbundle: error: {db}: {e}");
+            let set = sets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .find(|(d, _)| d.display().to_string() == db)
+                .map(|(_, s)| s.display().to_string())
+                .unwrap_or_default();
+            hook::on_error(on_error_cmd.as_deref(), "capture", db, &set, &e.to_string());
         },
     )?;
+    drop(metrics);
     if json {
         let all: Vec<_> = results
             .iter()
@@ -290,22 +321,41 @@ pub fn run(a: Args) -> Result<u8> {
     let Some(db) = a.db.clone() else {
         return Err(Error::usage("name a database, or --config FILE"));
     };
-    let dest = require_dest(&a.dest)?;
-    let src = SourceDb::locate(&db)?;
-    src.read_header()?; // before any connection to it exists in this process
-    guard_destination(&src, &dest, a.dest.allow_inside_source)?;
+    let hook = |e: walbundle::Error, set_dir: &str| {
+        hook::on_error(
+            a.on_error.as_deref(),
+            "capture",
+            &db.display().to_string(),
+            set_dir,
+            &e.to_string(),
+        );
+        e
+    };
+    let dest = require_dest(&a.dest).map_err(|e| hook(e, ""))?;
+    let src = SourceDb::locate(&db).map_err(|e| hook(e, ""))?;
+    src.read_header().map_err(|e| hook(e, ""))?; // before any connection to it exists in this process
+    guard_destination(&src, &dest, a.dest.allow_inside_source).map_err(|e| hook(e, ""))?;
     let name = a
         .dest
         .name
         .clone()
         .unwrap_or_else(|| src.default_set_name());
-    let set = BackupSet::open_or_create(&dest, &name, &src.identity())?;
+    let set = BackupSet::open_or_create(&dest, &name, &src.identity()).map_err(|e| hook(e, ""))?;
+    let set_dir = set.dir().display().to_string();
+    let sets = std::sync::Arc::new(std::sync::Mutex::new(vec![(
+        src.path.clone(),
+        set.dir().to_path_buf(),
+    )]));
+    let metrics =
+        crate::health::serve_metrics(a.metrics.as_deref(), a.metrics_file.as_deref(), &sets)?;
     let opts = options(&a, a.interval, a.max_wal_mib, a.max_bundle_mib);
     let (json, quiet) = (a.common.json, a.common.quiet);
     let dbs = src.path.display().to_string();
     let stats = engine::run(src, set, opts, a.once, |e, st| {
         print_event(json, quiet, &dbs, e, st)
-    })?;
+    })
+    .map_err(|e| hook(e, &set_dir))?;
+    drop(metrics);
     if json {
         ui::out(&format!(
             "{}\n",

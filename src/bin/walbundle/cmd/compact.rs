@@ -33,7 +33,16 @@ use crate::{Check, Common};
 )]
 pub struct Args {
     /// The backup set folder (DEST/<name>).
-    pub set: PathBuf,
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    pub set: Option<PathBuf>,
+    /// Compact every set of the databases a TOML config names (their `retain_days` applies
+    /// unless --retain-days is given); one failure does not stop the others (exit 2 if any).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run this shell command when compaction fails (environment: WALBUNDLE_DB, WALBUNDLE_SET,
+    /// WALBUNDLE_COMMAND, WALBUNDLE_ERROR).
+    #[arg(long, value_name = "CMD")]
+    pub on_error: Option<String>,
     /// Build a generation now if any bundle follows the newest one, whatever the triggers say.
     #[arg(long)]
     pub force: bool,
@@ -49,9 +58,9 @@ pub struct Args {
     /// Trigger: the newest generation is older than this (30m, 24h, 7d).
     #[arg(long, default_value = "24h", value_name = "DURATION")]
     pub trigger_age: String,
-    /// Keep every point of the last D days restorable.
-    #[arg(long, default_value_t = 7, value_name = "D")]
-    pub retain_days: u64,
+    /// Keep every point of the last D days restorable [default: 7].
+    #[arg(long, value_name = "D")]
+    pub retain_days: Option<u64>,
     /// Keep at least the N newest generations (and everything after the oldest of them).
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_generations: u64,
@@ -72,14 +81,52 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let mut set = BackupSet::open(&a.set)?;
+    let Some(path) = a.config.clone() else {
+        let set = a.set.clone().unwrap_or_default();
+        return one(&a, &set, a.retain_days.unwrap_or(7)).inspect_err(|e| {
+            crate::hook::on_error(
+                a.on_error.as_deref(),
+                "compact",
+                "",
+                &set.display().to_string(),
+                &e.to_string(),
+            );
+        });
+    };
+    let cfg = crate::config::Config::load(&path)?;
+    let hook = a.on_error.clone().or_else(|| cfg.on_error.clone());
+    let mut failed = 0;
+    for r in cfg.resolve(&path, None)? {
+        let set = r.set_dir();
+        if !set.join("walbundle-set.json").exists() {
+            continue; // nothing backed up yet
+        }
+        let days = a.retain_days.or(r.entry.retain_days).unwrap_or(7);
+        if let Err(e) = one(&a, &set, days) {
+            failed += 1;
+            let msg = e.to_string();
+            ui::print_error(&e, a.common.json);
+            crate::hook::on_error(
+                hook.as_deref(),
+                "compact",
+                &r.db.display().to_string(),
+                &set.display().to_string(),
+                &msg,
+            );
+        }
+    }
+    Ok(if failed > 0 { 2 } else { 0 })
+}
+
+fn one(a: &Args, set_dir: &std::path::Path, retain_days: u64) -> Result<u8> {
+    let mut set = BackupSet::open(set_dir)?;
     let opts = CompactOptions {
         policy: CompactPolicy {
             force: a.force,
             trigger_bytes_pct: a.trigger_bytes_pct,
             trigger_bundles: a.trigger_bundles.max(1),
             trigger_age_secs: parse_duration(&a.trigger_age)?,
-            retain_days: a.retain_days,
+            retain_days,
             keep_generations: usize::try_from(a.keep_generations).unwrap_or(usize::MAX),
             min_window_secs: parse_duration(&a.min_window)?,
         },

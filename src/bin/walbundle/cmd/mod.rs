@@ -5,5 +5,7 @@ pub mod compact;
 pub mod demo;
 pub mod list;
 pub mod restore;
+pub mod schedule;
 pub mod snapshot;
+pub mod status;
 pub mod verify;

@@ -20,7 +20,17 @@ use crate::{Check, Common, DestArgs};
 )]
 pub struct Args {
     /// The SQLite database to back up (WAL or rollback-journal mode).
-    pub db: PathBuf,
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    pub db: Option<PathBuf>,
+    /// Snapshot every database a TOML config names (any mode; see the README), each into its
+    /// own set, with the config's retention (`keep`, `retain_days`) unless given here. One
+    /// failing database does not stop the others; the exit status is 2 if any failed.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run this shell command when a snapshot fails (environment: WALBUNDLE_DB, WALBUNDLE_SET,
+    /// WALBUNDLE_COMMAND, WALBUNDLE_ERROR).
+    #[arg(long, value_name = "CMD")]
+    pub on_error: Option<String>,
     #[command(flatten)]
     pub dest: DestArgs,
     /// SQLite check of the image before it is published.
@@ -57,16 +67,75 @@ pub fn require_dest(d: &DestArgs) -> Result<PathBuf> {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let dest = require_dest(&a.dest)?;
-    let src = SourceDb::locate(&a.db)?;
-    walbundle::capture::source::guard_destination(&src, &dest, a.dest.allow_inside_source)?;
+    let Some(path) = a.config.clone() else {
+        let Some(db) = a.db.clone() else {
+            return Err(Error::usage("name a database, or --config FILE"));
+        };
+        let dest = require_dest(&a.dest)?;
+        let name = a.dest.name.clone();
+        return one(
+            &a,
+            &db,
+            &dest,
+            name,
+            a.dest.allow_inside_source,
+            a.keep,
+            a.retain_days,
+        )
+        .inspect_err(|e| {
+            crate::hook::on_error(
+                a.on_error.as_deref(),
+                "snapshot",
+                &db.display().to_string(),
+                "",
+                &e.to_string(),
+            );
+        });
+    };
+    let cfg = crate::config::Config::load(&path)?;
+    let hook = a.on_error.clone().or_else(|| cfg.on_error.clone());
+    let mut failed = 0;
+    for r in cfg.resolve(&path, a.dest.dest.as_deref())? {
+        let res = one(
+            &a,
+            &r.db,
+            &r.dest,
+            Some(r.name.clone()),
+            r.allow_inside_source || a.dest.allow_inside_source,
+            a.keep.or(r.entry.keep),
+            a.retain_days.or(r.entry.retain_days),
+        );
+        if let Err(e) = res {
+            failed += 1;
+            let msg = e.to_string();
+            ui::print_error(&e, a.common.json);
+            crate::hook::on_error(
+                hook.as_deref(),
+                "snapshot",
+                &r.db.display().to_string(),
+                &r.set_dir().display().to_string(),
+                &msg,
+            );
+        }
+    }
+    Ok(if failed > 0 { 2 } else { 0 })
+}
+
+/// Snapshot `db` into its set under `dest`, then retention.
+fn one(
+    a: &Args,
+    db: &std::path::Path,
+    dest: &std::path::Path,
+    name: Option<String>,
+    allow_inside_source: bool,
+    keep: Option<u64>,
+    retain_days: Option<u64>,
+) -> Result<u8> {
+    let src = SourceDb::locate(db)?;
+    walbundle::capture::source::guard_destination(&src, dest, allow_inside_source)?;
     src.read_header()?;
-    let name = a
-        .dest
-        .name
-        .clone()
-        .unwrap_or_else(|| src.default_set_name());
-    let mut set = BackupSet::open_or_create(&dest, &name, &src.identity())?;
+    let name = name.unwrap_or_else(|| src.default_set_name());
+    let mut set = BackupSet::open_or_create(dest, &name, &src.identity())?;
     set.lock_writer()?;
     let opts = SnapshotOptions {
         check: a.check.into(),
@@ -81,8 +150,8 @@ pub fn run(a: Args) -> Result<u8> {
     let m = &report.manifest;
 
     let policy = RetentionPolicy {
-        keep: a.keep.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
-        retain_days: a.retain_days,
+        keep: keep.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
+        retain_days,
     };
     let retired = if policy.is_empty() {
         Vec::new()

@@ -1,0 +1,141 @@
+//! `walbundle status [SET | --config FILE]`: is every database's protection current?
+//! Exit 0 all healthy, 1 any stale or failing (each named), 2 could not run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use walbundle::{Error, Result};
+
+use crate::Common;
+use crate::config::{self, Config};
+use crate::health::{self, Row};
+use crate::ui;
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Capture mode (a capture ever ran for the set, or the config says so): \
+    healthy while the capture process's heartbeat is fresh, it reports no failure, and the \
+    oldest commit not yet sealed into the set has waited less than --stale-after (default 5m). \
+    Snapshot mode: the newest generation is younger than --stale-after (default: twice the \
+    entry's `every`, else 25h).\n\n\
+    Exit status: 0 every database healthy, 1 any stale or failing (named on stderr), 2 could \
+    not run. For cron, systemd OnFailure= and monitoring; `--prometheus` prints the same as \
+    Prometheus text."
+)]
+pub struct Args {
+    /// A backup set folder (DEST/<name>).
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    pub set: Option<PathBuf>,
+    /// Every database a TOML config names.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// How old the protection may be before it is stale (overrides the config's).
+    #[arg(long, value_name = "DURATION", value_parser = config::duration)]
+    pub stale_after: Option<Duration>,
+    /// Print Prometheus text format (for node_exporter's textfile collector).
+    #[arg(long)]
+    pub prometheus: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    let rows: Vec<Row> = match (&a.set, &a.config) {
+        (Some(set), _) => {
+            if !set.join("walbundle-set.json").exists() {
+                return Err(Error::usage("is not a walbundle backup set").at(set));
+            }
+            vec![health::row(None, set, None, a.stale_after, true)]
+        }
+        (None, Some(path)) => {
+            let cfg = Config::load(path)?;
+            let default = cfg
+                .stale_after
+                .as_deref()
+                .and_then(|s| config::duration(s).ok());
+            cfg.resolve(path, None)?
+                .iter()
+                .map(|r| {
+                    let stale = a
+                        .stale_after
+                        .or_else(|| {
+                            r.entry
+                                .stale_after
+                                .as_deref()
+                                .and_then(|s| config::duration(s).ok())
+                        })
+                        .or(default)
+                        .or_else(|| {
+                            r.entry
+                                .every
+                                .as_deref()
+                                .and_then(|s| config::duration(s).ok())
+                                .map(|d| d * 2)
+                        });
+                    let set = r.set_dir();
+                    if set.join("walbundle-set.json").exists() {
+                        health::row(Some(&r.db), &set, Some(r.mode), stale, true)
+                    } else {
+                        let mut row = health::row(Some(&r.db), &set, Some(r.mode), stale, false);
+                        row.problems = vec!["not backed up yet: its set does not exist".into()];
+                        row.ok = false;
+                        row
+                    }
+                })
+                .collect()
+        }
+        (None, None) => return Err(Error::usage("name a set, or --config FILE")),
+    };
+    let bad = rows.iter().filter(|r| !r.ok).count();
+    if a.prometheus {
+        ui::out(&health::prometheus(&rows));
+    } else if a.common.json {
+        ui::json(&serde_json::json!({ "ok": bad == 0, "databases": rows }));
+    } else {
+        let mut s = String::new();
+        for r in &rows {
+            s.push_str(&format!(
+                "{} {}  ({:?}, set {})\n",
+                if r.ok { "ok   " } else { "STALE" },
+                r.db,
+                r.mode,
+                r.set
+            ));
+            let mut facts = Vec::new();
+            if let Some(t) = r.last_txn {
+                facts.push(format!(
+                    "last txn {t} at {}",
+                    r.last_time.as_deref().unwrap_or("?")
+                ));
+            }
+            if let Some(l) = r.lag_s {
+                facts.push(format!("lag {l:.1} s"));
+            }
+            if let Some(w) = r.wal_bytes {
+                facts.push(format!("WAL {}", ui::bytes(w)));
+            }
+            if let Some(g) = &r.last_generation {
+                facts.push(format!(
+                    "generation {} at txn {} ({})",
+                    g.seq, g.txn, g.time
+                ));
+            }
+            if let Some((lo, hi)) = r.restorable {
+                facts.push(format!("restorable txn {lo}..={hi}"));
+            }
+            facts.push(format!("capture {}", r.capture_state));
+            s.push_str(&format!("      {}\n", facts.join("; ")));
+            if let Some(e) = &r.last_error {
+                s.push_str(&format!("      last error: {e}\n"));
+            }
+        }
+        if !a.common.quiet {
+            ui::out(&s);
+        }
+    }
+    for r in rows.iter().filter(|r| !r.ok) {
+        eprintln!("walbundle: stale: {}: {}", r.db, r.problems.join("; "));
+    }
+    Ok(u8::from(bad > 0))
+}

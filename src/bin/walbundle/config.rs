@@ -1,0 +1,335 @@
+//! The `--config` file shared by `capture`, `snapshot`, `compact`, `status` and `schedule`:
+//! many databases (paths or glob patterns) with their destination, mode and retention.
+//!
+//! ```toml
+//! dest = "~/backups"            # default destination for every database
+//! interval = "1s"               # capture: the longest a commit waits to be sealed
+//! rescan = "30s"                # capture: how often glob patterns are matched again
+//! stale_after = "5m"            # status: how old the newest capture may be
+//! on_error = "notify-send walbundle \"$WALBUNDLE_ERROR\""
+//!
+//! [[database]]
+//! path = "~/.app/global.db"
+//! name = "global"               # set name (default: the file stem)
+//!
+//! [[database]]
+//! path = "~/projects/*/.app/project.db"   # a pattern: * and ? within one path component
+//! name = "project-{1}"          # {1}: what the first wildcard component matched
+//! mode = "snapshot"             # or "capture" (the default)
+//! every = "1h"                  # snapshot mode: how often the schedule snapshots
+//! keep = 24                     # snapshot retention
+//! retain_days = 7
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use walbundle::{Error, Result};
+
+/// How a database is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Continuous capture (`capture --config`).
+    Capture,
+    /// Periodic snapshots (`snapshot --config`, from a schedule).
+    Snapshot,
+}
+
+/// The file as written.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Default destination.
+    pub dest: Option<PathBuf>,
+    /// Capture threads for the whole run.
+    pub threads: Option<usize>,
+    /// Default capture interval.
+    pub interval: Option<String>,
+    /// How often glob patterns are matched again while capturing (default 30s).
+    pub rescan: Option<String>,
+    /// Default staleness threshold for `status`.
+    pub stale_after: Option<String>,
+    /// Command run (by `sh -c`) on every failure.
+    pub on_error: Option<String>,
+    /// Allow destinations inside source folders.
+    pub allow_inside_source: Option<bool>,
+    /// The databases.
+    #[serde(default)]
+    pub database: Vec<DbEntry>,
+}
+
+/// One `[[database]]` table.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbEntry {
+    /// A path, or a pattern with `*`/`?` in some components.
+    pub path: PathBuf,
+    /// Set name; `{1}`, `{2}`... stand for what the wildcard components matched.
+    pub name: Option<String>,
+    /// Destination.
+    pub dest: Option<PathBuf>,
+    /// Capture or snapshot.
+    pub mode: Option<Mode>,
+    /// Capture interval.
+    pub interval: Option<String>,
+    /// Snapshot mode: how often.
+    pub every: Option<String>,
+    /// Snapshot retention: keep N newest.
+    pub keep: Option<u64>,
+    /// Retention in days (snapshot and compaction).
+    pub retain_days: Option<u64>,
+    /// Capture: WAL bound.
+    pub max_wal_mib: Option<u64>,
+    /// Capture: bundle bound.
+    pub max_bundle_mib: Option<u64>,
+    /// Allow a destination inside the source folder.
+    pub allow_inside_source: Option<bool>,
+    /// Staleness threshold for `status`.
+    pub stale_after: Option<String>,
+}
+
+/// One database after patterns are matched.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The database file.
+    pub db: PathBuf,
+    /// Set name.
+    pub name: String,
+    /// Destination folder.
+    pub dest: PathBuf,
+    /// Mode.
+    pub mode: Mode,
+    /// The table it came from.
+    pub entry: DbEntry,
+    /// Allow a destination inside the source folder.
+    pub allow_inside_source: bool,
+}
+
+impl Resolved {
+    /// The set folder.
+    pub fn set_dir(&self) -> PathBuf {
+        walbundle::chain::set_dir(&self.dest, &self.name)
+    }
+}
+
+/// `~/x` → `$HOME/x`.
+pub fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Parse a duration: `250ms`, `30s`, `10m`, `2h`, `7d`, or plain seconds.
+pub fn duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else if let Some(n) = s.strip_suffix('d') {
+        (n, 86_400.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("cannot read duration {s:?} (try 250ms, 30s, 10m, 2h, 7d)"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+impl Config {
+    /// Read and parse `path`.
+    ///
+    /// # Errors
+    /// `Io` if unreadable, `Usage` naming the problem if not valid.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading config", e))?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| Error::usage(format!("config is not valid: {e}")).at(path))?;
+        if cfg.database.is_empty() {
+            return Err(Error::usage("config names no [[database]]").at(path));
+        }
+        for d in &cfg.database {
+            for s in [&d.interval, &d.every, &d.stale_after]
+                .into_iter()
+                .flatten()
+            {
+                duration(s).map_err(|e| Error::usage(e).at(path))?;
+            }
+        }
+        for s in [&cfg.interval, &cfg.rescan, &cfg.stale_after]
+            .into_iter()
+            .flatten()
+        {
+            duration(s).map_err(|e| Error::usage(e).at(path))?;
+        }
+        Ok(cfg)
+    }
+
+    /// How often patterns are matched again while capturing.
+    pub fn rescan(&self) -> Duration {
+        self.rescan
+            .as_deref()
+            .and_then(|s| duration(s).ok())
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// Match every entry now: the databases that exist. A literal path that does not exist is
+    /// an error; a pattern may match nothing (yet).
+    ///
+    /// # Errors
+    /// `Usage` for an entry without a destination, a name clash, or a missing literal path.
+    pub fn resolve(&self, path: &Path, cli_dest: Option<&Path>) -> Result<Vec<Resolved>> {
+        let mut out = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for d in &self.database {
+            let dest = d
+                .dest
+                .as_deref()
+                .or(self.dest.as_deref())
+                .or(cli_dest)
+                .map(expand_home)
+                .ok_or_else(|| {
+                    Error::usage(format!("database {} has no destination", d.path.display()))
+                        .at(path)
+                        .hint("set `dest` at the top of the config or in its [[database]] table")
+                })?;
+            let pattern = expand_home(&d.path);
+            let matches = if is_pattern(&pattern) {
+                glob(&pattern)
+            } else {
+                if !pattern.exists() {
+                    return Err(Error::usage(format!(
+                        "database {} does not exist",
+                        pattern.display()
+                    ))
+                    .at(path)
+                    .hint("fix the path, or use a pattern (with *) for databases that may appear later"));
+                }
+                vec![(pattern.clone(), Vec::new())]
+            };
+            for (db, caps) in matches {
+                let stem = db
+                    .file_stem()
+                    .map_or_else(|| "db".into(), |s| s.to_string_lossy().into_owned());
+                let name = match &d.name {
+                    Some(n) => {
+                        let mut n = n.clone();
+                        for (i, c) in caps.iter().enumerate() {
+                            n = n.replace(&format!("{{{}}}", i + 1), c);
+                        }
+                        n
+                    }
+                    None if caps.is_empty() => stem,
+                    None => format!("{stem}-{}", caps.join("-")),
+                };
+                if !names.insert((dest.clone(), name.clone())) {
+                    return Err(Error::usage(format!(
+                        "two databases would share the set {} ({}): give the entry a `name` \
+                         with {{1}} for the matched part",
+                        dest.join(&name).display(),
+                        db.display()
+                    ))
+                    .at(path));
+                }
+                out.push(Resolved {
+                    db,
+                    name,
+                    dest: dest.clone(),
+                    mode: d.mode.unwrap_or(Mode::Capture),
+                    entry: d.clone(),
+                    allow_inside_source: d
+                        .allow_inside_source
+                        .or(self.allow_inside_source)
+                        .unwrap_or(false),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn is_pattern(p: &Path) -> bool {
+    p.to_string_lossy().contains(['*', '?'])
+}
+
+/// Files matching `pattern` (`*` and `?` within single components), with what each wildcard
+/// component matched, sorted.
+pub fn glob(pattern: &Path) -> Vec<(PathBuf, Vec<String>)> {
+    let mut acc: Vec<(PathBuf, Vec<String>)> = vec![(PathBuf::new(), Vec::new())];
+    let comps: Vec<_> = pattern.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let s = c.as_os_str().to_string_lossy().into_owned();
+        let mut next = Vec::new();
+        for (base, caps) in acc {
+            if !s.contains(['*', '?']) {
+                let p = base.join(c.as_os_str());
+                if (last && p.is_file()) || (!last && p.is_dir()) {
+                    next.push((p, caps));
+                }
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(if base.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &base
+            }) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && !s.starts_with('.') {
+                    continue;
+                }
+                if !wildcard(s.as_bytes(), name.as_bytes()) {
+                    continue;
+                }
+                let p = base.join(&name);
+                if (last && p.is_file()) || (!last && p.is_dir()) {
+                    let mut c2 = caps.clone();
+                    c2.push(name);
+                    next.push((p, c2));
+                }
+            }
+        }
+        acc = next;
+    }
+    acc.sort();
+    acc
+}
+
+fn wildcard(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => wildcard(&p[1..], s) || (!s.is_empty() && wildcard(p, &s[1..])),
+        (Some(b'?'), Some(_)) => wildcard(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => wildcard(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard(b"*.db", b"app.db"));
+        assert!(wildcard(b"a?c", b"abc"));
+        assert!(!wildcard(b"a?c", b"ac"));
+        assert!(wildcard(b"*", b""));
+        assert!(!wildcard(b"*.db", b"app.db-wal"));
+    }
+}

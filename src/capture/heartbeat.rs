@@ -1,0 +1,87 @@
+//! The capture heartbeat: `SET/.walbundle-capture.json`, rewritten (temp + rename) by a running
+//! capture about every second and when it stops or fails, so `walbundle status` can tell a
+//! current capture from a dead, stuck or failing one without talking to the process.
+//!
+//! It is a status file, not part of the backup: never fsynced, ignored by `verify` and
+//! `restore`, and safe to delete.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// File name at the set's root.
+pub const FILE: &str = ".walbundle-capture.json";
+
+/// What a capture process last said about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// "running", "stopped" or "failing".
+    pub state: String,
+    /// Process id.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+    /// The database captured.
+    pub db: String,
+    /// When this file was written (µs since the epoch).
+    pub at_us: i64,
+    /// When the capture process started (µs).
+    pub started_us: i64,
+    /// Current chain.
+    pub chain_id: String,
+    /// Newest transaction captured (sealed or pending).
+    pub last_txn: u64,
+    /// Newest transaction sealed into a published bundle or generation.
+    pub sealed_txn: u64,
+    /// When the newest bundle was sealed (µs; 0: none this run).
+    pub last_seal_us: i64,
+    /// Capture time of the oldest transaction captured but not yet sealed (µs; 0: none).
+    pub oldest_unsealed_us: i64,
+    /// Since when committed frames could not be read (µs; 0: not stuck).
+    pub stuck_since_us: i64,
+    /// Bundles, transactions, bytes published this run.
+    pub bundles: u64,
+    /// Transactions captured this run.
+    pub txns: u64,
+    /// Bytes of bundles published this run.
+    pub bundle_bytes: u64,
+    /// Longest write barrier this run, µs.
+    pub barrier_max_us: u64,
+    /// The last error (empty: none since the last success).
+    pub last_error: String,
+    /// When it happened (µs; 0: none).
+    pub last_error_us: i64,
+    /// Errors this run.
+    pub errors: u64,
+}
+
+impl Heartbeat {
+    /// Seconds the newest committed transaction has waited to reach the set, as of `now_us`:
+    /// since the oldest captured-but-unsealed transaction, or since capture got stuck.
+    pub fn lag_s(&self, now_us: i64) -> f64 {
+        let since = [self.oldest_unsealed_us, self.stuck_since_us]
+            .into_iter()
+            .filter(|&t| t > 0)
+            .min();
+        since.map_or(0.0, |t| (now_us - t).max(0) as f64 / 1e6)
+    }
+}
+
+/// Write `hb` into `set_dir` (best effort: a status file must never stop a capture).
+pub fn write(set_dir: &Path, hb: &Heartbeat) {
+    let Ok(bytes) = serde_json::to_vec_pretty(hb) else {
+        return;
+    };
+    let tmp = set_dir.join(crate::store::temp_key_name(FILE));
+    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, set_dir.join(FILE)).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Read the heartbeat of the set at `set_dir`, if there is a readable one.
+pub fn read(set_dir: &Path) -> Option<Heartbeat> {
+    let f = std::fs::File::open(set_dir.join(FILE)).ok()?;
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 16), &mut s).ok()?;
+    serde_json::from_str(&s).ok()
+}

@@ -1,0 +1,431 @@
+//! Operations end to end: one config for a global database and a database per project (a glob
+//! pattern, re-scanned so a project added while capture runs is picked up), status that a
+//! script can trust, metrics, the failure hook, and schedules (systemd units checked by
+//! `systemd-analyze verify`, the cron path against the real `crontab`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+fn new_db(path: &Path, rows: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    init_db(path, rows, 4096, "wal");
+}
+
+#[test]
+fn config_with_patterns_status_metrics_and_hook() {
+    let t = Tmp::new();
+    let home = t.mkdir("home");
+    let global = home.join(".app/global.db");
+    let alpha = home.join("projects/alpha/.app/project.db");
+    let beta = home.join("projects/beta/.app/project.db");
+    let gamma = home.join("projects/gamma/.app/project.db");
+    let legacy = home.join("legacy.db");
+    for db in [&global, &alpha, &beta] {
+        new_db(db, 200);
+    }
+    // A rollback-journal database: capture refuses it, which must reach the hook and status.
+    init_db(&legacy, 50, 4096, "delete");
+    let dest = t.mkdir("dest");
+    let hook_log = t.path("hook.log");
+    let cfg = t.path("walbundle.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dest = {dest:?}\nrescan = \"1s\"\ninterval = \"300ms\"\nstale_after = \"30s\"\n\
+             on_error = \"echo \\\"$WALBUNDLE_DB|$WALBUNDLE_ERROR\\\" >> '{}'\"\n\n\
+             [[database]]\npath = {global:?}\nname = \"global\"\n\n\
+             [[database]]\npath = \"{}/projects/*/.app/project.db\"\nname = \"project-{{1}}\"\n\n\
+             [[database]]\npath = {legacy:?}\n",
+            hook_log.display(),
+            home.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let prom = t.path("walbundle.prom");
+    let mut cap = Command::new(bin())
+        .args([
+            "capture",
+            "--config",
+            s(&cfg),
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--metrics-file", s(&prom)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sets = ["global", "project-alpha", "project-beta"];
+    wait_for("the first generations", 30, || {
+        sets.iter()
+            .all(|n| dest.join(n).is_dir() && !generation_dirs(&dest.join(n)).is_empty())
+    });
+    // A project appears while capture runs.
+    new_db(&gamma, 100);
+    let mut writers: Vec<_> = [&global, &alpha, &beta, &gamma]
+        .iter()
+        .enumerate()
+        .map(|(i, db)| {
+            let log = t.path(&format!("commits-{i}.tsv"));
+            (
+                spawn_writer(db, &log, &["--txns", "150", "--rate", "150"]),
+                log,
+                (*db).clone(),
+            )
+        })
+        .collect();
+    wait_for("the new project's set", 30, || {
+        dest.join("project-gamma").is_dir()
+            && !generation_dirs(&dest.join("project-gamma")).is_empty()
+    });
+    for (w, _, _) in &mut writers {
+        assert!(w.wait().unwrap().success());
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // The legacy database failed: the hook ran with its name and the reason.
+    wait_for("the hook", 10, || {
+        std::fs::read_to_string(&hook_log).is_ok_and(|s| s.contains("legacy.db"))
+    });
+    let hook = std::fs::read_to_string(&hook_log).unwrap();
+    assert!(hook.contains("WAL"), "{hook}");
+    // Status: the four captured databases are current; the legacy one is failing (exit 1).
+    let st = wb(["status", "--config", s(&cfg), "--json"]);
+    st.code(1).stderr_has("legacy.db");
+    let j = st.json();
+    let rows = j["databases"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "{j}");
+    for r in rows {
+        let db = r["db"].as_str().unwrap();
+        assert_eq!(r["ok"].as_bool(), Some(!db.ends_with("legacy.db")), "{r}");
+    }
+    // Metrics: served on loopback and written to the textfile, one series per database.
+    let m = http_get(port);
+    assert!(m.starts_with("HTTP/1.0 200"), "{m}");
+    for n in ["global.db", "gamma/.app/project.db"] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("walbundle_healthy{") && l.contains(n) && l.ends_with(" 1")),
+            "{m}"
+        );
+    }
+    assert!(m.contains("walbundle_lag_seconds{"), "{m}");
+    wait_for("the metrics file", 10, || {
+        std::fs::read_to_string(&prom).is_ok_and(|s| s.contains("project-gamma"))
+    });
+    // Stop capture: every captured database restores its writer's commits exactly, and
+    // status now fails naming the stopped captures.
+    let _ = Command::new("kill")
+        .args(["-TERM", &cap.id().to_string()])
+        .status();
+    let out = std::mem::replace(&mut cap, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "one database failed, so exit 2");
+    for ((_, log, db), name) in
+        writers
+            .iter()
+            .zip(["global", "project-alpha", "project-beta", "project-gamma"])
+    {
+        let o = t.path(&format!("{name}.db"));
+        wb(["restore", s(&dest.join(name)), "--out", s(&o)]).ok();
+        assert_eq!(
+            check_prefix(&o),
+            committed(log).len() as u64,
+            "{}",
+            db.display()
+        );
+    }
+    let st = wb(["status", "--config", s(&cfg)]);
+    st.code(1).stderr_has("capture is not running");
+    wb(["status", s(&dest.join("global"))]).code(1);
+    // A non-loopback metrics address is refused.
+    wb(["capture", "--config", s(&cfg), "--metrics", "0.0.0.0:9"])
+        .code(2)
+        .stderr_has("loopback");
+}
+
+#[test]
+fn snapshot_and_compact_for_a_whole_config() {
+    let t = Tmp::new();
+    let a = t.path("a/app.db");
+    let b = t.path("b/app.db");
+    new_db(&a, 100);
+    new_db(&b, 100);
+    let dest = t.mkdir("dest");
+    let cfg = t.path("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dest = {dest:?}\n[[database]]\npath = {a:?}\nname = \"a\"\nmode = \"snapshot\"\nevery = \"1h\"\n\
+             [[database]]\npath = {b:?}\nname = \"b\"\nmode = \"snapshot\"\nkeep = 1\n"
+        ),
+    )
+    .unwrap();
+    wb(["snapshot", "--config", s(&cfg), "--check", "quick"]).ok();
+    wb(["snapshot", "--config", s(&cfg), "--check", "quick"]).ok();
+    assert_eq!(generation_dirs(&dest.join("a")).len(), 2);
+    assert_eq!(
+        generation_dirs(&dest.join("b")).len(),
+        1,
+        "keep = 1 applies to b"
+    );
+    wb(["compact", "--config", s(&cfg)]).ok();
+    // Fresh snapshots: healthy; with a 1-second limit after 2 s: stale.
+    wb(["status", "--config", s(&cfg)]).ok();
+    std::thread::sleep(Duration::from_millis(2100));
+    wb(["status", "--config", s(&cfg), "--stale-after", "1s"])
+        .code(1)
+        .stderr_has("newest generation");
+}
+
+fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is required by this test (Debian package `{package}`; .ci/run installs it)"
+    );
+}
+
+#[test]
+fn systemd_units_verify_and_install_is_idempotent() {
+    need("systemd-analyze", "systemd");
+    let t = Tmp::new();
+    let db = t.path("p/app.db");
+    new_db(&db, 10);
+    let cfg = t.path("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("dest = {:?}\n[[database]]\npath = {db:?}\n", t.path("dest")),
+    )
+    .unwrap();
+    let units = t.path("units");
+    let run = t.mkdir("run");
+    for mode in ["capture", "snapshot"] {
+        let name = format!("test-{mode}");
+        let install = || {
+            wb([
+                "schedule",
+                "install",
+                "--name",
+                &name,
+                "--config",
+                s(&cfg),
+                "--mode",
+                mode,
+                "--every",
+                "30m",
+                "--backend",
+                "systemd",
+                "--unit-dir",
+                s(&units),
+                "--no-start",
+                "--json",
+            ])
+        };
+        let first = install();
+        first.ok();
+        assert_eq!(first.json()["changed"], true);
+        let files: Vec<String> = first.json()["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        let before: Vec<String> = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        let v = Command::new("systemd-analyze")
+            .args(["verify", "--user"])
+            .args(&files)
+            .env("XDG_RUNTIME_DIR", &run)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success() && v.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let again = install();
+        again.ok();
+        assert_eq!(
+            again.json()["changed"],
+            false,
+            "a second install changed the units"
+        );
+        let after: Vec<String> = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        assert_eq!(before, after);
+        let l = wb(["schedule", "list", "--unit-dir", s(&units)]);
+        l.ok();
+        assert!(l.stdout.contains(&name));
+        wb([
+            "schedule",
+            "remove",
+            "--name",
+            &name,
+            "--unit-dir",
+            s(&units),
+            "--no-start",
+        ])
+        .ok();
+        for f in &files {
+            assert!(!Path::new(f).exists(), "{f} left behind");
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&units).unwrap().count(),
+        0,
+        "units left behind"
+    );
+    // A launchd agent for macOS users: generated, well-formed enough to name the command.
+    let la = t.path("agents");
+    wb([
+        "schedule",
+        "install",
+        "--name",
+        "mac",
+        "--config",
+        s(&cfg),
+        "--backend",
+        "launchd",
+        "--unit-dir",
+        s(&la),
+        "--no-start",
+    ])
+    .ok();
+    let plist = std::fs::read_to_string(la.join("com.walbundle.mac.plist")).unwrap();
+    assert!(plist.contains("<string>capture</string>") && plist.contains("<key>KeepAlive</key>"));
+    wb([
+        "schedule",
+        "remove",
+        "--name",
+        "mac",
+        "--unit-dir",
+        s(&la),
+        "--no-start",
+    ])
+    .ok();
+    assert!(!la.join("com.walbundle.mac.plist").exists());
+}
+
+/// The cron path against the real `crontab`, restoring the user's own table afterwards.
+#[test]
+fn cron_schedule_is_idempotent_and_removed_without_trace() {
+    need("crontab", "cron");
+    struct Restore(Option<String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            match &self.0 {
+                Some(t) => {
+                    let mut c = Command::new("crontab")
+                        .arg("-")
+                        .stdin(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    std::io::Write::write_all(c.stdin.as_mut().unwrap(), t.as_bytes()).unwrap();
+                    drop(c.stdin.take());
+                    let _ = c.wait();
+                }
+                None => {
+                    let _ = Command::new("crontab")
+                        .arg("-r")
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+    let saved = Command::new("crontab").arg("-l").output().unwrap();
+    let _restore = Restore(
+        saved
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&saved.stdout).into_owned()),
+    );
+    // Someone else's entry must survive.
+    let mut c = Command::new("crontab")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), b"5 4 * * * echo not-walbundle\n")
+        .unwrap();
+    drop(c.stdin.take());
+    assert!(c.wait().unwrap().success());
+    let t = Tmp::new();
+    let db = t.path("p/app.db");
+    new_db(&db, 10);
+    let cfg = t.path("my config%.toml");
+    std::fs::write(
+        &cfg,
+        format!("dest = {:?}\n[[database]]\npath = {db:?}\n", t.path("dest")),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        wb([
+            "schedule",
+            "install",
+            "--name",
+            "crontest",
+            "--config",
+            s(&cfg),
+            "--backend",
+            "cron",
+        ])
+        .ok();
+    }
+    let table =
+        String::from_utf8(Command::new("crontab").arg("-l").output().unwrap().stdout).unwrap();
+    assert_eq!(table.matches("# walbundle:crontest").count(), 2, "{table}");
+    assert!(table.contains("echo not-walbundle"));
+    assert!(table.contains("flock -n"), "{table}");
+    assert!(
+        table.contains("\\%"),
+        "a % must be escaped for cron: {table}"
+    );
+    let l = wb(["schedule", "list"]);
+    assert!(l.stdout.contains("crontest\tcron"), "{}", l.stdout);
+    wb(["schedule", "remove", "--name", "crontest"]).ok();
+    let table =
+        String::from_utf8(Command::new("crontab").arg("-l").output().unwrap().stdout).unwrap();
+    assert_eq!(table, "5 4 * * * echo not-walbundle\n");
+}
