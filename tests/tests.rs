@@ -14,3 +14,4 @@ mod model;
 mod ops;
 mod retention;
 mod snapshot;
+mod torture;

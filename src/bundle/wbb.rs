@@ -443,7 +443,7 @@ pub fn finish_file(
     t.extend_from_slice(&total.to_le_bytes());
     t.extend_from_slice(&digest);
     file.write_all_at(&t, end).map_err(io)?;
-    file.sync_all().map_err(io)?;
+    crate::store::fault::sync_file(file, path).map_err(io)?;
     Ok((digest, total))
 }
 

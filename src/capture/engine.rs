@@ -238,6 +238,8 @@ pub struct Capturer {
     in_barrier: bool,
     last_seal: Instant,
     events: Vec<Event>,
+    /// Since when the write barrier has been unavailable (the application holds the lock).
+    barrier_busy_since: Option<Instant>,
     /// When the heartbeat file was last written, and when this capture started (µs).
     hb_at: Instant,
     started_us: i64,
@@ -349,6 +351,7 @@ impl Capturer {
             stats: CaptureStats::default(),
             hb_at: Instant::now(),
             started_us: now_us(),
+            barrier_busy_since: None,
         };
         match me.resume(&inv)? {
             Ok(()) => {}
@@ -559,7 +562,13 @@ impl Capturer {
         self.wal_hdr = self
             .open_wal()?
             .and_then(|f| WalHeader::read(&f).ok().flatten());
-        if wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts) {
+        // With the WAL fully backfilled at the snapshot, R reads nothing from it and the
+        // application may already have restarted it: `capture_new` follows that restart (the
+        // pin is `full`). Otherwise R's read mark forbids a restart, and a change is an error.
+        if wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts) && self.pin.full
+        {
+            self.wal_hdr = None;
+        } else if wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts) {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 "WAL changed during the snapshot's barrier",
@@ -1138,10 +1147,20 @@ impl Capturer {
                     Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
                 ) =>
             {
-                return Ok(()); // the application holds the write lock: try at the next poll
+                // The application holds the write lock: try at the next poll. If it has held
+                // it for a while with nothing committed, it is most likely its own FULL,
+                // RESTART or TRUNCATE checkpoint waiting for our read mark (and blocking its
+                // writers meanwhile): move the mark without the barrier so it can finish.
+                let since = *self.barrier_busy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= YIELD_AFTER {
+                    self.barrier_busy_since = None;
+                    return self.yield_pin();
+                }
+                return Ok(());
             }
             Err(e) => return Err(Error::sqlite(&p, "taking the write barrier", e)),
         }
+        self.barrier_busy_since = None;
         let t0 = Instant::now();
         self.in_barrier = true;
         let res = (|| -> Result<std::result::Result<(), Gap>> {
@@ -1184,6 +1203,50 @@ impl Capturer {
             Ok(()) => Ok(()),
             Err(Gap(reason)) => self.new_chain(&reason),
         }
+    }
+}
+
+/// How long the write barrier may stay unavailable before capture moves its read mark without
+/// it (see [`Capturer::yield_pin`]).
+const YIELD_AFTER: Duration = Duration::from_millis(500);
+
+impl Capturer {
+    /// Move R's read mark to the newest commit without the write barrier, while another
+    /// connection holds the write lock and nothing is being committed — the signature of the
+    /// application's own FULL/RESTART/TRUNCATE checkpoint waiting for readers. Capture reads
+    /// everything committed first; if a commit lands meanwhile, it gives up until next time.
+    /// Without the barrier the new mark is not guaranteed to be exactly at our cursor; if the
+    /// WAL then restarts, `capture_new` proves continuity or records a gap (never a silent loss).
+    fn yield_pin(&mut self) -> Result<()> {
+        let p = self.src.path.clone();
+        let before = self.read_shm()?.map(|h| (h.salts, h.mx_frame));
+        if let Err(Gap(reason)) = self.capture_new()? {
+            return self.new_chain(&reason);
+        }
+        let now = self.read_shm()?.map(|h| (h.salts, h.mx_frame));
+        if before.is_none() || before != now || now.is_some_and(|(_, mx)| mx != self.cur.frame) {
+            return Ok(()); // commits are happening: a writer, not a checkpoint, holds the lock
+        }
+        self.r
+            .execute_batch("COMMIT")
+            .sql_ctx(&p, "ending read transaction")?;
+        self.r
+            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+            .sql_ctx(&p, "starting read transaction")?;
+        if let Some(h) = self.read_shm()? {
+            debug(|| {
+                format!(
+                    "pin yielded: shm mx {} backfill {}",
+                    h.mx_frame, h.n_backfill
+                )
+            });
+            self.pin = Pin {
+                salts: h.salts,
+                mx: h.mx_frame,
+                full: h.mx_frame == h.n_backfill,
+            };
+        }
+        Ok(())
     }
 }
 

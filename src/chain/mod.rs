@@ -259,7 +259,20 @@ impl BackupSet {
                 crate::bundle::wbb::parse_file_name(&ent.name).filter(|_| !ent.is_dir)
             {
                 let path = self.store.path(&key);
-                let header = read_bundle_header(&path);
+                let header = read_bundle_header(&path).and_then(|h| {
+                    // A bundle under another bundle's name (copied, swapped, from another
+                    // chain) is damaged here, not a link that happens to look valid.
+                    if h.seq != seq || h.chain_id != id {
+                        return Err(Error::corrupt(
+                            &path,
+                            format!(
+                                "header says chain {} bundle {}, but the file is {key}: moved or copied",
+                                h.chain_id, h.seq
+                            ),
+                        ));
+                    }
+                    Ok(h)
+                });
                 chain.bundles.push(BundleEntry {
                     seq,
                     key,

@@ -236,6 +236,23 @@ fn verify_bundles(
                 }
             }
         }
+        // Bundles missing at the end, before a newer generation (no later bundle shows it).
+        if let Some(g) = chain
+            .generations
+            .iter()
+            .filter_map(|g| g.manifest.as_ref().ok())
+            .filter(|m| m.seq >= expect && m.seq > base_seq)
+            .min_by_key(|m| m.seq)
+        {
+            let dir = set.dir().join(&chain.id);
+            r.problems.push(Problem {
+                path: dir.join(wbb::file_name(expect)).display().to_string(),
+                what: format!(
+                    "bundle {expect} is missing: the chain is broken before generation {}",
+                    g.seq
+                ),
+            });
+        }
     }
     if opts.deep && r.problems.is_empty() {
         for ext in crate::replay::plan::extents(inv) {

@@ -140,6 +140,22 @@ pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
                     }
                 }
             }
+            // A readable generation beyond the run's end means the bundles up to it are
+            // missing at the end of the folder (no later bundle showed the gap): a break too.
+            if broken.is_none()
+                && let Some(g) = chain
+                    .generations
+                    .iter()
+                    .filter_map(|g| g.manifest.as_ref().ok())
+                    .filter(|m| m.seq >= expect)
+                    .min_by_key(|m| m.seq)
+            {
+                broken = Some((
+                    format!("bundle {expect} is missing (generation {} follows)", g.seq),
+                    chain_path(chain, expect),
+                ));
+                break_seq = Some(expect);
+            }
             let bridge = break_seq.and_then(|at| {
                 chain
                     .generations

@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
+pub mod fault;
+
 /// Prefix of every temporary name walbundle creates in a destination. Listings skip it.
 pub const TEMP_PREFIX: &str = ".wbtmp-";
 
@@ -69,9 +71,12 @@ fn temp_name(final_name: &str) -> String {
 
 /// fsync a folder so a rename or creation inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
+    fault::inject("fsync", dir)
+        .and_then(|()| File::open(dir))
         .and_then(|d| d.sync_all())
-        .ctx(dir, "syncing folder")
+        .ctx(dir, "syncing folder")?;
+    fault::record(format_args!("dirsync\t{}", dir.display()));
+    Ok(())
 }
 
 impl LocalStore {
@@ -114,9 +119,9 @@ impl LocalStore {
         let name = name.unwrap_or_else(|| "file".into());
         let tmp = dir.join(temp_name(&name));
         let res = (|| {
-            let mut f = File::create_new(&tmp).ctx(&tmp, "creating temporary file")?;
+            let mut f = fault::create_new(&tmp).ctx(&tmp, "creating temporary file")?;
             f.write_all(data).ctx(&tmp, "writing")?;
-            f.sync_all().ctx(&tmp, "syncing")?;
+            fault::sync_file(&f, &tmp).ctx(&tmp, "syncing")?;
             drop(f);
             publish_rename(&tmp, &final_path)?;
             sync_dir(&dir)
@@ -134,12 +139,14 @@ impl LocalStore {
     /// `Io` naming the folder.
     pub fn temp_file(&self, dir_key: &str, final_name: &str) -> Result<(PathBuf, File)> {
         let path = self.path(dir_key).join(temp_name(final_name));
+        fault::inject("create", &path).ctx(&path, "creating temporary file")?;
         let f = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .ctx(&path, "creating temporary file")?;
+        fault::record(format_args!("create\t{}", path.display()));
         Ok((path, f))
     }
 
@@ -167,7 +174,9 @@ impl LocalStore {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         let tmp = parent.join(temp_name(&name.unwrap_or_else(|| "group".into())));
+        fault::inject("create", &tmp).ctx(&tmp, "creating staging folder")?;
         fs::create_dir(&tmp).ctx(&tmp, "creating staging folder")?;
+        fault::record(format_args!("create\t{}", tmp.display()));
         Ok(StagedDir {
             tmp,
             final_path,
@@ -358,7 +367,9 @@ impl StagedDir {
     /// Create subfolder `name` inside the staged folder (fsynced at publication).
     pub fn mkdir(&mut self, name: &str) -> Result<()> {
         let p = self.tmp.join(name);
+        fault::inject("create", &p).ctx(&p, "creating staging folder")?;
         fs::create_dir(&p).ctx(&p, "creating staging folder")?;
+        fault::record(format_args!("create\t{}", p.display()));
         self.subdirs.push(p);
         Ok(())
     }
@@ -366,7 +377,7 @@ impl StagedDir {
     /// Create file `name` inside the staged folder.
     pub fn create_file(&self, name: &str) -> Result<StagedFile> {
         let path = self.tmp.join(name);
-        let f = File::create_new(&path).ctx(&path, "creating")?;
+        let f = fault::create_new(&path).ctx(&path, "creating")?;
         Ok(StagedFile {
             w: BufWriter::with_capacity(1 << 20, f),
             path,
@@ -425,7 +436,7 @@ impl StagedFile {
     /// Flush and fsync; returns the bytes written.
     pub fn finish(mut self) -> Result<u64> {
         self.w.flush().ctx(&self.path, "writing")?;
-        self.w.get_ref().sync_all().ctx(&self.path, "syncing")?;
+        fault::sync_file(self.w.get_ref(), &self.path).ctx(&self.path, "syncing")?;
         Ok(self.written)
     }
 

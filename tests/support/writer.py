@@ -92,6 +92,9 @@ def main():
         i += 1
         t_begin = time.time()
         c.execute("BEGIN IMMEDIATE")
+        # Inside the write transaction, so several writer processes share one sequence.
+        nxt = c.execute("SELECT coalesce(max(txn_id),0)+1 FROM txlog").fetchone()[0]
+        nrows = c.execute("SELECT coalesce(max(id),0) FROM items").fetchone()[0]
         large = a.large_every and i % a.large_every == 0
         for _ in range(a.large_rows if large else rng.randint(1, a.rows_per_txn)):
             if nrows and rng.random() < 0.5 and not large:
@@ -124,8 +127,19 @@ def main():
             except sqlite3.OperationalError:
                 pass  # busy: a reader holds a mark; the application carries on
         if a.vacuum_every and i % a.vacuum_every == 0:
+            # An explicit write transaction: an autocommit DELETE would start as a reader and
+            # fail at once (SQLITE_BUSY_SNAPSHOT) if another writer committed meanwhile.
+            c.execute("BEGIN IMMEDIATE")
             c.execute("DELETE FROM items WHERE id % 7 = 0 AND txn_id >= 0")
-            c.execute("VACUUM")
+            c.execute("COMMIT")
+            for attempt in range(100):
+                try:
+                    c.execute("VACUUM")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) and "busy" not in str(e):
+                        raise
+                    time.sleep(0.05)
         if a.reconnect_every and i % a.reconnect_every == 0:
             c.close()
             c = open_conn()
