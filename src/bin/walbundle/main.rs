@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// A backup set (one per database, at DEST/<name>) holds chains: a verified, page-exact full
 /// snapshot (a generation) and the WAL bundles captured after it. `snapshot` and `capture` write
-/// sets; `list`, `verify` and `restore` read them.
+/// sets; `list`, `verify` and `restore` read them; `compact` folds old history into new
+/// generations; `status` and `schedule` keep many databases protected (see `--config`).
 #[derive(Debug, Parser)]
 #[command(
     name = "walbundle",

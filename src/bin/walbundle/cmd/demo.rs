@@ -105,7 +105,7 @@ pub fn run(a: Args) -> Result<u8> {
     ui::log(
         false,
         &format!(
-            "1/5 snapshot under a live writer: {} ({}, stored {}) in {:.0} ms, writers paused {:.2} ms",
+            "1/6 snapshot under a live writer: {} ({}, stored {}) in {:.0} ms, writers paused {:.2} ms",
             rep.generation_dir.display(),
             ui::bytes(rep.manifest.image.raw_size),
             ui::bytes(rep.manifest.image.size),
@@ -139,7 +139,7 @@ pub fn run(a: Args) -> Result<u8> {
     ui::log(
         false,
         &format!(
-            "2/5 capture beside the live writer: {} transactions in {} bundles, writers paused at most {:.2} ms",
+            "2/6 capture beside the live writer: {} transactions in {} bundles, writers paused at most {:.2} ms",
             st.txns,
             st.bundles,
             st.barrier_max_us as f64 / 1000.0
@@ -158,7 +158,7 @@ pub fn run(a: Args) -> Result<u8> {
     ui::log(
         false,
         &format!(
-            "3/5 list: set {} holds {} generation(s)",
+            "3/6 list: set {} holds {} generation(s)",
             set.dir().display(),
             inv.valid_generations().count()
         ),
@@ -180,7 +180,38 @@ pub fn run(a: Args) -> Result<u8> {
             return Ok(1);
         }
     }
-    ui::log(false, "4/5 verify (structural and deep): intact");
+    ui::log(false, "4/6 verify (structural and deep): intact");
+
+    let mut cset = walbundle::BackupSet::open(set.dir())?;
+    let c = walbundle::chain::compact::compact(
+        &mut cset,
+        &walbundle::chain::compact::CompactOptions {
+            policy: walbundle::chain::compact::CompactPolicy {
+                force: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        &NoProgress,
+    )?;
+    drop(cset);
+    match &c.created {
+        Some(g) => ui::log(
+            false,
+            &format!(
+                "5/6 compact: generation {} (txn {}) replayed from generation {} + {} bundle(s), \
+                 verified; restores now start from it",
+                g.seq, g.txn, g.from_seq, g.bundles_replayed
+            ),
+        ),
+        None => ui::log(
+            false,
+            &format!(
+                "5/6 compact: {}",
+                c.skipped.as_deref().unwrap_or("nothing to do")
+            ),
+        ),
+    }
 
     let stamp = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%S%.3fZ")
@@ -218,7 +249,8 @@ pub fn run(a: Args) -> Result<u8> {
     ui::log(
         false,
         &format!(
-            "5/5 restore: {} ({}), holds transactions 1..{hi} ({}), integrity check ok",
+            "6/6 restore from generation {}: {} ({}), holds transactions 1..{hi} ({}), integrity check ok",
+            plan.generation_seq,
             r.out.display(),
             ui::bytes(r.bytes),
             if complete {
