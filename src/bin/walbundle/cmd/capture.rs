@@ -42,7 +42,7 @@ pub struct Args {
     pub once: bool,
     /// The longest a committed transaction waits before it is sealed into a bundle in the set
     /// (e.g. 1s, 250ms, 10ms).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = config::duration)]
     pub interval: Duration,
     /// Cut a window that lets the WAL restart once it grows past this many MiB.
     #[arg(long, default_value_t = 16, value_name = "MIB")]
@@ -70,28 +70,6 @@ pub struct Args {
     pub metrics_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: Common,
-}
-
-/// Parse `1s`, `250ms`, `2m`, or plain seconds (`0.5`).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("cannot read duration {s:?} (try 1s, 250ms, 2m)"))?;
-    if !(v.is_finite() && v > 0.0) {
-        return Err(format!("duration {s:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
 }
 
 fn options(a: &Args, interval: Duration, max_wal_mib: u64, max_bundle_mib: u64) -> CaptureOptions {
