@@ -565,10 +565,10 @@ impl Capturer {
         // With the WAL fully backfilled at the snapshot, R reads nothing from it and the
         // application may already have restarted it: `capture_new` follows that restart (the
         // pin is `full`). Otherwise R's read mark forbids a restart, and a change is an error.
-        if wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts) && self.pin.full
-        {
+        let changed = wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts);
+        if changed && self.pin.full {
             self.wal_hdr = None;
-        } else if wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts) {
+        } else if changed {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 "WAL changed during the snapshot's barrier",
@@ -1168,31 +1168,8 @@ impl Capturer {
             if g.is_err() {
                 return Ok(g);
             }
-            self.r
-                .execute_batch("COMMIT")
-                .sql_ctx(&p, "ending read transaction")?;
-            if checkpoint {
-                let _ = self
-                    .c
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-            }
-            self.r
-                .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-                .sql_ctx(&p, "starting read transaction")?;
-            if let Some(h) = self.read_shm()? {
-                debug(|| {
-                    format!(
-                        "pin: cur salts {:08x} frame {} | shm salts {:08x} mx {} backfill {} | checkpoint {checkpoint}",
-                        self.cur.salts.0, self.cur.frame, h.salts.0, h.mx_frame, h.n_backfill
-                    )
-                });
-                // R's mark is what it saw when it began under the barrier: the whole WAL.
-                self.pin = Pin {
-                    salts: h.salts,
-                    mx: h.mx_frame,
-                    full: h.mx_frame == h.n_backfill,
-                };
-            }
+            // R's new mark is what it sees when it begins under the barrier: the whole WAL.
+            self.move_pin(checkpoint, "under the barrier")?;
             Ok(Ok(()))
         })();
         let rb = self.w.execute_batch("ROLLBACK");
@@ -1218,7 +1195,6 @@ impl Capturer {
     /// Without the barrier the new mark is not guaranteed to be exactly at our cursor; if the
     /// WAL then restarts, `capture_new` proves continuity or records a gap (never a silent loss).
     fn yield_pin(&mut self) -> Result<()> {
-        let p = self.src.path.clone();
         let before = self.read_shm()?.map(|h| (h.salts, h.mx_frame));
         if let Err(Gap(reason)) = self.capture_new()? {
             return self.new_chain(&reason);
@@ -1227,17 +1203,29 @@ impl Capturer {
         if before.is_none() || before != now || now.is_some_and(|(_, mx)| mx != self.cur.frame) {
             return Ok(()); // commits are happening: a writer, not a checkpoint, holds the lock
         }
+        self.move_pin(false, "yielded to a checkpoint")
+    }
+
+    /// End R's read transaction (with `checkpoint`, run a PASSIVE checkpoint while no mark is
+    /// held), begin a new one at the newest commit, and record where it is pinned.
+    fn move_pin(&mut self, checkpoint: bool, why: &str) -> Result<()> {
+        let p = self.src.path.clone();
         self.r
             .execute_batch("COMMIT")
             .sql_ctx(&p, "ending read transaction")?;
+        if checkpoint {
+            let _ = self
+                .c
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
         self.r
             .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
             .sql_ctx(&p, "starting read transaction")?;
         if let Some(h) = self.read_shm()? {
             debug(|| {
                 format!(
-                    "pin yielded: shm mx {} backfill {}",
-                    h.mx_frame, h.n_backfill
+                    "pin ({why}): cur salts {:08x} frame {} | shm salts {:08x} mx {} backfill {} | checkpoint {checkpoint}",
+                    self.cur.salts.0, self.cur.frame, h.salts.0, h.mx_frame, h.n_backfill
                 )
             });
             self.pin = Pin {
