@@ -379,14 +379,7 @@ fn build(
         page_size: ps,
         page_count: reached.page_count,
         state_checksum: want_state.to_hex(),
-        image: ImageInfo {
-            file: IMAGE_FILE.into(),
-            compression: "zstd".into(),
-            size: summary.size,
-            sha256: summary.sha256.clone(),
-            raw_size: summary.raw_size,
-            raw_sha256: summary.raw_sha256.clone(),
-        },
+        image: ImageInfo::of(&summary),
         wal: Some(WalPosition {
             salt1: h.salts.0,
             salt2: h.salts.1,

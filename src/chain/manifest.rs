@@ -172,6 +172,20 @@ pub struct ImageInfo {
     pub raw_sha256: String,
 }
 
+impl ImageInfo {
+    /// The record of an `image.zst` as decoded and hashed (`summary`).
+    pub fn of(summary: &crate::bundle::image::ImageSummary) -> Self {
+        Self {
+            file: super::layout::IMAGE_FILE.into(),
+            compression: "zstd".into(),
+            size: summary.size,
+            sha256: summary.sha256.clone(),
+            raw_size: summary.raw_size,
+            raw_sha256: summary.raw_sha256.clone(),
+        }
+    }
+}
+
 /// How a generation came to be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
