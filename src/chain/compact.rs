@@ -28,7 +28,7 @@ use crate::bundle::image::{ImageEncoder, decode_image_unchecked};
 use crate::bundle::wbb::read_bundle;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::replay::{CheckLevel, Target, TempFile, integrity_check, replay_into};
+use crate::replay::{CheckLevel, RestorePlan, Target, TempFile, integrity_check, replay_into};
 
 /// When to build a new generation (any trigger fires it), and what history to keep.
 #[derive(Debug, Clone)]
@@ -169,8 +169,11 @@ pub fn compact(
     let mut stale = 0;
     if !opts.dry_run {
         stale += set.store().clean_stale_temps("")?;
-        for c in set.inventory()?.chains {
-            stale += set.store().clean_stale_temps(&c.id)?;
+        // Chain folders by name: no need to read every bundle header for this.
+        for c in set.store().list("")? {
+            if c.is_dir && super::layout::is_chain_id(&c.name) {
+                stale += set.store().clean_stale_temps(&c.name)?;
+            }
         }
     }
     let mut report = CompactReport {
@@ -185,11 +188,11 @@ pub fn compact(
     let now = opts.now.unwrap_or_else(jiff::Timestamp::now);
     match due(set, &opts.policy, now)? {
         Err(why) => report.skipped = Some(why),
-        Ok(plan) => {
+        Ok((g, plan)) => {
             if opts.dry_run {
-                report.created = Some(plan);
+                report.created = Some(g);
             } else {
-                report.created = Some(build(set, plan, opts, progress)?);
+                report.created = Some(build(set, g, &plan, opts, progress)?);
             }
         }
     }
@@ -203,12 +206,13 @@ pub fn compact(
     Ok(report)
 }
 
-/// The newest chain's run: is a generation due, and at which bundle?
+/// The newest chain's run: is a generation due, at which bundle, and the plan that replays to
+/// it (or why not).
 fn due(
     set: &BackupSet,
     policy: &CompactPolicy,
     now: jiff::Timestamp,
-) -> Result<std::result::Result<NewGeneration, String>> {
+) -> Result<std::result::Result<(NewGeneration, RestorePlan), String>> {
     let inv = set.inventory()?;
     let exts = crate::replay::plan::extents(&inv);
     let Some(ext) = exts
@@ -240,35 +244,22 @@ fn due(
     let count = plan.bundles.len() as u64;
     let age = time_us(&plan.base.state_time).map_or(0, |t| (now.as_microsecond() - t) / 1_000_000);
     let image = plan.base.image.size.max(1);
-    let fired = if policy.force {
-        Some("--force".to_string())
-    } else if bytes.saturating_mul(100) >= image.saturating_mul(policy.trigger_bytes_pct) {
-        Some(format!(
-            "{bytes} bytes of bundles since generation {} reach {}% of its {image}-byte image",
-            plan.generation_seq, policy.trigger_bytes_pct
-        ))
-    } else if count >= policy.trigger_bundles {
-        Some(format!(
-            "{count} bundles since generation {}",
-            plan.generation_seq
-        ))
-    } else if age >= policy.trigger_age_secs {
-        Some(format!("generation {} is {age} s old", plan.generation_seq))
-    } else {
-        None
-    };
-    let Some(_) = fired else {
+    let fired = policy.force
+        || bytes.saturating_mul(100) >= image.saturating_mul(policy.trigger_bytes_pct)
+        || count >= policy.trigger_bundles
+        || age >= policy.trigger_age_secs;
+    if !fired {
         return Ok(Err(format!(
             "no trigger fired: {count} bundles, {bytes} bytes ({}% of generation {}'s image), \
              generation {age} s old (use --force to compact anyway)",
             bytes * 100 / image,
             plan.generation_seq
         )));
-    };
+    }
     let gen_path = set
         .store()
         .path(&format!("{}/{}", ext.chain.id, generation_dir(last.seq)));
-    Ok(Ok(NewGeneration {
+    let g = NewGeneration {
         chain_id: ext.chain.id.clone(),
         seq: last.seq,
         txn: h.last_txn(),
@@ -278,17 +269,19 @@ fn due(
         bundle_bytes: bytes,
         image_size: 0,
         path: gen_path.display().to_string(),
-    }))
+    };
+    Ok(Ok((g, plan)))
 }
 
-/// Replay, check, encode, verify and publish generation `g`.
+/// Replay `plan`, then check, encode, verify and publish it as generation `g`. The caller holds
+/// the maintenance lock, so nothing else retires the planned files meanwhile.
 fn build(
     set: &BackupSet,
     mut g: NewGeneration,
+    plan: &RestorePlan,
     opts: &CompactOptions,
     progress: &dyn Progress,
 ) -> Result<NewGeneration> {
-    let plan = crate::replay::plan::plan(set, &Target::Txn(g.txn))?;
     let last = plan
         .bundles
         .last()
@@ -298,7 +291,7 @@ fn build(
     let chain_dir = set.store().path(&g.chain_id);
     // 1. Replay into a scratch database beside the chain (checked link by link).
     let (scratch, mut f) = TempFile::create_in(&chain_dir, "compact.db")?;
-    let reached = replay_into(&plan, &mut f, scratch.path(), progress)
+    let reached = replay_into(plan, &mut f, scratch.path(), progress)
         .map_err(|e| e.context("replaying the history to compact"))?;
     drop(f);
     crate::fault::pause_point("compact:replayed");
