@@ -398,8 +398,15 @@ impl ChainInventory {
     /// history is retired, the oldest compacted generation). Bundles at or before its sequence
     /// are superseded leftovers.
     pub fn base(&self) -> Option<&GenerationManifest> {
+        self.generation_from(0)
+    }
+
+    /// The oldest readable generation at bundle sequence `seq` or later (generations are sorted
+    /// by sequence).
+    pub fn generation_from(&self, seq: u64) -> Option<&GenerationManifest> {
         self.generations
             .iter()
+            .filter(|g| g.seq >= seq)
             .find_map(|g| g.manifest.as_ref().ok())
     }
 }

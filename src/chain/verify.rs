@@ -237,13 +237,8 @@ fn verify_bundles(
             }
         }
         // Bundles missing at the end, before a newer generation (no later bundle shows it).
-        if let Some(g) = chain
-            .generations
-            .iter()
-            .filter_map(|g| g.manifest.as_ref().ok())
-            .filter(|m| m.seq >= expect && m.seq > base_seq)
-            .min_by_key(|m| m.seq)
-        {
+        // (`expect` is past the base, so this is never the base itself.)
+        if let Some(g) = chain.generation_from(expect) {
             let dir = set.dir().join(&chain.id);
             r.problems.push(Problem {
                 path: dir.join(wbb::file_name(expect)).display().to_string(),

@@ -143,12 +143,7 @@ pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
             // A readable generation beyond the run's end means the bundles up to it are
             // missing at the end of the folder (no later bundle showed the gap): a break too.
             if broken.is_none()
-                && let Some(g) = chain
-                    .generations
-                    .iter()
-                    .filter_map(|g| g.manifest.as_ref().ok())
-                    .filter(|m| m.seq >= expect)
-                    .min_by_key(|m| m.seq)
+                && let Some(g) = chain.generation_from(expect)
             {
                 broken = Some((
                     format!("bundle {expect} is missing (generation {} follows)", g.seq),
@@ -156,14 +151,7 @@ pub fn extents(inv: &Inventory) -> Vec<ChainExtent<'_>> {
                 ));
                 break_seq = Some(expect);
             }
-            let bridge = break_seq.and_then(|at| {
-                chain
-                    .generations
-                    .iter()
-                    .filter_map(|g| g.manifest.as_ref().ok())
-                    .filter(|m| m.seq >= at)
-                    .min_by_key(|m| m.seq)
-            });
+            let bridge = break_seq.and_then(|at| chain.generation_from(at));
             if let Some(next) = bridge {
                 // Points up to the bridge's own are this extent's claim (and lost); the rest
                 // belong to the next extent.
