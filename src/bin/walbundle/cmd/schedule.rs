@@ -160,13 +160,15 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd
         .output()
         .map_err(|e| Error::io(Path::new(what), "running", e))?;
+    succeeded(&out, &format!("`{what}` failed"))
+}
+
+/// `Ok` if the command behind `out` exited 0; otherwise an error saying `what`, with its stderr.
+fn succeeded(out: &std::process::Output, what: &str) -> Result<()> {
     if !out.status.success() {
         return Err(Error::new(
             walbundle::ErrorKind::Io,
-            format!(
-                "`{what}` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()),
         ));
     }
     Ok(())
@@ -335,16 +337,7 @@ fn write_crontab(text: &str) -> Result<()> {
     let out = child
         .wait_with_output()
         .map_err(|e| Error::io(Path::new("crontab"), "running", e))?;
-    if !out.status.success() {
-        return Err(Error::new(
-            walbundle::ErrorKind::Io,
-            format!(
-                "crontab refused the new table: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
+    succeeded(&out, "crontab refused the new table")
 }
 
 fn without_tag(table: &str, name: &str) -> String {
