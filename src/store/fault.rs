@@ -89,8 +89,30 @@ pub fn sync_file(file: &std::fs::File, path: &Path) -> io::Result<()> {
 /// # Errors
 /// The injected fault or the creation's own error.
 pub fn create_new(path: &Path) -> io::Result<std::fs::File> {
+    open_new(
+        path,
+        std::fs::OpenOptions::new().write(true).create_new(true),
+    )
+}
+
+/// Open `path` with `opts` (which create it), with injection and journaling.
+///
+/// # Errors
+/// The injected fault or the open's own error.
+pub fn open_new(path: &Path, opts: &std::fs::OpenOptions) -> io::Result<std::fs::File> {
     inject("create", path)?;
-    let f = std::fs::File::create_new(path)?;
+    let f = opts.open(path)?;
     record(format_args!("create\t{}", path.display()));
     Ok(f)
+}
+
+/// Create folder `path`, with injection and journaling.
+///
+/// # Errors
+/// The injected fault or the creation's own error.
+pub fn create_dir(path: &Path) -> io::Result<()> {
+    inject("create", path)?;
+    std::fs::create_dir(path)?;
+    record(format_args!("create\t{}", path.display()));
+    Ok(())
 }

@@ -139,14 +139,14 @@ impl LocalStore {
     /// `Io` naming the folder.
     pub fn temp_file(&self, dir_key: &str, final_name: &str) -> Result<(PathBuf, File)> {
         let path = self.path(dir_key).join(temp_name(final_name));
-        fault::inject("create", &path).ctx(&path, "creating temporary file")?;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .ctx(&path, "creating temporary file")?;
-        fault::record(format_args!("create\t{}", path.display()));
+        let f = fault::open_new(
+            &path,
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true),
+        )
+        .ctx(&path, "creating temporary file")?;
         Ok((path, f))
     }
 
@@ -174,9 +174,7 @@ impl LocalStore {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         let tmp = parent.join(temp_name(&name.unwrap_or_else(|| "group".into())));
-        fault::inject("create", &tmp).ctx(&tmp, "creating staging folder")?;
-        fs::create_dir(&tmp).ctx(&tmp, "creating staging folder")?;
-        fault::record(format_args!("create\t{}", tmp.display()));
+        fault::create_dir(&tmp).ctx(&tmp, "creating staging folder")?;
         Ok(StagedDir {
             tmp,
             final_path,
@@ -367,9 +365,7 @@ impl StagedDir {
     /// Create subfolder `name` inside the staged folder (fsynced at publication).
     pub fn mkdir(&mut self, name: &str) -> Result<()> {
         let p = self.tmp.join(name);
-        fault::inject("create", &p).ctx(&p, "creating staging folder")?;
-        fs::create_dir(&p).ctx(&p, "creating staging folder")?;
-        fault::record(format_args!("create\t{}", p.display()));
+        fault::create_dir(&p).ctx(&p, "creating staging folder")?;
         self.subdirs.push(p);
         Ok(())
     }
