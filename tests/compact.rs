@@ -327,41 +327,15 @@ fn compaction_beside_capture_survives_kill_loop() {
     let pause_file = t.path("paused");
     let mut paused_at = Vec::new();
     for i in 0..16u64 {
-        let _ = std::fs::remove_file(&pause_file);
         let point = points[(i as usize) % points.len()];
         if point.starts_with("retire") {
             // Let older generations fall out of the 1 s window, so retention has work.
             std::thread::sleep(Duration::from_millis(1500));
         }
-        let mut c = Command::new(bin())
-            .args([
-                "compact",
-                s(&set),
-                "--force",
-                "--check",
-                "quick",
-                "--retain-days",
-                "0",
-                "--min-window",
-                "1s",
-                "--keep-generations",
-                "1",
-            ])
-            .env("WALBUNDLE_PAUSE_AT", if i < 10 { point } else { "" })
-            .env("WALBUNDLE_PAUSE_FILE", &pause_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut c = spawn_compact_paused(&set, if i < 10 { point } else { "" }, &pause_file);
         if i < 10 {
             // Wait until it reaches the point (or finishes without reaching it).
-            for _ in 0..300 {
-                if pause_file.exists() || c.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if pause_file.exists() {
+            if wait_for_pause(&mut c, &pause_file, Duration::from_secs(6)) {
                 paused_at.push(point);
             }
             let _ = c.kill();

@@ -466,31 +466,8 @@ fn compact_kill(seed: u64, sc: Scale, t: &mut Tally) {
     let mut kills = 0;
     while Instant::now() < until {
         let point = *rng.pick(&points);
-        let _ = std::fs::remove_file(&pause);
-        let mut c = Command::new(bin())
-            .args([
-                "compact",
-                s(&rig.set()),
-                "--force",
-                "--check",
-                "quick",
-                "--retain-days",
-                "0",
-                "--min-window",
-                "1s",
-                "--keep-generations",
-                "1",
-            ])
-            .env("WALBUNDLE_PAUSE_AT", point)
-            .env("WALBUNDLE_PAUSE_FILE", &pause)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + rng.ms(50, 900);
-        while Instant::now() < deadline && !pause.exists() && c.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut c = spawn_compact_paused(&rig.set(), point, &pause);
+        wait_for_pause(&mut c, &pause, rng.ms(50, 900));
         kill9(&mut c);
         kills += 1;
         let v = wb(["verify", s(&rig.set())]);

@@ -295,3 +295,45 @@ pub fn flip_bit(p: &Path, at: i64) {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
+
+/// Start `walbundle compact SET --force` with aggressive retention (nothing kept beyond the
+/// newest generation and a 1 s window), told to stop at the named pause point `point` ("" for
+/// none) and to say so by creating `pause_file` (see src/fault.rs).
+pub fn spawn_compact_paused(set: &Path, point: &str, pause_file: &Path) -> Child {
+    let _ = std::fs::remove_file(pause_file);
+    Command::new(bin())
+        .args([
+            "compact",
+            s(set),
+            "--force",
+            "--check",
+            "quick",
+            "--retain-days",
+            "0",
+            "--min-window",
+            "1s",
+            "--keep-generations",
+            "1",
+        ])
+        .env("WALBUNDLE_PAUSE_AT", point)
+        .env("WALBUNDLE_PAUSE_FILE", pause_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn compact")
+}
+
+/// Wait up to `limit` until `c` reaches its pause point (true) or exits or time is up (false).
+pub fn wait_for_pause(c: &mut Child, pause_file: &Path, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if pause_file.exists() {
+            return true;
+        }
+        if c.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    pause_file.exists()
+}
