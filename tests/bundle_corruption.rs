@@ -36,10 +36,7 @@ fn captured_set() -> (Tmp, PathBuf, Vec<PathBuf>) {
         .unwrap();
     assert!(st.success());
     std::thread::sleep(Duration::from_millis(500));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &cap.id().to_string()])
-        .status();
-    assert!(cap.wait().unwrap().success());
+    crate::support::rig::stop_capture(&mut cap);
     let set = dest.join("app");
     let chain = generation_dirs(&set)
         .pop()

@@ -12,102 +12,10 @@ use std::time::Duration;
 
 use crate::support::*;
 
-struct Run {
-    t: Tmp,
-    db: PathBuf,
-    dest: PathBuf,
-    log: PathBuf,
-    /// The application's long-lived connection. Besides being realistic, it keeps the wal-index
-    /// alive: a first connection on a database nobody has open runs WAL recovery, and SQLite
-    /// 3.40 (the writer's) can leave a committed frame with a zeroed header that recovery stops
-    /// at, dropping every later commit and corrupting the source (walbundle's copy survives;
-    /// see `scan` in capture/engine.rs).
-    holder: rusqlite::Connection,
-}
-
-impl Run {
-    fn new(rows: u32) -> Self {
-        let t = Tmp::new();
-        let db = t.mkdir("src").join("app.db");
-        let dest = t.mkdir("dest");
-        let log = t.path("commits.tsv");
-        init_db(&db, rows, 4096, "wal");
-        let holder = rusqlite::Connection::open(&db).unwrap();
-        holder.busy_timeout(Duration::from_secs(10)).unwrap();
-        holder
-            .query_row("SELECT count(*) FROM items", [], |_| Ok(()))
-            .unwrap();
-        Self {
-            t,
-            db,
-            dest,
-            log,
-            holder,
-        }
-    }
-
-    fn set(&self) -> PathBuf {
-        self.dest.join("app")
-    }
-
-    fn start_capture(&self, extra: &[&str]) -> Child {
-        let mut c = Command::new(bin());
-        c.args([
-            "capture",
-            s(&self.db),
-            "--dest",
-            s(&self.dest),
-            "--interval",
-            "200ms",
-        ])
-        .args(extra);
-        c.env_remove("WALBUNDLE_DEST").stdout(Stdio::null()).stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.t.path("capture.log"))
-                .unwrap(),
-        );
-        let child = c.spawn().expect("spawn capture");
-        // Ready once the first chain exists.
-        for _ in 0..200 {
-            if generation_dirs_or_empty(&self.set()) > 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    }
-
-    fn write(&self, args: &[&str]) {
-        let mut a = vec!["--db", s(&self.db), "--log", s(&self.log)];
-        a.extend_from_slice(args);
-        let st = writer(&a).status().expect("writer");
-        assert!(st.success(), "writer failed");
-    }
-
-    fn capture_log(&self) -> String {
-        std::fs::read_to_string(self.t.path("capture.log")).unwrap_or_default()
-    }
-}
-
-fn generation_dirs_or_empty(set: &Path) -> usize {
-    if set.is_dir() {
-        generation_dirs(set).len()
-    } else {
-        0
-    }
-}
+use crate::support::rig::{Rig as Run, has_generation, stop_capture};
 
 fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let st = child.wait().expect("wait capture");
-    assert!(
-        st.success(),
-        "capture did not exit cleanly on SIGTERM: {st:?}"
-    );
+    stop_capture(&mut child);
 }
 
 /// The whole oracle: deep verify, every bundle boundary, sampled transactions, the final state.
@@ -178,7 +86,7 @@ fn check_everything(run: &Run) {
         run.capture_log()
     );
     {
-        let c = &run.holder;
+        let c = run.holder.as_ref().expect("the application's connection");
         let (busy, _, _): (i64, i64, i64) = c
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -406,7 +314,7 @@ fn config_captures_many_databases_in_one_process() {
         .unwrap();
     for set in ["global", "project-a", "project-b"] {
         for _ in 0..200 {
-            if generation_dirs_or_empty(&dest.join(set)) > 0 {
+            if has_generation(&dest.join(set)) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));

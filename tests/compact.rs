@@ -286,7 +286,7 @@ fn compaction_beside_capture_survives_kill_loop() {
     let dest = t.mkdir("dest");
     init_db(&db, 3000, 4096, "wal");
     let log = t.path("commits.tsv");
-    let mut cap = Command::new(bin())
+    let cap = Command::new(bin())
         .args([
             "capture",
             s(&db),
@@ -361,12 +361,7 @@ fn compaction_beside_capture_survives_kill_loop() {
     }
     assert!(w.wait().unwrap().success());
     std::thread::sleep(Duration::from_secs(2));
-    let _ = Command::new("kill")
-        .args(["-TERM", &cap.id().to_string()])
-        .status();
-    let o = std::mem::replace(&mut cap, Command::new("true").spawn().unwrap())
-        .wait_with_output()
-        .unwrap();
+    let o = crate::support::rig::terminate(cap);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Sampled points before the final compaction, compared after it.
     let range = |set: &Path| {
@@ -485,10 +480,7 @@ fn capture_resumes_from_a_compacted_base() {
             .unwrap()
     };
     let stop = |c: std::process::Child| {
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let o = c.wait_with_output().unwrap();
+        let o = crate::support::rig::terminate(c);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };

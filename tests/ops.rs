@@ -74,7 +74,7 @@ fn config_with_patterns_status_metrics_and_hook() {
     .unwrap();
     let port = free_port();
     let prom = t.path("walbundle.prom");
-    let mut cap = Command::new(bin())
+    let cap = Command::new(bin())
         .args([
             "capture",
             "--config",
@@ -146,12 +146,7 @@ fn config_with_patterns_status_metrics_and_hook() {
     });
     // Stop capture: every captured database restores its writer's commits exactly, and
     // status now fails naming the stopped captures.
-    let _ = Command::new("kill")
-        .args(["-TERM", &cap.id().to_string()])
-        .status();
-    let out = std::mem::replace(&mut cap, Command::new("true").spawn().unwrap())
-        .wait_with_output()
-        .unwrap();
+    let out = crate::support::rig::terminate(cap);
     assert_eq!(out.status.code(), Some(2), "one database failed, so exit 2");
     for ((_, log, db), name) in
         writers

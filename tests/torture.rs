@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::rig::{Rig, stop_capture as sigterm};
 use crate::support::*;
 
 /// SplitMix64: a tiny seeded generator.
@@ -91,111 +92,6 @@ struct Tally {
     faults: u64,
     restores: u64,
     note: String,
-}
-
-/// One capture under test, its source and its application.
-struct Rig {
-    t: Tmp,
-    db: PathBuf,
-    dest: PathBuf,
-    logs: Vec<PathBuf>,
-    /// The application's long-lived connection (keeps the wal-index alive; see capture.rs).
-    holder: Option<rusqlite::Connection>,
-}
-
-impl Rig {
-    fn new(rows: u32) -> Self {
-        let t = Tmp::new();
-        let db = t.mkdir("src").join("app.db");
-        let dest = t.mkdir("dest");
-        init_db(&db, rows, 4096, "wal");
-        let mut r = Self {
-            t,
-            db,
-            dest,
-            logs: Vec::new(),
-            holder: None,
-        };
-        r.hold();
-        r
-    }
-
-    fn hold(&mut self) {
-        let c = rusqlite::Connection::open(&self.db).unwrap();
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
-        c.query_row("SELECT count(*) FROM items", [], |_| Ok(()))
-            .unwrap();
-        self.holder = Some(c);
-    }
-
-    fn set(&self) -> PathBuf {
-        self.dest.join("app")
-    }
-
-    fn capture(&self, env: &[(&str, String)]) -> Child {
-        let mut c = Command::new(bin());
-        c.args([
-            "capture",
-            s(&self.db),
-            "--dest",
-            s(&self.dest),
-            "--interval",
-            "200ms",
-        ])
-        .env_remove("WALBUNDLE_DEST")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.t.path("capture.log"))
-                .unwrap(),
-        );
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.spawn().expect("spawn capture")
-    }
-
-    fn wait_first_generation(&self) {
-        for _ in 0..300 {
-            if self.set().is_dir() && !generation_dirs(&self.set()).is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("capture made no generation; log:\n{}", self.capture_log());
-    }
-
-    fn writer(&mut self, args: &[String]) -> Child {
-        let log = self.t.path(&format!("commits-{}.tsv", self.logs.len()));
-        self.logs.push(log.clone());
-        let mut a: Vec<String> = vec![
-            "--db".into(),
-            s(&self.db).into(),
-            "--log".into(),
-            s(&log).into(),
-        ];
-        a.extend(args.iter().cloned());
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        writer(&a).spawn().expect("spawn writer")
-    }
-
-    fn committed(&self) -> u64 {
-        self.logs.iter().map(|l| committed(l).len() as u64).sum()
-    }
-
-    fn capture_log(&self) -> String {
-        std::fs::read_to_string(self.t.path("capture.log")).unwrap_or_default()
-    }
-}
-
-fn sigterm(c: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status();
-    let st = c.wait().unwrap();
-    assert!(st.success(), "capture did not stop cleanly: {st:?}");
 }
 
 fn kill9(c: &mut Child) {
@@ -308,13 +204,13 @@ fn secs(s: f64) -> String {
 fn source_chaos(seed: u64, sc: Scale, t: &mut Tally) {
     let mut rng = Rng(seed);
     let mut rig = Rig::new(400);
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     rig.wait_first_generation();
     let mode = rng
         .pick(&["PASSIVE", "FULL", "RESTART", "TRUNCATE"])
         .to_string();
     let d = secs(sc.secs);
-    let w1 = rig.writer(&[
+    let w1 = rig.spawn_writer(&[
         "--duration".into(),
         d.clone(),
         "--rate".into(),
@@ -332,7 +228,7 @@ fn source_chaos(seed: u64, sc: Scale, t: &mut Tally) {
         "--savepoint-every".into(),
         (3 + rng.below(9)).to_string(),
     ]);
-    let w2 = rig.writer(&[
+    let w2 = rig.spawn_writer(&[
         "--duration".into(),
         d.clone(),
         "--rate".into(),
@@ -348,7 +244,7 @@ fn source_chaos(seed: u64, sc: Scale, t: &mut Tally) {
         "--autocheckpoint".into(),
         rng.pick(&["0", "100", "1000"]).to_string(),
     ]);
-    let w3 = rig.writer(&[
+    let w3 = rig.spawn_writer(&[
         "--duration".into(),
         d,
         "--rate".into(),
@@ -371,9 +267,9 @@ fn source_chaos(seed: u64, sc: Scale, t: &mut Tally) {
 fn capture_kill(seed: u64, sc: Scale, t: &mut Tally) {
     let mut rng = Rng(seed);
     let mut rig = Rig::new(400);
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     rig.wait_first_generation();
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--duration".into(),
         secs(sc.secs * 2.0),
         "--rate".into(),
@@ -393,14 +289,14 @@ fn capture_kill(seed: u64, sc: Scale, t: &mut Tally) {
         std::thread::sleep(rng.ms(150, 700));
         kill9(&mut cap);
         kills += 1;
-        cap = rig.capture(&[]);
+        cap = rig.spawn_capture(&[], &[]);
     }
     assert!(w.wait().unwrap().success());
     // A long stop: the application keeps writing, checkpoints with TRUNCATE and closes every
     // connection (the WAL is deleted) many times while no capture runs.
     kill9(&mut cap);
     rig.holder = None;
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--duration".into(),
         secs(sc.secs),
         "--rate".into(),
@@ -416,9 +312,9 @@ fn capture_kill(seed: u64, sc: Scale, t: &mut Tally) {
     ]);
     assert!(w.wait().unwrap().success());
     rig.hold();
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     std::thread::sleep(Duration::from_millis(400));
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--txns".into(),
         "100".into(),
         "--rate".into(),
@@ -441,9 +337,9 @@ fn capture_kill(seed: u64, sc: Scale, t: &mut Tally) {
 fn compact_kill(seed: u64, sc: Scale, t: &mut Tally) {
     let mut rng = Rng(seed);
     let mut rig = Rig::new(2000);
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     rig.wait_first_generation();
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--duration".into(),
         secs(sc.secs * 2.0),
         "--rate".into(),
@@ -507,11 +403,11 @@ fn power_loss(seed: u64, sc: Scale, t: &mut Tally) {
     let mut rng = Rng(seed);
     let mut rig = Rig::new(400);
     rig.holder = None; // everything dies in a power cut
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     rig.wait_first_generation();
     // No rollbacks here: SQLite 3.40's recovery can stop at a frame it left with a zeroed
     // header after a rollback (see capture.rs) and would then lose more than the power cut.
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--duration".into(),
         secs(sc.secs),
         "--rate".into(),
@@ -547,7 +443,7 @@ fn power_loss(seed: u64, sc: Scale, t: &mut Tally) {
         .unwrap()
         .query_row("SELECT count(*) FROM txlog", [], |r| r.get::<_, i64>(0))
         .unwrap() as u64;
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     std::thread::sleep(Duration::from_millis(500));
     let log2 = rig.t.path("after.tsv");
     let st = writer(&[
@@ -634,7 +530,7 @@ fn power_cut(journal: &Path) -> usize {
 fn dest_faults(seed: u64, sc: Scale, t: &mut Tally) {
     let mut rng = Rng(seed);
     let mut rig = Rig::new(400);
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--duration".into(),
         secs(sc.secs * 3.0),
         "--rate".into(),
@@ -657,7 +553,7 @@ fn dest_faults(seed: u64, sc: Scale, t: &mut Tally) {
             ),
             ("WALBUNDLE_FAULT_LOG", s(&journal).to_string()),
         ];
-        let mut cap = rig.capture(&env);
+        let mut cap = rig.spawn_capture(&[], &env);
         let deadline = Instant::now() + rng.ms(300, 1500);
         let mut exited = None;
         while Instant::now() < deadline {
@@ -702,7 +598,7 @@ fn dest_faults(seed: u64, sc: Scale, t: &mut Tally) {
         }
     }
     assert!(w.wait().unwrap().success());
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     std::thread::sleep(Duration::from_millis(800));
     sigterm(&mut cap);
     t.faults += injected + cuts;
@@ -740,9 +636,9 @@ fn full_disk(seed: u64, _sc: Scale, t: &mut Tally) {
     }
     let _u = Unmount(mnt.clone());
     rig.dest = mnt.clone();
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     rig.wait_first_generation();
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--txns".into(),
         "3000".into(),
         "--rate".into(),
@@ -780,7 +676,7 @@ fn full_disk(seed: u64, _sc: Scale, t: &mut Tally) {
     );
     // Room again: capture carries on (resuming, or a new chain with the reason).
     assert!(mount("256m", true), "could not grow the tmpfs");
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     assert!(w.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(800));
     sigterm(&mut cap);
@@ -830,9 +726,9 @@ fn hostile_sets(seed: u64, sc: Scale, t: &mut Tally) {
     let mut rng = Rng(seed);
     // Two captured sets: the victim (compacted once, so it has two generations) and a donor.
     let mut rig = Rig::new(300);
-    let mut cap = rig.capture(&[]);
+    let mut cap = rig.spawn_capture(&[], &[]);
     rig.wait_first_generation();
-    let mut w = rig.writer(&[
+    let mut w = rig.spawn_writer(&[
         "--txns".into(),
         "300".into(),
         "--rate".into(),
@@ -845,9 +741,9 @@ fn hostile_sets(seed: u64, sc: Scale, t: &mut Tally) {
     sigterm(&mut cap);
     wb(["compact", s(&rig.set()), "--force", "--check", "quick"]).ok();
     let mut donor = Rig::new(100);
-    let mut dc = donor.capture(&[]);
+    let mut dc = donor.spawn_capture(&[], &[]);
     donor.wait_first_generation();
-    let mut w = donor.writer(&["--txns".into(), "60".into(), "--rate".into(), "300".into()]);
+    let mut w = donor.spawn_writer(&["--txns".into(), "60".into(), "--rate".into(), "300".into()]);
     assert!(w.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
     sigterm(&mut dc);

@@ -3,6 +3,7 @@
 //! database holds exactly a contiguous prefix of committed transactions.
 #![allow(dead_code)]
 
+pub mod rig;
 pub mod synth;
 
 use std::ffi::OsStr;

@@ -1,0 +1,164 @@
+//! A live source under test: a WAL database written by real writer processes, with the
+//! application's own long-lived connection, and the `walbundle capture` processes started
+//! against it (their stderr collected in one log). Shared by the capture tests and the torture
+//! suite.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{Tmp, bin, committed, generation_dirs, init_db, s, writer};
+
+pub struct Rig {
+    pub t: Tmp,
+    pub db: PathBuf,
+    pub dest: PathBuf,
+    /// The log of [`Rig::write`].
+    pub log: PathBuf,
+    /// The logs of writers started with [`Rig::spawn_writer`].
+    pub logs: Vec<PathBuf>,
+    /// The application's long-lived connection. Besides being realistic, it keeps the wal-index
+    /// alive: a first connection on a database nobody has open runs WAL recovery, and SQLite
+    /// 3.40 (the writer's) can leave a committed frame with a zeroed header that recovery stops
+    /// at, dropping every later commit and corrupting the source (walbundle's copy survives;
+    /// see `scan` in capture/engine.rs).
+    pub holder: Option<rusqlite::Connection>,
+}
+
+impl Rig {
+    /// A new WAL database of `rows` rows, held open by the application.
+    pub fn new(rows: u32) -> Self {
+        let t = Tmp::new();
+        let db = t.mkdir("src").join("app.db");
+        let dest = t.mkdir("dest");
+        let log = t.path("commits.tsv");
+        init_db(&db, rows, 4096, "wal");
+        let mut r = Self {
+            t,
+            db,
+            dest,
+            log,
+            logs: Vec::new(),
+            holder: None,
+        };
+        r.hold();
+        r
+    }
+
+    /// (Re)open the application's long-lived connection.
+    pub fn hold(&mut self) {
+        let c = rusqlite::Connection::open(&self.db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.query_row("SELECT count(*) FROM items", [], |_| Ok(()))
+            .unwrap();
+        self.holder = Some(c);
+    }
+
+    pub fn set(&self) -> PathBuf {
+        self.dest.join("app")
+    }
+
+    /// Start a capture (200 ms interval) with `extra` arguments and `env`, without waiting.
+    pub fn spawn_capture(&self, extra: &[&str], env: &[(&str, String)]) -> Child {
+        let mut c = Command::new(bin());
+        c.args([
+            "capture",
+            s(&self.db),
+            "--dest",
+            s(&self.dest),
+            "--interval",
+            "200ms",
+        ])
+        .args(extra)
+        .env_remove("WALBUNDLE_DEST")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.t.path("capture.log"))
+                .unwrap(),
+        );
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.spawn().expect("spawn capture")
+    }
+
+    /// Start a capture and give it up to 10 s to make its first chain.
+    pub fn start_capture(&self, extra: &[&str]) -> Child {
+        let child = self.spawn_capture(extra, &[]);
+        for _ in 0..200 {
+            if has_generation(&self.set()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// Wait for the set's first generation, or fail with the capture log.
+    pub fn wait_first_generation(&self) {
+        for _ in 0..300 {
+            if has_generation(&self.set()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("capture made no generation; log:\n{}", self.capture_log());
+    }
+
+    /// Run a writer to completion, logging into [`Rig::log`].
+    pub fn write(&self, args: &[&str]) {
+        let mut a = vec!["--db", s(&self.db), "--log", s(&self.log)];
+        a.extend_from_slice(args);
+        let st = writer(&a).status().expect("writer");
+        assert!(st.success(), "writer failed");
+    }
+
+    /// Start a writer with a log of its own (added to [`Rig::logs`]).
+    pub fn spawn_writer(&mut self, args: &[String]) -> Child {
+        let log = self.t.path(&format!("commits-{}.tsv", self.logs.len()));
+        self.logs.push(log.clone());
+        let mut a = vec!["--db", s(&self.db), "--log", s(&log)];
+        a.extend(args.iter().map(String::as_str));
+        writer(&a).spawn().expect("spawn writer")
+    }
+
+    /// Transactions every writer logged as committed.
+    pub fn committed(&self) -> u64 {
+        std::iter::once(&self.log)
+            .chain(&self.logs)
+            .map(|l| committed(l).len() as u64)
+            .sum()
+    }
+
+    pub fn capture_log(&self) -> String {
+        std::fs::read_to_string(self.t.path("capture.log")).unwrap_or_default()
+    }
+}
+
+/// True once the set at `set` holds a generation.
+pub fn has_generation(set: &std::path::Path) -> bool {
+    set.is_dir() && !generation_dirs(set).is_empty()
+}
+
+/// SIGTERM `c` and collect its exit status and output.
+pub fn terminate(c: Child) -> std::process::Output {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    c.wait_with_output().expect("wait")
+}
+
+/// SIGTERM a capture and require a clean exit.
+pub fn stop_capture(c: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let st = c.wait().expect("wait capture");
+    assert!(
+        st.success(),
+        "capture did not exit cleanly on SIGTERM: {st:?}"
+    );
+}
