@@ -108,30 +108,17 @@ fn wait_all(ws: Vec<Child>) {
 /// The oracle (see the module docs). `expected`: how many transactions the newest point must
 /// hold. Returns the number of restores checked.
 fn oracle(rig: &Rig, rng: &mut Rng, expected: u64) -> u64 {
-    let set = rig.set();
-    let v = wb(["verify", s(&set), "--deep", "--check", "quick"]);
-    assert_eq!(
-        v.code,
-        0,
-        "verify --deep: {}\n{}\ncapture log:\n{}",
-        v.stdout,
-        v.stderr,
-        rig.capture_log()
-    );
-    let l = wb(["list", s(&set), "--json"]).json();
+    rig.verify_deep("quick");
+    let (bundles, ranges) = rig.listing();
     // (chain, txn): the prefix grows within a chain; across chains it can shrink when the
     // source itself went back (power loss), so the check restarts at each chain.
     let mut points = Vec::new();
-    for (ci, c) in l["chains"].as_array().unwrap().iter().enumerate() {
-        for b in c["bundles"].as_array().unwrap() {
-            let (f, e) = (
-                b["first_txn"].as_u64().unwrap(),
-                b["last_txn"].as_u64().unwrap(),
-            );
-            points.push((ci, e));
-            points.push((ci, f + rng.below(e - f + 1)));
-        }
+    for (ci, f, e) in bundles {
+        points.push((ci, e));
+        points.push((ci, f + rng.below(e - f + 1)));
     }
+    // Only restorable points (bundles before a retired stretch are not).
+    points.retain(|&(_, t)| ranges.iter().any(|&(lo, hi)| lo <= t && t <= hi));
     points.sort_unstable();
     points.dedup();
     // Keep the sample bounded: the first, the last and a seeded choice in between.
@@ -139,60 +126,7 @@ fn oracle(rig: &Rig, rng: &mut Rng, expected: u64) -> u64 {
         let i = 1 + rng.below(points.len() as u64 - 2) as usize;
         points.remove(i);
     }
-    let mut restores = 0;
-    let mut last_k = 0;
-    let mut last_chain = usize::MAX;
-    for &(chain, txn) in &points {
-        if chain != last_chain {
-            last_chain = chain;
-            last_k = 0;
-        }
-        let out = rig.t.path(&format!("at-{txn}.db"));
-        let r = wb([
-            "restore",
-            s(&set),
-            "--out",
-            s(&out),
-            "--txn",
-            &txn.to_string(),
-            "--check",
-            "quick",
-        ]);
-        if r.code == 2 && r.stderr.contains("no restorable point") {
-            continue; // retired by retention
-        }
-        r.ok();
-        let k = check_prefix(&out);
-        assert!(
-            k >= last_k,
-            "restored prefix went backwards at txn {txn}: {k} < {last_k}"
-        );
-        last_k = k;
-        std::fs::remove_file(&out).unwrap();
-        restores += 1;
-    }
-    let out = rig.t.path("final.db");
-    let _ = std::fs::remove_file(&out);
-    wb(["restore", s(&set), "--out", s(&out)]).ok();
-    let k = check_prefix(&out);
-    assert_eq!(
-        k,
-        expected,
-        "the newest restore holds {k} transactions, expected {expected}; capture log:\n{}",
-        rig.capture_log()
-    );
-    let c = rusqlite::Connection::open(&rig.db).unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    let busy: i64 = c
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(busy, 0, "could not checkpoint the source");
-    assert_eq!(
-        sha_file(&out),
-        sha_file(&rig.db),
-        "the newest restore is not byte-identical to the source"
-    );
-    restores + 1
+    rig.check_restores(&points, expected)
 }
 
 fn secs(s: f64) -> String {

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{Tmp, bin, committed, generation_dirs, init_db, s, writer};
+use super::{Tmp, bin, check_prefix, committed, generation_dirs, init_db, s, sha_file, wb, writer};
+
+/// A bundle in a listing: (chain index, first txn, last txn).
+pub type BundleSpan = (usize, u64, u64);
 
 pub struct Rig {
     pub t: Tmp,
@@ -135,6 +138,110 @@ impl Rig {
 
     pub fn capture_log(&self) -> String {
         std::fs::read_to_string(self.t.path("capture.log")).unwrap_or_default()
+    }
+
+    /// `verify --deep --check CHECK` of the set, which must be clean.
+    pub fn verify_deep(&self, check: &str) {
+        let v = wb(["verify", s(&self.set()), "--deep", "--check", check]);
+        assert_eq!(
+            v.code,
+            0,
+            "verify --deep:\n{}\n{}\ncapture log:\n{}",
+            v.stdout,
+            v.stderr,
+            self.capture_log()
+        );
+    }
+
+    /// Every bundle of the set as (chain index, first txn, last txn), and the restorable
+    /// ranges (first txn, last txn), from `list --json`.
+    pub fn listing(&self) -> (Vec<BundleSpan>, Vec<(u64, u64)>) {
+        let l = wb(["list", s(&self.set()), "--json"]).json();
+        let mut bundles = Vec::new();
+        for (ci, c) in l["chains"].as_array().unwrap().iter().enumerate() {
+            for b in c["bundles"].as_array().unwrap() {
+                bundles.push((
+                    ci,
+                    b["first_txn"].as_u64().unwrap(),
+                    b["last_txn"].as_u64().unwrap(),
+                ));
+            }
+        }
+        let ranges = l["restorable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["first_txn"].as_u64().unwrap(),
+                    r["last_txn"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (bundles, ranges)
+    }
+
+    /// The restore oracle: each of `points` (group, txn), in order, restores to a database that
+    /// passes `integrity_check` and holds a contiguous committed prefix that does not shrink
+    /// within a group; the newest restore holds exactly `expected` transactions and, after a
+    /// full checkpoint of the source, is byte-identical to it. Returns the restores checked.
+    pub fn check_restores(&self, points: &[(usize, u64)], expected: u64) -> u64 {
+        let set = self.set();
+        let mut last = (usize::MAX, 0);
+        for &(group, txn) in points {
+            if group != last.0 {
+                last = (group, 0);
+            }
+            let out = self.t.path(&format!("at-{txn}.db"));
+            wb([
+                "restore",
+                s(&set),
+                "--out",
+                s(&out),
+                "--txn",
+                &txn.to_string(),
+                "--check",
+                "quick",
+            ])
+            .ok();
+            let k = check_prefix(&out);
+            assert!(
+                k >= last.1,
+                "restored prefix went backwards at txn {txn}: {k} < {}",
+                last.1
+            );
+            last.1 = k;
+            std::fs::remove_file(&out).unwrap();
+        }
+        let out = self.t.path("final.db");
+        let _ = std::fs::remove_file(&out);
+        wb(["restore", s(&set), "--out", s(&out)]).ok();
+        let k = check_prefix(&out);
+        assert_eq!(
+            k,
+            expected,
+            "the newest restore holds {k} transactions, expected {expected}; capture log:\n{}",
+            self.capture_log()
+        );
+        let fresh;
+        let c = match &self.holder {
+            Some(c) => c,
+            None => {
+                fresh = rusqlite::Connection::open(&self.db).unwrap();
+                fresh.busy_timeout(Duration::from_secs(10)).unwrap();
+                &fresh
+            }
+        };
+        let busy: i64 = c
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, 0, "could not checkpoint the source");
+        assert_eq!(
+            sha_file(&out),
+            sha_file(&self.db),
+            "the newest restore is not byte-identical to the source"
+        );
+        points.len() as u64 + 1
     }
 }
 
