@@ -61,11 +61,15 @@ pub fn new_set_id() -> String {
 /// The lock file compaction and retention hold (flock) at the set's root; it names its holder.
 pub const MAINTENANCE_LOCK: &str = ".walbundle-maintenance.lock";
 
+/// True for the files walbundle keeps at a set's root besides its chains: the set record, the
+/// maintenance lock and capture's heartbeat.
+pub fn is_set_file(name: &str) -> bool {
+    name == SET_FILE || name == MAINTENANCE_LOCK || name == crate::capture::heartbeat::FILE
+}
+
 /// True for every name walbundle writes inside a set (and only those): what it may delete.
 pub fn is_own_name(name: &str) -> bool {
-    name == SET_FILE
-        || name == MAINTENANCE_LOCK
-        || name == crate::capture::heartbeat::FILE
+    is_set_file(name)
         || name == MANIFEST_FILE
         || name == IMAGE_FILE
         || name.starts_with(crate::store::TEMP_PREFIX)

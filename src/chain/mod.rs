@@ -233,10 +233,7 @@ impl BackupSet {
     pub fn inventory(&self) -> Result<Inventory> {
         let mut inv = Inventory::default();
         for ent in self.store.list("")? {
-            if ent.name == SET_FILE
-                || ent.name == layout::MAINTENANCE_LOCK
-                || ent.name == crate::capture::heartbeat::FILE
-            {
+            if layout::is_set_file(&ent.name) {
                 continue;
             }
             if !(ent.is_dir && layout::is_chain_id(&ent.name)) {
