@@ -1,39 +1,50 @@
 //! Continuous capture: committed WAL frames into chained bundles, in checkpoint-controlled
-//! windows, never losing a frame silently.
+//! windows, never losing a frame silently — and never taking the source's write lock.
 //!
-//! Three connections (none ever checkpoints on close, none auto-checkpoints):
-//! - **R** keeps a read transaction open at all times: its read mark stops any other connection
-//!   from restarting the WAL over frames walbundle has not captured yet.
-//! - **W** takes the write barrier (`BEGIN IMMEDIATE`, then `ROLLBACK`) for the instant R's pin
-//!   moves forward: capture the last few frames, end R, (for a restart cut: PASSIVE checkpoint on
-//!   C), begin R again, release. Nothing slow happens inside it.
-//! - **C** runs PASSIVE checkpoints (never RESTART/TRUNCATE: those take the write lock and can
-//!   make frames committed just before them vanish).
+//! Two reader connections, both `query_only`, neither checkpointing on close:
+//! - one of them always holds a read transaction (the **pin**): its read mark stops any other
+//!   connection from restarting the WAL over frames walbundle has not captured yet;
+//! - the pin moves forward by **leapfrogging**: the idle reader begins a new read transaction,
+//!   pinned at a position proven without any lock ([`super::pin`]), capture catches up while the
+//!   old pin still protects the WAL, and only then does the old reader end its transaction. At
+//!   no instant is the WAL unprotected;
+//! - the idle reader runs walbundle's own PASSIVE checkpoints (never RESTART/TRUNCATE, which
+//!   take the write lock), only when the WAL has grown past `max_wal_bytes`.
+//!
+//! The pin never stands in the application's way for long: every poll it moves to the newest
+//! commit (so the application's checkpoints can backfill everything), and once every committed
+//! frame is captured and backfilled it moves onto the fully backfilled WAL (slot 0), which lets
+//! the WAL restart once. When another process holds both the checkpoint and the write lock —
+//! the application's own FULL, RESTART or TRUNCATE checkpoint, waiting for readers — capture
+//! does both at once in a tight loop (see [`Capturer::step_aside`]) and then follows the
+//! restart.
 //!
 //! Frames are read with `pread` up to the wal-index's `mxFrame` (the committed frontier; nothing
-//! beyond it is ever read), each checked against the running WAL checksum and the cycle's salts.
-//! A transaction is emitted once its commit frame is seen, with its last version of every page.
+//! beyond it is ever read), each checked against the running WAL checksum and the cycle's salts
+//! (salts first: a frame that SQLite's own recovery would reject is never emitted). A
+//! transaction is emitted once its commit frame is seen, with its last version of every page.
 //!
 //! The state checksum after every transaction is kept from one 64-bit term per page (8 bytes a
 //! page), so no old page is ever read back. The terms come from the chain's snapshot, or on
-//! resume from a full read through R whose XOR must equal the chain's recorded state.
+//! resume from a full read through the pin whose XOR must equal the chain's recorded state.
 //!
 //! Continuity is proven or a new chain starts, with the reason recorded: WAL salts changing when
-//! R's pin could not have allowed it, a captured frame changing, the database or WAL file being
-//! replaced, the page size changing, the database leaving WAL mode, or (on resume) the WAL no
-//! longer holding the last captured frame unchanged.
+//! the pin could not have allowed it, a captured frame changing, the database, WAL or wal-index
+//! file being replaced, the page size changing, the database leaving WAL mode, or (on resume)
+//! the WAL no longer holding the last captured frame unchanged.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
+use rusqlite::config::DbConfig;
 use serde::Serialize;
 
+use super::pin::{Pin, Shm, begin_pinned, begin_read, end_read, unpinnable};
 use super::snapshot::{Conns, SnapshotOptions, snapshot_with};
-use super::source::{SourceDb, shm_file};
+use super::source::SourceDb;
 use super::wal::{FRAME_HEADER_LEN, FrameHeader, ShmHeader, WalHeader, wal_checksum};
 use crate::bundle::checksum::{StateChecksum, lock_byte_page, term_or_zero};
 use crate::bundle::wbb::{self, BodyEncoder, BundleHeader, TxnMeta};
@@ -47,9 +58,10 @@ use crate::sys::{file_id, pread_full};
 pub struct CaptureOptions {
     /// The longest a committed transaction waits before it is sealed into a bundle.
     pub interval: Duration,
-    /// Look for new frames this often.
+    /// Look for new frames (and for the application's checkpoints waiting on us) this often.
     pub poll: Duration,
-    /// When the WAL file grows past this, cut a window that lets the WAL restart.
+    /// When the WAL's committed frames pass this, walbundle runs PASSIVE checkpoints itself so
+    /// the WAL can restart (applications that checkpoint on their own rarely reach it).
     pub max_wal_bytes: u64,
     /// Seal a bundle early once its uncompressed body reaches this.
     pub max_bundle_bytes: u64,
@@ -57,9 +69,6 @@ pub struct CaptureOptions {
     pub level: i32,
     /// zstd window for bundle bodies, as a power of two (0: the level's default).
     pub window_log: u32,
-    /// How long the write barrier may wait for the application's write lock before the cut is
-    /// retried at the next poll (writers are never held longer than the barrier's own work).
-    pub barrier_timeout: Duration,
     /// Options for the full snapshots that start chains.
     pub snapshot: SnapshotOptions,
 }
@@ -73,7 +82,6 @@ impl Default for CaptureOptions {
             max_bundle_bytes: 64 << 20,
             level: 3,
             window_log: 24,
-            barrier_timeout: Duration::from_millis(200),
             snapshot: SnapshotOptions {
                 check: crate::replay::CheckLevel::Quick,
                 ..SnapshotOptions::default()
@@ -95,14 +103,19 @@ pub struct CaptureStats {
     pub chains_started: u64,
     /// WAL restarts followed without a gap.
     pub wal_restarts_followed: u64,
-    /// Committed frames whose header SQLite left zeroed (accepted; see `scan`).
+    /// Committed-looking frames refused because their header was zeroed (each led to a new
+    /// chain from a snapshot instead of being trusted).
     pub zeroed_frames: u64,
-    /// Write barriers taken.
-    pub barriers: u64,
-    /// Longest write barrier, µs (the longest writers were held by walbundle).
-    pub barrier_max_us: u64,
-    /// Sum of barrier durations, µs.
-    pub barrier_total_us: u64,
+    /// Times the pin moved forward (leapfrog between the two readers).
+    pub pin_moves: u64,
+    /// PASSIVE checkpoints walbundle ran itself (the WAL had grown past `max_wal_bytes`).
+    pub checkpoints: u64,
+    /// Times another process's FULL/RESTART/TRUNCATE checkpoint was seen and capture stepped
+    /// out of its way.
+    pub step_asides: u64,
+    /// Longest of those, µs: how long capture took to get out of the way (the application's
+    /// checkpoint then completes on its own).
+    pub step_aside_max_us: u64,
     /// Newest transaction number captured.
     pub last_txn: u64,
     /// Current chain.
@@ -153,6 +166,11 @@ pub enum Event {
         /// New salts.
         salts: (u32, u32),
     },
+    /// Something the user should know that did not stop capture.
+    Warning {
+        /// What happened and what to do.
+        message: String,
+    },
     /// Capture of this database ended (multi-database runs).
     Stopped {
         /// Final totals.
@@ -171,6 +189,8 @@ struct Cursor {
     page_count: u32,
     next_txn: u64,
     salts: (u32, u32),
+    /// Last captured frame of the cycle `salts`; 0: the cycle's first frame comes next, its
+    /// checksum seeded from the WAL header as the writer writes it.
     frame: u32,
     cksum: (u32, u32),
 }
@@ -197,13 +217,14 @@ impl Cursor {
     }
 }
 
-/// R's read mark: the WAL cycle and frame it pins, and whether the WAL was fully backfilled then
-/// (only then may the WAL restart once while R is held).
-#[derive(Debug, Clone, Copy)]
-struct Pin {
-    salts: (u32, u32),
-    mx: u32,
-    full: bool,
+fn pin_of(wal: &crate::chain::manifest::WalPosition) -> Pin {
+    Pin {
+        salts: (wal.salt1, wal.salt2),
+        mx: wal.frame,
+        cksum: (wal.checksum1, wal.checksum2),
+        backfilled: wal.backfilled,
+        full: wal.frame == wal.backfilled,
+    }
 }
 
 /// A bundle being filled: streamed into a temporary file in the chain folder, so memory does
@@ -221,25 +242,29 @@ pub struct Capturer {
     src: SourceDb,
     set: BackupSet,
     opts: CaptureOptions,
-    r: Connection,
-    w: Connection,
-    c: Connection,
-    shm: Arc<File>,
+    /// The two readers; `readers[active]` holds the pin. Declared before `shm` so that they
+    /// close before the wal-index descriptor does (see [`Shm`]).
+    readers: Vec<Connection>,
+    active: usize,
+    shm: Shm,
+    /// Our descriptor on the WAL (no locks are ever taken on it) and the file's identity.
+    wal: Option<(File, (u64, u64))>,
     db_id: (u64, u64),
     cur: Cursor,
     pin: Pin,
     /// State-checksum term of every page at the cursor (index pgno-1).
     terms: Vec<u64>,
-    wal_hdr: Option<WalHeader>,
+    /// The wal-index header seen by the last `capture_new`.
+    last_shm: Option<ShmHeader>,
     pending: Option<Pending>,
     /// Where capture has been unable to move past committed frames, and since when.
     stuck: Option<((u32, u32), u32, Instant)>,
-    /// Inside a write barrier: do nothing slow (no sealing).
-    in_barrier: bool,
+    /// A committed frame whose header was zeroed: seen once at (salts, frame); a second sighting
+    /// starts a new chain.
+    zeroed: Option<((u32, u32), u32)>,
     last_seal: Instant,
+    last_checkpoint: Instant,
     events: Vec<Event>,
-    /// Since when the write barrier has been unavailable (the application holds the lock).
-    barrier_busy_since: Option<Instant>,
     /// When the heartbeat file was last written, and when this capture started (µs).
     hb_at: Instant,
     started_us: i64,
@@ -267,15 +292,64 @@ fn debug(msg: impl FnOnce() -> String) {
 /// reading the frames again when the transaction commits.
 const TXN_KEEP_BYTES: usize = 8 << 20;
 
-/// The most frames capture may still have to read when it takes the write barrier; with more,
-/// the barrier waits for the next poll.
-const MAX_BARRIER_FRAMES: u32 = 256;
-
 /// How long committed frames may stay unreadable before capture gives up on the chain.
 const STUCK_LIMIT: Duration = Duration::from_secs(5);
 
-/// Why continuity could not be proven (becomes a new chain's recorded reason).
-struct Gap(String);
+/// The longest capture keeps stepping out of the way of one blocking checkpoint before it goes
+/// back to its other databases (the checkpoint itself may take longer: backfilling is its work).
+const STEP_ASIDE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why continuity could not be proven (becomes a new chain's recorded reason). `reopen`: the
+/// files themselves changed, so every connection and descriptor must be dropped and reopened.
+struct Gap {
+    reason: String,
+    reopen: bool,
+}
+
+impl Gap {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            reopen: false,
+        }
+    }
+
+    fn replaced(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            reopen: true,
+        }
+    }
+}
+
+type Step = std::result::Result<(), Gap>;
+
+/// Open our two readers on `src` (WAL mode required), each having read once so that it can
+/// checkpoint, and the wal-index descriptor — in that order (SQLite creates the wal-index).
+fn open_readers(src: &SourceDb, busy: Duration) -> Result<(Vec<Connection>, Shm)> {
+    let p = &src.path;
+    let mut readers = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let c = src.connect(busy)?;
+        readers.push(c);
+    }
+    let mode: String = readers[0]
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .sql_ctx(p, "reading journal mode")?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::usage(format!(
+            "is in journal mode {mode}; continuous capture reads the WAL and needs WAL mode"
+        ))
+        .at(p)
+        .hint("switch the application to `PRAGMA journal_mode=WAL`, or use `walbundle snapshot` on a schedule"));
+    }
+    for c in &readers {
+        begin_read(c, p)?;
+        end_read(c, p)?;
+    }
+    let shm = Shm::open(&src.shm_path())?;
+    Ok((readers, shm))
+}
 
 impl Capturer {
     /// Open `src` for capture into `set` (whose writer lock is taken here): resume the newest
@@ -296,24 +370,8 @@ impl Capturer {
         // No header check with a descriptor of our own here: this process may already hold
         // SQLite connections to the database (closing any descriptor drops their POSIX locks).
         // Callers check the header before any connection exists; SQLite refuses a non-database.
-        let p = src.path.clone();
-        let r = src.connect(opts.snapshot.busy_timeout, true)?;
-        let w = src.connect(opts.snapshot.busy_timeout, false)?;
-        let c = src.connect(opts.snapshot.busy_timeout, true)?;
-        let mode: String = r
-            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
-            .sql_ctx(&p, "reading journal mode")?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::usage(format!(
-                "is in journal mode {mode}; continuous capture reads the WAL and needs WAL mode"
-            ))
-            .at(&p)
-            .hint("switch the application to `PRAGMA journal_mode=WAL`, or use `walbundle snapshot` on a schedule"));
-        }
-        c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-            .sql_ctx(&p, "reading schema")?;
-        let shm = shm_file(&src)?;
         let db_id = file_id(&src.path).ctx(&src.path, "reading file identity")?;
+        let (readers, shm) = open_readers(&src, opts.snapshot.busy_timeout)?;
         let empty_cursor = Cursor {
             chain_id: String::new(),
             next_seq: 1,
@@ -330,32 +388,34 @@ impl Capturer {
             src,
             set,
             opts,
-            r,
-            w,
-            c,
+            readers,
+            active: 0,
             shm,
+            wal: None,
             db_id,
             cur: empty_cursor,
             pin: Pin {
                 salts: (0, 0),
                 mx: 0,
+                cksum: (0, 0),
+                backfilled: 0,
                 full: false,
             },
             terms: Vec::new(),
-            wal_hdr: None,
+            last_shm: None,
             pending: None,
             stuck: None,
-            in_barrier: false,
+            zeroed: None,
             last_seal: Instant::now(),
+            last_checkpoint: Instant::now(),
             events: Vec::new(),
             stats: CaptureStats::default(),
             hb_at: Instant::now(),
             started_us: now_us(),
-            barrier_busy_since: None,
         };
         match me.resume(&inv)? {
             Ok(()) => {}
-            Err(Gap(reason)) => me.new_chain(&reason)?,
+            Err(gap) => me.new_chain(gap)?,
         }
         Ok(me)
     }
@@ -368,6 +428,10 @@ impl Capturer {
     /// Events since the last call.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    fn r(&self) -> &Connection {
+        &self.readers[self.active]
     }
 
     /// The cursor of the newest chain that has a WAL position, if the set has one.
@@ -407,33 +471,29 @@ impl Capturer {
     }
 
     /// Try to continue the newest chain. `Ok(Err(gap))` when continuity cannot be proven.
-    fn resume(&mut self, inv: &crate::chain::Inventory) -> Result<std::result::Result<(), Gap>> {
+    fn resume(&mut self, inv: &crate::chain::Inventory) -> Result<Step> {
         let Some(cur) = Self::chain_end(inv)? else {
-            return Ok(Err(Gap("first capture of this database".into())));
+            return Ok(Err(Gap::new("first capture of this database")));
         };
         if inv.max_txn() >= cur.next_txn {
-            return Ok(Err(Gap(
-                "the set's newest point is not the end of a capturable chain".into(),
+            return Ok(Err(Gap::new(
+                "the set's newest point is not the end of a capturable chain",
             )));
         }
         let p = self.src.path.clone();
-        self.w
-            .execute_batch("BEGIN IMMEDIATE")
-            .sql_ctx(&p, "taking the write barrier")?;
-        let t0 = Instant::now();
-        let res = self.check_and_pin(&cur);
-        let rb = self.w.execute_batch("ROLLBACK");
-        self.note_barrier(t0.elapsed());
-        rb.sql_ctx(&p, "releasing the write barrier")?;
-        if let Some(g) = res?.err() {
-            let _ = self.r.execute_batch("COMMIT");
+        let Some(pin) = begin_pinned(self.r(), &self.shm, &p)? else {
+            return Err(unpinnable(&p));
+        };
+        self.pin = pin;
+        if let Err(g) = self.check_resume(&cur)? {
+            end_read(self.r(), &p)?;
             return Ok(Err(g));
         }
-        // Prove the state: every page's term through R (pinned exactly at the cursor).
-        let (terms, state) = read_terms(&self.r, &p, cur.page_size)?;
+        // Prove the state: every page's term through the pin (exactly at the cursor).
+        let (terms, state) = read_terms(self.r(), &p, cur.page_size)?;
         if state != cur.state || terms.len() != cur.page_count as usize {
-            let _ = self.r.execute_batch("COMMIT");
-            return Ok(Err(Gap(format!(
+            end_read(self.r(), &p)?;
+            return Ok(Err(Gap::new(format!(
                 "the database's content at the last captured frame does not match the chain's \
                  state checksum ({} pages, {} vs {})",
                 terms.len(),
@@ -454,86 +514,83 @@ impl Capturer {
         Ok(Ok(()))
     }
 
-    /// Under the barrier: does the WAL still hold the cursor's frame unchanged, with nothing
-    /// committed after it? If so, pin R there.
-    fn check_and_pin(&mut self, cur: &Cursor) -> Result<std::result::Result<(), Gap>> {
+    /// With the pin just taken: is it exactly at the cursor, and does the WAL still hold the
+    /// cursor's frame unchanged?
+    fn check_resume(&mut self, cur: &Cursor) -> Result<Step> {
         let p = self.src.path.clone();
-        self.r
-            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-            .sql_ctx(&p, "starting read transaction")?;
-        let shm = self.read_shm()?;
+        let page_size: u32 = self
+            .r()
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .sql_ctx(&p, "reading page size")?;
+        if page_size != cur.page_size {
+            return Ok(Err(Gap::new(format!(
+                "page size changed from {} to {page_size}",
+                cur.page_size
+            ))));
+        }
+        let wp = self.src.wal_path();
+        let pin = self.pin;
         let wal = self.open_wal()?;
-        let hdr = match &wal {
-            Some(f) => WalHeader::read(f).ctx(self.src.wal_path(), "reading WAL header")?,
+        let hdr = match wal {
+            Some(f) => WalHeader::read(f).ctx(&wp, "reading WAL header")?,
             None => None,
         };
-        let Some(h) = shm else {
-            return Ok(Err(Gap("the wal-index is not readable".into())));
-        };
-        if h.mx_frame == 0
-            && cur.frame == 0
-            && (hdr.is_none() || hdr.is_some_and(|x| x.salts == cur.salts))
-        {
-            self.pin = Pin {
-                salts: h.salts,
-                mx: 0,
-                full: true,
-            };
-            self.wal_hdr = hdr;
+        if pin.mx == 0 && cur.frame == 0 && hdr.is_none_or(|x| x.salts == cur.salts) {
             return Ok(Ok(()));
         }
         let Some(hdr) = hdr else {
-            return Ok(Err(Gap(
-                "the WAL was reset since the last captured frame".into()
+            return Ok(Err(Gap::new(
+                "the WAL was reset since the last captured frame",
             )));
         };
-        if hdr.salts != cur.salts || h.salts != cur.salts {
-            return Ok(Err(Gap(
+        if hdr.salts != cur.salts || pin.salts != cur.salts {
+            return Ok(Err(Gap::new(
                 "the WAL restarted since the last capture (the application checkpointed while \
-                 walbundle was not running)"
-                    .into(),
+                 walbundle was not running)",
             )));
         }
         if hdr.page_size != cur.page_size {
-            return Ok(Err(Gap(format!(
+            return Ok(Err(Gap::new(format!(
                 "page size changed from {} to {}",
                 cur.page_size, hdr.page_size
             ))));
         }
         if cur.frame > 0 {
-            let f = wal.as_ref().map(|f| FrameHeader::read(f, &hdr, cur.frame));
+            let f = wal.map(|f| FrameHeader::read(f, &hdr, cur.frame));
             let ok = matches!(f, Some(Ok(Some(fh))) if fh.salts == cur.salts && fh.checksum == cur.cksum);
             if !ok {
-                return Ok(Err(Gap(format!(
+                return Ok(Err(Gap::new(format!(
                     "the WAL no longer holds the last captured frame {} unchanged (the source lost \
                      or rewrote frames, e.g. after power loss with synchronous=NORMAL)",
                     cur.frame
                 ))));
             }
         }
-        if h.mx_frame != cur.frame {
-            return Ok(Err(Gap(format!(
+        if pin.mx != cur.frame {
+            return Ok(Err(Gap::new(format!(
                 "{} frames were committed while walbundle was not running; their before-state \
                  cannot be proven",
-                h.mx_frame.saturating_sub(cur.frame)
+                pin.mx.saturating_sub(cur.frame)
             ))));
         }
-        self.pin = Pin {
-            salts: cur.salts,
-            mx: h.mx_frame,
-            full: h.mx_frame == h.n_backfill,
-        };
-        self.wal_hdr = Some(hdr);
         Ok(Ok(()))
     }
 
-    /// Seal what is pending, then start a new chain from a full snapshot taken with R pinned at
-    /// its position (so the chain continues from exactly there).
-    fn new_chain(&mut self, reason: &str) -> Result<()> {
+    /// Seal what is pending (it holds only verified, committed transactions), then start a new
+    /// chain from a full snapshot taken through the pin, so the chain continues from exactly
+    /// there. With `gap.reopen`, every connection and descriptor is dropped and reopened first,
+    /// so the snapshot reads the file now at the path, never a replaced one.
+    fn new_chain(&mut self, gap: Gap) -> Result<()> {
         self.seal()?;
-        let _ = self.r.execute_batch("COMMIT");
+        let p = self.src.path.clone();
+        if gap.reopen {
+            self.reopen()?;
+        }
+        for c in &self.readers {
+            end_read(c, &p)?;
+        }
         let mut opts = self.opts.snapshot.clone();
-        opts.reason = reason.to_string();
+        opts.reason.clone_from(&gap.reason);
         let mut terms = Vec::new();
         let rep = snapshot_with(
             &self.set,
@@ -541,8 +598,8 @@ impl Capturer {
             &opts,
             &NoProgress,
             Conns {
-                r: &self.r,
-                w: &self.w,
+                r: &self.readers[self.active],
+                shm: Some(&self.shm),
                 keep_pin: true,
                 terms: Some(&mut terms),
             },
@@ -551,80 +608,105 @@ impl Capturer {
         let Some(wal) = m.wal else {
             return Err(Error::usage("left WAL mode during the snapshot").at(&self.src.path));
         };
-        self.note_barrier(Duration::from_micros(rep.barrier_us));
         self.terms = terms;
         self.cur = Cursor::at_generation(m, &wal);
-        self.pin = Pin {
-            salts: self.cur.salts,
-            mx: wal.frame,
-            full: wal.frame == wal.backfilled,
-        };
-        self.wal_hdr = self
-            .open_wal()?
-            .and_then(|f| WalHeader::read(&f).ok().flatten());
-        // With the WAL fully backfilled at the snapshot, R reads nothing from it and the
-        // application may already have restarted it: `capture_new` follows that restart (the
-        // pin is `full`). Otherwise R's read mark forbids a restart, and a change is an error.
-        let changed = wal.frame > 0 && self.wal_hdr.is_none_or(|h| h.salts != self.cur.salts);
-        if changed && self.pin.full {
-            self.wal_hdr = None;
-        } else if changed {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                "WAL changed during the snapshot's barrier",
-            )
-            .at(self.src.wal_path()));
-        }
-        self.db_id = file_id(&self.src.path).ctx(&self.src.path, "reading file identity")?;
+        self.pin = pin_of(&wal);
+        // If the WAL restarted since the pin (only possible when it was fully backfilled),
+        // `capture_new` follows that restart; any other change is a gap it records.
         self.stats.chains_started += 1;
         self.stats.chain_id = m.chain_id.clone();
         self.stats.last_txn = m.txn;
         self.stats.sealed_txn = m.txn;
         self.events.push(Event::ChainStarted {
             chain_id: m.chain_id.clone(),
-            reason: reason.to_string(),
+            reason: gap.reason.clone(),
             txn: m.txn,
         });
         Ok(())
     }
 
-    fn read_shm(&self) -> Result<Option<ShmHeader>> {
-        for _ in 0..50 {
-            if let Some(h) =
-                ShmHeader::read(&self.shm).ctx(self.src.shm_path(), "reading wal-index")?
-            {
-                return Ok(Some(h));
+    /// The files changed identity: close everything on the old ones, then open the new ones.
+    ///
+    /// When the database was replaced, our connections are what keeps the old `-wal` and
+    /// `-shm` alive at their paths (the application's own last close would have checkpointed
+    /// and deleted them). SQLite pairs a WAL with whatever database file sits beside it, so
+    /// leaving them would let the application's next open apply the old file's frames to the
+    /// new one. If no other process still uses them and they are still the files we opened,
+    /// our last connection closes the way the application's would have: it checkpoints into
+    /// the old (orphaned) file and deletes those sidecars. Otherwise they are left alone and a
+    /// warning says so.
+    fn reopen(&mut self) -> Result<()> {
+        let p = self.src.path.clone();
+        for c in &self.readers {
+            end_read(c, &p)?;
+        }
+        let wal_same = self
+            .wal
+            .as_ref()
+            .is_some_and(|(_, id)| file_id(&self.src.wal_path()).is_ok_and(|x| x == *id));
+        let db_replaced = file_id(&p).is_ok_and(|id| id != self.db_id);
+        if db_replaced && wal_same && self.shm.is_current() && !self.shm.others_attached() {
+            for c in &self.readers {
+                let _ = c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false);
             }
-            std::thread::sleep(Duration::from_micros(200));
+            debug(|| "reopen: closing on the replaced file like its last connection".into());
+        } else if db_replaced && wal_same {
+            self.events.push(Event::Warning {
+                message: format!(
+                    "{} was replaced while its old WAL is still beside it and in use by another \
+                     process; SQLite may pair that WAL with the new file. Close every \
+                     connection and remove the -wal and -shm files before swapping a database \
+                     file",
+                    p.display()
+                ),
+            });
         }
-        Ok(None)
+        self.readers.clear();
+        self.wal = None;
+        let (readers, shm) = open_readers(&self.src, self.opts.snapshot.busy_timeout)?;
+        self.readers = readers;
+        self.active = 0;
+        self.shm = shm;
+        self.db_id = file_id(&p).ctx(&p, "reading file identity")?;
+        self.last_shm = None;
+        self.stuck = None;
+        self.zeroed = None;
+        Ok(())
     }
 
-    fn open_wal(&self) -> Result<Option<File>> {
+    /// Our WAL descriptor, (re)opened when the file at the path changed; `None` if there is no
+    /// WAL file.
+    fn open_wal(&mut self) -> Result<Option<&File>> {
         let wp = self.src.wal_path();
-        match File::open(&wp) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(&wp, "opening WAL", e)),
+        let id = match file_id(&wp) {
+            Ok(id) => id,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.wal = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io(&wp, "checking WAL", e)),
+        };
+        if self.wal.as_ref().is_none_or(|(_, old)| *old != id) {
+            match File::open(&wp) {
+                Ok(f) => self.wal = Some((f, id)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.wal = None;
+                    return Ok(None);
+                }
+                Err(e) => return Err(Error::io(&wp, "opening WAL", e)),
+            }
         }
+        Ok(self.wal.as_ref().map(|(f, _)| f))
     }
 
-    fn note_barrier(&mut self, d: Duration) {
-        let u = us(d);
-        self.stats.barriers += 1;
-        self.stats.barrier_total_us += u;
-        self.stats.barrier_max_us = self.stats.barrier_max_us.max(u);
-    }
-
-    /// One round: capture new committed frames, seal when due, move the pin, restart the chain on
-    /// a gap. Call every `opts.poll`.
+    /// One round: capture new committed frames, seal when due, keep the pin out of the
+    /// application's way, restart the chain on a gap. Call every `opts.poll`.
     ///
     /// # Errors
     /// Destination and SQLite failures (the caller logs them and retries or exits).
     pub fn step(&mut self) -> Result<()> {
-        match self.capture_new()? {
-            Ok(()) => {}
-            Err(Gap(reason)) => return self.new_chain(&reason),
+        if let Err(g) = self.capture_new()? {
+            return self.new_chain(g);
         }
         // `interval` bounds how long a committed transaction waits to be sealed: it was
         // committed up to one poll before it was captured, and sealing takes a moment, so the
@@ -639,19 +721,11 @@ impl Capturer {
         });
         if due {
             self.seal()?;
-            // Sealing took a moment (compress, fsync): catch up on what was committed meanwhile
-            // with no barrier held, so inside the barrier only a handful of frames remain.
-            if let Err(Gap(reason)) = self.capture_new()? {
-                return self.new_chain(&reason);
+            if let Err(g) = self.capture_new()? {
+                return self.new_chain(g);
             }
-            self.cut_window()?;
-        } else if self.pending.is_none() && self.last_seal.elapsed() >= self.opts.interval * 5 {
-            // Idle: still move the pin now and then so the application's checkpoints can
-            // backfill and the WAL can restart.
-            self.last_seal = Instant::now();
-            self.cut_window()?;
         }
-        Ok(())
+        self.tend_pin()
     }
 
     /// This capture's heartbeat in `state` ("running", "stopped", "failing"); see
@@ -675,7 +749,7 @@ impl Capturer {
             bundles: self.stats.bundles,
             txns: self.stats.txns,
             bundle_bytes: self.stats.bundle_bytes,
-            barrier_max_us: self.stats.barrier_max_us,
+            step_aside_max_us: self.stats.step_aside_max_us,
             last_error: String::new(),
             last_error_us: 0,
             errors: 0,
@@ -690,39 +764,114 @@ impl Capturer {
         }
     }
 
-    /// Capture everything committed now, seal it, and move the pin (for `--once` and shutdown).
+    /// Capture everything committed now and seal it (for `--once` and shutdown). Nothing is
+    /// captured after the seal, so nothing captured is left unsealed.
     ///
     /// # Errors
     /// As [`Self::step`].
     pub fn flush(&mut self) -> Result<()> {
-        match self.capture_new()? {
-            Ok(()) => {}
-            Err(Gap(reason)) => return self.new_chain(&reason),
+        if let Err(g) = self.capture_new()? {
+            return self.new_chain(g);
         }
-        self.seal()?;
-        self.cut_window()
+        self.seal()
     }
 
-    /// Read frames committed since the cursor into the pending bundle.
-    fn capture_new(&mut self) -> Result<std::result::Result<(), Gap>> {
-        match file_id(&self.src.path) {
-            Ok(id) if id == self.db_id => {}
-            Ok(_) => return Ok(Err(Gap("the database file was replaced".into()))),
-            Err(e) => return Err(Error::io(&self.src.path, "checking the database file", e)),
+    /// Read frames committed since the cursor into the pending bundle. Whatever keeps capture
+    /// from moving past committed frames is timed: past [`STUCK_LIMIT`] it becomes a gap.
+    fn capture_new(&mut self) -> Result<Step> {
+        let r = self.capture_inner()?;
+        if r.is_err() {
+            self.stuck = None;
+            return Ok(r);
         }
-        let Some(wal) = self.open_wal()? else {
+        let Some(shm) = self.last_shm else {
             return Ok(Ok(()));
         };
-        let Some(hdr) = WalHeader::read(&wal).ctx(self.src.wal_path(), "reading WAL header")?
+        // Never stall silently: committed frames of our cycle that stay unread become a gap.
+        if shm.salts == self.cur.salts && self.cur.frame < shm.mx_frame {
+            let key = (self.cur.salts, self.cur.frame);
+            match self.stuck {
+                Some((s, f, since)) if (s, f) == key => {
+                    if since.elapsed() > STUCK_LIMIT {
+                        self.stuck = None;
+                        return Ok(Err(Gap::new(format!(
+                            "committed WAL frame {} stayed unreadable for {} s (the wal-index says \
+                             {} frames are committed)",
+                            self.cur.frame + 1,
+                            STUCK_LIMIT.as_secs(),
+                            shm.mx_frame
+                        ))));
+                    }
+                }
+                _ => self.stuck = Some((key.0, key.1, Instant::now())),
+            }
+        } else {
+            self.stuck = None;
+        }
+        Ok(Ok(()))
+    }
+
+    fn capture_inner(&mut self) -> Result<Step> {
+        let p = self.src.path.clone();
+        match file_id(&p) {
+            Ok(id) if id == self.db_id => {}
+            Ok(_) => {
+                return Ok(Err(Gap::replaced(
+                    "the database file was replaced (a different file now has its name)",
+                )));
+            }
+            // Between an unlink and a rename: look again at the next poll.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(())),
+            Err(e) => return Err(Error::io(&p, "checking the database file", e)),
+        }
+        if !self.shm.is_current() {
+            return Ok(Err(Gap::replaced(
+                "the wal-index (-shm) file was removed or replaced while walbundle had it open",
+            )));
+        }
+        let Some(shm) = self.shm.header()? else {
+            debug(|| "capture: wal-index unreadable".into());
+            return Ok(Ok(()));
+        };
+        self.last_shm = Some(shm);
+        let had_wal = self.wal.as_ref().map(|(_, id)| *id);
+        if self.open_wal()?.is_none() {
+            if had_wal.is_some() {
+                return Ok(Err(Gap::replaced(
+                    "the WAL file was removed while walbundle had it open",
+                )));
+            }
+            return Ok(Ok(()));
+        }
+        let now = self.wal.as_ref().map(|(_, id)| *id);
+        if had_wal.is_some() && had_wal != now {
+            return Ok(Err(Gap::replaced(
+                "the WAL file was replaced while walbundle had it open",
+            )));
+        }
+        let Some((walf, wid)) = self.wal.take() else {
+            return Ok(Ok(()));
+        };
+        let res = self.capture_wal(&walf, shm);
+        self.wal = Some((walf, wid));
+        res
+    }
+
+    fn capture_wal(&mut self, wal: &File, shm: ShmHeader) -> Result<Step> {
+        let Some(hdr) = WalHeader::read(wal).ctx(self.src.wal_path(), "reading WAL header")?
         else {
             return Ok(Ok(())); // empty or being reset: nothing committed in it yet
         };
         if hdr.salts != self.cur.salts {
-            // A new WAL cycle. Without a gap only if R was pinned with the WAL fully backfilled
-            // at exactly our position: then the restart dropped only frames we hold.
+            // A cycle counts once the wal-index says frames are committed in it.
+            if shm.salts != hdr.salts || shm.mx_frame == 0 {
+                return Ok(Ok(()));
+            }
+            // A new WAL cycle. Without a gap only if the pin was taken with the WAL fully
+            // backfilled at exactly our position: then the restart dropped only frames we hold.
             if !(self.pin.full && self.pin.salts == self.cur.salts && self.pin.mx == self.cur.frame)
             {
-                return Ok(Err(Gap(format!(
+                return Ok(Err(Gap::new(format!(
                     "the WAL restarted (salts {:08x}/{:08x} -> {:08x}/{:08x}) at a moment walbundle \
                      cannot prove it held every frame (captured through frame {}; read mark at \
                      frame {}{})",
@@ -740,80 +889,59 @@ impl Capturer {
                 ))));
             }
             if hdr.page_size != self.cur.page_size {
-                return Ok(Err(Gap(format!(
+                return Ok(Err(Gap::new(format!(
                     "page size changed from {} to {}",
                     self.cur.page_size, hdr.page_size
                 ))));
             }
-            self.seal()?;
-            self.cur.salts = hdr.salts;
-            self.cur.frame = 0;
-            self.cur.cksum = hdr.checksum;
-            // At most one restart can happen while R is held: any further one is a gap.
-            self.pin = Pin {
-                salts: hdr.salts,
-                mx: 0,
-                full: false,
-            };
+            self.enter_cycle(hdr.salts)?;
+        }
+        if shm.salts != hdr.salts {
+            return Ok(Ok(())); // the WAL file is a moment ahead of (or behind) its index
+        }
+        if shm.mx_frame < self.cur.frame {
+            return Ok(Err(Gap::new(format!(
+                "the wal-index now ends at frame {}, before the last captured frame {}: the \
+                 source lost committed frames",
+                shm.mx_frame, self.cur.frame
+            ))));
+        }
+        if shm.mx_frame == self.cur.frame {
+            return Ok(Ok(()));
+        }
+        self.scan(wal, &hdr, shm.mx_frame)
+    }
+
+    /// Follow a WAL restart that the pin proves lost nothing: seal the bundle of the old cycle
+    /// and continue at frame 0 of cycle `salts`.
+    fn enter_cycle(&mut self, salts: (u32, u32)) -> Result<()> {
+        self.seal()?;
+        let changed = salts != self.cur.salts;
+        self.cur.salts = salts;
+        self.cur.frame = 0;
+        self.cur.cksum = (0, 0);
+        // At most one restart can happen while the pin is held: any further one is a gap
+        // until the pin moves into the new cycle.
+        self.pin.full = false;
+        if changed {
             self.stats.wal_restarts_followed += 1;
-            self.events.push(Event::WalRestarted { salts: hdr.salts });
+            self.events.push(Event::WalRestarted { salts });
         }
-        self.wal_hdr = Some(hdr);
-        let Some(shm) = self.read_shm()? else {
-            debug(|| "capture: wal-index unreadable".into());
-            return Ok(Ok(()));
-        };
-        if shm.salts != hdr.salts || shm.mx_frame <= self.cur.frame {
-            if shm.salts != hdr.salts {
-                debug(|| {
-                    format!(
-                        "capture: shm salts {:08x} != WAL header {:08x}",
-                        shm.salts.0, hdr.salts.0
-                    )
-                });
-            }
-            return Ok(Ok(()));
-        }
-        let res = self.scan(&wal, &hdr, shm.mx_frame)?;
-        if res.is_err() {
-            return Ok(res);
-        }
-        // Never stall silently: committed frames that stay unreadable become a recorded gap.
-        if self.cur.frame < shm.mx_frame {
-            let since = *self
-                .stuck
-                .get_or_insert((self.cur.salts, self.cur.frame, Instant::now()));
-            if since.0 == self.cur.salts && since.1 == self.cur.frame {
-                if since.2.elapsed() > STUCK_LIMIT {
-                    self.stuck = None;
-                    return Ok(Err(Gap(format!(
-                        "committed WAL frame {} stayed unreadable for {} s (the wal-index says \
-                         {} frames are committed)",
-                        self.cur.frame + 1,
-                        STUCK_LIMIT.as_secs(),
-                        shm.mx_frame
-                    ))));
-                }
-            } else {
-                self.stuck = Some((self.cur.salts, self.cur.frame, Instant::now()));
-            }
-        } else {
-            self.stuck = None;
-        }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Scan frames (cursor, bound], all committed, emitting each transaction at its commit frame.
-    fn scan(
-        &mut self,
-        wal: &File,
-        hdr: &WalHeader,
-        bound: u32,
-    ) -> Result<std::result::Result<(), Gap>> {
+    fn scan(&mut self, wal: &File, hdr: &WalHeader, bound: u32) -> Result<Step> {
         let ps = hdr.page_size as usize;
         let wp = self.src.wal_path();
         let mut buf = vec![0u8; ps + FRAME_HEADER_LEN as usize];
-        let mut cksum = self.cur.cksum;
+        // Frame 1 chains from the header the writer wrote for this cycle (the wal-index's own
+        // running checksum is stale after a TRUNCATE).
+        let mut cksum = if self.cur.frame == 0 {
+            hdr.checksum
+        } else {
+            self.cur.cksum
+        };
         // The open transaction's pages: frame index and, within a memory budget, the bytes
         // already read for the checksum (so each frame is read once, not twice).
         let mut txn_pages: HashMap<u32, (u32, Option<Vec<u8>>)> = HashMap::new();
@@ -823,46 +951,40 @@ impl Capturer {
             let n = pread_full(wal, &mut buf, hdr.frame_offset(i)).ctx(&wp, "reading WAL frame")?;
             if n < buf.len() {
                 debug(|| format!("scan: frame {i} short read {n} (bound {bound})"));
-                return Ok(Ok(())); // shorter than the index says: being rewritten; look again later
+                return Ok(Ok(())); // shorter than the index says: look again later
             }
             let fh = FrameHeader::parse(&buf[..24]);
-            if fh.salts == (0, 0) && fh.checksum == (0, 0) && fh.pgno != 0 {
-                // A committed frame (it is at or below the wal-index's mxFrame) whose salts and
-                // checksum SQLite left zeroed: writers that overwrite a frame in place defer
-                // checksums to commit (`iReCksum`), and SQLite 3.40 can leave a stale
-                // `iReCksum` after a rolled-back transaction, so the commit-time rewrite starts
-                // one frame late and seeds the chain from this header's zeros. The wal-index
-                // is the authority on what is committed; the frames after this one must verify
-                // from a (0, 0) seed, which still catches any real damage.
-                debug(|| {
-                    format!(
-                        "scan: frame {i} has a zeroed header (bound {bound}); continuing from a zero seed"
-                    )
-                });
-                self.stats.zeroed_frames += 1;
-                cksum = (0, 0);
-                txn_pages.insert(fh.pgno, (i, None));
-                if fh.commit_size != 0 {
-                    self.emit_txn(wal, hdr, &mut txn_pages, i, fh.commit_size, cksum)?;
-                    txn_pages.clear();
-                    kept = 0;
-                }
-                i += 1;
-                continue;
-            }
             if fh.salts != hdr.salts {
+                if fh.salts == (0, 0) && fh.checksum == (0, 0) {
+                    // A frame at or below the committed frontier with a zeroed header. SQLite
+                    // writes such frames only inside an uncommitted transaction (`iReCksum`),
+                    // and its own recovery stops at one, so it is never trusted: look once
+                    // more, then start a new chain from a snapshot (which reads the page
+                    // through SQLite, whatever its WAL header says).
+                    let at = (hdr.salts, i);
+                    if self.zeroed == Some(at) {
+                        self.zeroed = None;
+                        self.stats.zeroed_frames += 1;
+                        return Ok(Err(Gap::new(format!(
+                            "committed WAL frame {i} has a zeroed header (salts and checksum 0), \
+                             which SQLite's own recovery would stop at: a new chain starts from \
+                             a snapshot instead of trusting it"
+                        ))));
+                    }
+                    self.zeroed = Some(at);
+                }
                 debug(|| {
                     format!(
                         "scan: frame {i} salts {:08x} != header {:08x} (bound {bound})",
                         fh.salts.0, hdr.salts.0
                     )
                 });
-                return Ok(Ok(())); // the WAL is restarting under us; the next poll sees the new cycle
+                return Ok(Ok(())); // being rewritten, or the WAL restarting: look again later
             }
             let c = wal_checksum(hdr.big_endian_cksum, &buf[..8], cksum);
             let c = wal_checksum(hdr.big_endian_cksum, &buf[24..], c);
             if c != fh.checksum || fh.pgno == 0 {
-                return Ok(Err(Gap(format!(
+                return Ok(Err(Gap::new(format!(
                     "committed WAL frame {i} failed its checksum"
                 ))));
             }
@@ -879,20 +1001,19 @@ impl Capturer {
                 kept = 0;
                 // Bundles stay bounded however much a single scan finds (a backlog after a
                 // burst): seal at this transaction boundary once the bundle is full.
-                if !self.in_barrier
-                    && self
-                        .pending
-                        .as_ref()
-                        .is_some_and(|p| p.body.raw_len() >= self.opts.max_bundle_bytes)
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.body.raw_len() >= self.opts.max_bundle_bytes)
                 {
                     self.seal()?;
                 }
             }
             i += 1;
         }
+        self.zeroed = None;
         Ok(Ok(()))
     }
-
     /// Add one committed transaction (its pages, last version of each) to the pending bundle.
     fn emit_txn(
         &mut self,
@@ -985,7 +1106,7 @@ impl Capturer {
                         .ctx(&wp, "reading WAL frame")?;
                     let again = FrameHeader::parse(&buf[..24]);
                     if n < buf.len()
-                        || (again.salts != hdr.salts && again.salts != (0, 0))
+                        || again.salts != hdr.salts
                         || again.pgno != pgno
                     {
                         return Err(Error::new(
@@ -1088,152 +1209,139 @@ impl Capturer {
         Ok(())
     }
 
-    /// Move R's pin to the newest committed frame under a short write barrier. When the WAL has
-    /// grown past the limit, do it in three steps so that little work happens while writers
-    /// wait: move the pin (short barrier), backfill up to it with no barrier held, then a second
-    /// short barrier that captures and checkpoints only the frames committed since, and pins R
-    /// on the fully backfilled WAL, so the next writer restarts the WAL from its beginning.
-    fn cut_window(&mut self) -> Result<()> {
-        // The WAL's live size is its committed frames, not the file's length: SQLite reuses
-        // the file after a restart, so the file only ever shrinks by `journal_size_limit`.
-        let shm = self.read_shm()?;
-        let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
-        let live = shm.map_or(0, |h| u64::from(h.mx_frame) * frame_bytes);
-        if live <= self.opts.max_wal_bytes {
-            return self.repin(false);
-        }
-        self.repin(false)?;
-        if let Some(h) = self.read_shm()?
-            && h.n_backfill < h.mx_frame
-        {
-            // Backfill up to R's new mark with no barrier held (writers unaffected).
-            let _ = self
-                .c
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        }
-        if let Err(Gap(reason)) = self.capture_new()? {
-            return self.new_chain(&reason);
-        }
-        self.repin(true)
-    }
 
-    /// One write barrier: capture the last frames, end R, optionally checkpoint (PASSIVE, C),
-    /// begin R again, release. Skipped (retried next poll) if the application holds the write
-    /// lock longer than `barrier_timeout`.
-    fn repin(&mut self, checkpoint: bool) -> Result<()> {
-        let p = self.src.path.clone();
-        // Never make writers wait while capture catches up: with a backlog, keep the old pin
-        // (the WAL grows meanwhile) and try again once capture is nearly level.
-        if let Some(h) = self.read_shm()?
-            && h.salts == self.cur.salts
-            && h.mx_frame.saturating_sub(self.cur.frame) > MAX_BARRIER_FRAMES
-        {
-            debug(|| {
-                format!(
-                    "repin skipped: {} frames behind",
-                    h.mx_frame - self.cur.frame
-                )
-            });
+    /// Keep the pin out of the application's way (called every poll):
+    /// - another process holds the checkpoint and the write lock: [`Self::step_aside`];
+    /// - the pin is behind the newest commit (it caps what the application's checkpoints may
+    ///   backfill): move it there;
+    /// - everything is captured and backfilled but the pin is not on the fully backfilled WAL:
+    ///   move it there too, which lets the WAL restart once;
+    /// - the WAL has grown past `max_wal_bytes`: run a PASSIVE checkpoint on the idle reader
+    ///   (at most once per poll interval × 10), then the previous rule applies.
+    fn tend_pin(&mut self) -> Result<()> {
+        if self.shm.blocking_checkpoint() {
+            return self.step_aside();
+        }
+        let Some(h) = self.last_shm else {
             return Ok(());
+        };
+        if self.pin_wants_move(&h) {
+            self.advance()?;
         }
-        self.w
-            .busy_timeout(self.opts.barrier_timeout)
-            .sql_ctx(&p, "setting busy timeout")?;
-        match self.w.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                ) =>
-            {
-                // The application holds the write lock: try at the next poll. If it has held
-                // it for a while with nothing committed, it is most likely its own FULL,
-                // RESTART or TRUNCATE checkpoint waiting for our read mark (and blocking its
-                // writers meanwhile): move the mark without the barrier so it can finish.
-                let since = *self.barrier_busy_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= YIELD_AFTER {
-                    self.barrier_busy_since = None;
-                    return self.yield_pin();
+        let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
+        let live = u64::from(self.last_shm.map_or(0, |h| h.mx_frame)) * frame_bytes;
+        if live > self.opts.max_wal_bytes && self.last_checkpoint.elapsed() >= self.opts.poll * 10
+        {
+            self.last_checkpoint = Instant::now();
+            let idle = &self.readers[1 - self.active];
+            // PASSIVE never takes the write lock and never waits; a busy checkpoint lock (the
+            // application is checkpointing) is not an error.
+            let _ = idle.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            self.stats.checkpoints += 1;
+            if let Some(h) = self.shm.header()? {
+                self.last_shm = Some(h);
+                if self.pin_wants_move(&h) {
+                    self.advance()?;
                 }
-                return Ok(());
             }
-            Err(e) => return Err(Error::sqlite(&p, "taking the write barrier", e)),
         }
-        self.barrier_busy_since = None;
+        Ok(())
+    }
+
+    /// Would moving the pin now help the application (see [`Self::tend_pin`])?
+    fn pin_wants_move(&self, h: &ShmHeader) -> bool {
+        let behind = h.salts != self.pin.salts || h.mx_frame > self.pin.mx;
+        let can_free = !self.pin.full
+            && h.n_backfill == h.mx_frame
+            && h.salts == self.cur.salts
+            && self.cur.frame == h.mx_frame;
+        behind || can_free
+    }
+
+    /// Another process is running a FULL, RESTART or TRUNCATE checkpoint, holding the write
+    /// lock (so nothing commits) while it waits for readers. Capture everything committed, move
+    /// the pin to the newest frame (its backfill no longer waits for us), and once that is
+    /// backfilled, onto the fully backfilled WAL (its restart no longer waits for us) — polling
+    /// every millisecond until the locks are released or [`STEP_ASIDE_LIMIT`] passes.
+    fn step_aside(&mut self) -> Result<()> {
         let t0 = Instant::now();
-        self.in_barrier = true;
-        let res = (|| -> Result<std::result::Result<(), Gap>> {
-            let g = self.capture_new()?;
-            if g.is_err() {
-                return Ok(g);
+        self.stats.step_asides += 1;
+        let mut out_of_way: Option<Duration> = None;
+        while t0.elapsed() < STEP_ASIDE_LIMIT {
+            if let Err(g) = self.capture_new()? {
+                return self.new_chain(g);
             }
-            // R's new mark is what it sees when it begins under the barrier: the whole WAL.
-            self.move_pin(checkpoint, "under the barrier")?;
-            Ok(Ok(()))
-        })();
-        let rb = self.w.execute_batch("ROLLBACK");
-        self.in_barrier = false;
-        self.note_barrier(t0.elapsed());
-        rb.sql_ctx(&p, "releasing the write barrier")?;
-        match res? {
-            Ok(()) => Ok(()),
-            Err(Gap(reason)) => self.new_chain(&reason),
+            if let Some(h) = self.last_shm {
+                if self.pin_wants_move(&h) {
+                    self.advance()?;
+                }
+                let fresh = self.pin.salts == h.salts && self.pin.mx == h.mx_frame;
+                if out_of_way.is_none() && fresh && self.pin.full {
+                    out_of_way = Some(t0.elapsed());
+                }
+            }
+            if !self.shm.blocking_checkpoint() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-    }
-}
-
-/// How long the write barrier may stay unavailable before capture moves its read mark without
-/// it (see [`Capturer::yield_pin`]).
-const YIELD_AFTER: Duration = Duration::from_millis(500);
-
-impl Capturer {
-    /// Move R's read mark to the newest commit without the write barrier, while another
-    /// connection holds the write lock and nothing is being committed — the signature of the
-    /// application's own FULL/RESTART/TRUNCATE checkpoint waiting for readers. Capture reads
-    /// everything committed first; if a commit lands meanwhile, it gives up until next time.
-    /// Without the barrier the new mark is not guaranteed to be exactly at our cursor; if the
-    /// WAL then restarts, `capture_new` proves continuity or records a gap (never a silent loss).
-    fn yield_pin(&mut self) -> Result<()> {
-        let before = self.read_shm()?.map(|h| (h.salts, h.mx_frame));
-        if let Err(Gap(reason)) = self.capture_new()? {
-            return self.new_chain(&reason);
-        }
-        let now = self.read_shm()?.map(|h| (h.salts, h.mx_frame));
-        if before.is_none() || before != now || now.is_some_and(|(_, mx)| mx != self.cur.frame) {
-            return Ok(()); // commits are happening: a writer, not a checkpoint, holds the lock
-        }
-        self.move_pin(false, "yielded to a checkpoint")
+        let took = us(out_of_way.unwrap_or_else(|| t0.elapsed()));
+        self.stats.step_aside_max_us = self.stats.step_aside_max_us.max(took);
+        debug(|| format!("step aside: {took} us"));
+        Ok(())
     }
 
-    /// End R's read transaction (with `checkpoint`, run a PASSIVE checkpoint while no mark is
-    /// held), begin a new one at the newest commit, and record where it is pinned.
-    fn move_pin(&mut self, checkpoint: bool, why: &str) -> Result<()> {
+    /// Move the pin to the newest commit by leapfrogging: the idle reader takes a new pin, capture
+    /// catches up under the old one (which still protects every frame), and the old reader lets
+    /// go only if the new pin is safe to rely on:
+    /// - it is in our cycle, or the WAL is empty at it and we are at (or may follow to) frame 0;
+    /// - if it may be on the fully backfilled WAL (`full`), everything up to it is captured, since
+    ///   the WAL may restart at it as soon as the old pin is gone.
+    ///
+    /// Otherwise the new transaction ends and the old pin stays.
+    fn advance(&mut self) -> Result<()> {
         let p = self.src.path.clone();
-        self.r
-            .execute_batch("COMMIT")
-            .sql_ctx(&p, "ending read transaction")?;
-        if checkpoint {
-            let _ = self
-                .c
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        let spare = 1 - self.active;
+        let Some(p2) = begin_pinned(&self.readers[spare], &self.shm, &p)? else {
+            return Ok(());
+        };
+        let caught_up = match self.capture_new() {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = end_read(&self.readers[spare], &p);
+                return Err(e);
+            }
+        };
+        if let Err(g) = caught_up {
+            end_read(&self.readers[spare], &p)?;
+            return self.new_chain(g);
         }
-        self.r
-            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-            .sql_ctx(&p, "starting read transaction")?;
-        if let Some(h) = self.read_shm()? {
+        let follows_empty = p2.mx == 0
+            && p2.salts != self.cur.salts
+            && (self.cur.frame == 0
+                || (self.pin.full
+                    && self.pin.salts == self.cur.salts
+                    && self.pin.mx == self.cur.frame));
+        let same = p2.salts == self.cur.salts || follows_empty;
+        let safe = same && (!p2.full || follows_empty || self.cur.frame >= p2.mx);
+        if !safe {
             debug(|| {
                 format!(
-                    "pin ({why}): cur salts {:08x} frame {} | shm salts {:08x} mx {} backfill {} | checkpoint {checkpoint}",
-                    self.cur.salts.0, self.cur.frame, h.salts.0, h.mx_frame, h.n_backfill
+                    "advance refused: pin {:08x}/{} full {} vs cursor {:08x}/{}",
+                    p2.salts.0, p2.mx, p2.full, self.cur.salts.0, self.cur.frame
                 )
             });
-            self.pin = Pin {
-                salts: h.salts,
-                mx: h.mx_frame,
-                full: h.mx_frame == h.n_backfill,
-            };
+            return end_read(&self.readers[spare], &p);
         }
+        if follows_empty {
+            // The WAL restarted and is empty (a TRUNCATE): the state is the database file,
+            // which is the state at our cursor.
+            self.enter_cycle(p2.salts)?;
+        }
+        end_read(&self.readers[self.active], &p)?;
+        self.active = spare;
+        self.pin = p2;
+        self.stats.pin_moves += 1;
         Ok(())
     }
 }

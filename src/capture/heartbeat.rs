@@ -45,8 +45,11 @@ pub struct Heartbeat {
     pub txns: u64,
     /// Bytes of bundles published this run.
     pub bundle_bytes: u64,
-    /// Longest write barrier this run, µs.
-    pub barrier_max_us: u64,
+    /// Longest time this run took to step out of the way of the application's own blocking
+    /// checkpoint, µs (walbundle never holds the write lock; this is how long its read mark
+    /// may have delayed such a checkpoint).
+    #[serde(default)]
+    pub step_aside_max_us: u64,
     /// The last error (empty: none since the last success).
     pub last_error: String,
     /// When it happened (µs; 0: none).

@@ -1,14 +1,15 @@
 //! A page-exact full snapshot of a live database, published as generation 0 of a new chain.
 //!
-//! How the image is tied to one committed state and, for WAL databases, to a WAL position:
-//! 1. Connection W takes a write barrier (`BEGIN IMMEDIATE`): no writer can commit.
-//! 2. Connection R starts its read transaction: its snapshot is now every committed frame.
-//! 3. The wal-index header gives that snapshot's last frame, salts and running checksum; the WAL
-//!    file's own header and that frame's header must agree (a cross-check, O(1)).
-//! 4. W rolls back: writers continue. The barrier lasts only steps 2–3, whatever the WAL size.
-//! 5. Pages stream through `sqlite_dbpage` inside R's read transaction, which is byte-exact at
+//! How the image is tied to one committed state and, for WAL databases, to a WAL position —
+//! without ever taking the write lock (an application with no busy timeout must never see
+//! `SQLITE_BUSY` because of walbundle):
+//! 1. Connection R begins a read transaction pinned at an exact WAL position, proven by reading
+//!    the wal-index header before and after it starts ([`super::pin`]).
+//! 2. When that position has frames, the WAL file's own header and that frame's header must
+//!    agree with the wal-index (a cross-check, O(1)).
+//! 3. Pages stream through `sqlite_dbpage` inside R's read transaction, which is byte-exact at
 //!    that snapshot (unlike the backup API, which rewrites page 1, or VACUUM INTO).
-//! 6. The compressed image is decompressed again into a scratch file, hashed, and checked by
+//! 4. The compressed image is decompressed again into a scratch file, hashed, and checked by
 //!    SQLite before the generation folder is renamed into the set.
 
 use std::path::PathBuf;
@@ -17,8 +18,9 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::source::{SourceDb, shm_file};
-use super::wal::{FrameHeader, ShmHeader, WalHeader};
+use super::pin::{Pin, Shm, begin_pinned, begin_read, end_read, unpinnable};
+use super::source::SourceDb;
+use super::wal::{FrameHeader, WalHeader};
 use crate::bundle::image::ImageEncoder;
 use crate::chain::BackupSet;
 use crate::chain::layout::{IMAGE_FILE, MANIFEST_FILE, generation_dir, new_chain_id};
@@ -66,8 +68,6 @@ pub struct SnapshotReport {
     pub manifest: GenerationManifest,
     /// Its folder.
     pub generation_dir: PathBuf,
-    /// How long writers were held at the barrier (WAL databases), in microseconds.
-    pub barrier_us: u64,
     /// Time reading and compressing pages, in milliseconds.
     pub read_ms: u64,
     /// Time verifying the image before publishing, in milliseconds.
@@ -80,67 +80,70 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Position and barrier time from steps 1–4 above; R's read transaction is left open.
-fn begin_pinned_read(
-    src: &SourceDb,
-    r: &Connection,
-    w: &Connection,
-) -> Result<(Option<WalPosition>, Duration)> {
+/// Steps 1–2 above: R's read transaction is left open, pinned at the returned position
+/// (`None` for a database not in WAL mode, read under an ordinary read transaction).
+fn begin_pinned_read(src: &SourceDb, r: &Connection, shm: Option<&Shm>) -> Result<Option<WalPosition>> {
     let p = &src.path;
     let mode: String = r
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .sql_ctx(p, "reading journal mode")?;
     if !mode.eq_ignore_ascii_case("wal") {
-        r.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-            .sql_ctx(p, "starting read transaction")?;
-        return Ok((None, Duration::ZERO));
+        begin_read(r, p)?;
+        return Ok(None);
     }
-    w.execute_batch("BEGIN IMMEDIATE")
-        .sql_ctx(p, "taking the write barrier")?;
-    let t0 = Instant::now();
-    let res = (|| {
-        r.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-            .sql_ctx(p, "starting read transaction")?;
-        wal_position(src)
-    })();
-    let rb = w.execute_batch("ROLLBACK");
-    let barrier = t0.elapsed();
-    let pos = res?;
-    rb.sql_ctx(p, "releasing the write barrier")?;
-    Ok((Some(pos), barrier))
+    let Some(shm) = shm else {
+        return Err(Error::usage("a WAL database needs its wal-index to be pinned").at(p));
+    };
+    let mut last = None;
+    for _ in 0..20 {
+        let Some(pin) = begin_pinned(r, shm, p)? else {
+            return Err(unpinnable(p));
+        };
+        match wal_position(src, &pin)? {
+            Ok(pos) => return Ok(Some(pos)),
+            Err(e) => {
+                end_read(r, p)?;
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| unpinnable(p)))
 }
 
-/// The WAL position of the current committed state, while the write barrier is held.
-fn wal_position(src: &SourceDb) -> Result<WalPosition> {
-    let shm = shm_file(src)?;
-    let shm_path = src.shm_path();
-    let mut hdr = None;
-    for _ in 0..100 {
-        hdr = ShmHeader::read(&shm).ctx(&shm_path, "reading wal-index header")?;
-        if hdr.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let Some(h) = hdr else {
-        return Err(Error::corrupt(
-            &shm_path,
-            "wal-index header is not valid (both copies disagree)",
-        ));
+/// The WAL position of a verified pin, cross-checked against the WAL file. `Ok(Err(_))` when
+/// the WAL file and the wal-index disagree (worth another pin: the WAL may be mid-restart).
+fn wal_position(src: &SourceDb, pin: &Pin) -> Result<std::result::Result<WalPosition, Error>> {
+    let wal_path = src.wal_path();
+    let wal = match std::fs::File::open(&wal_path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&wal_path, "opening WAL", e)),
+    };
+    let wh = match &wal {
+        Some(f) => WalHeader::read(f).ctx(&wal_path, "reading WAL header")?,
+        None => None,
+    };
+    let same_cycle = wh.is_some_and(|h| h.salts == pin.salts);
+    // At frame 0 the next frames chain from whatever header the next writer writes; the
+    // checksum recorded is the current header's when it belongs to this cycle (informational:
+    // capture always seeds frame 1 from the WAL header it reads).
+    let (checksum1, checksum2) = if pin.mx == 0 {
+        wh.filter(|_| same_cycle).map_or((0, 0), |h| h.checksum)
+    } else {
+        pin.cksum
     };
     let pos = WalPosition {
-        salt1: h.salts.0,
-        salt2: h.salts.1,
-        frame: h.mx_frame,
-        checksum1: h.frame_cksum.0,
-        checksum2: h.frame_cksum.1,
-        backfilled: h.n_backfill,
+        salt1: pin.salts.0,
+        salt2: pin.salts.1,
+        frame: pin.mx,
+        checksum1,
+        checksum2,
+        backfilled: pin.backfilled,
     };
-    if h.mx_frame == 0 {
-        return Ok(pos);
+    if pin.mx == 0 {
+        return Ok(Ok(pos));
     }
-    let wal_path = src.wal_path();
-    let wal = std::fs::File::open(&wal_path).ctx(&wal_path, "opening WAL")?;
     let disagree = |what: &str| {
         Error::new(
             ErrorKind::Corrupt,
@@ -149,29 +152,39 @@ fn wal_position(src: &SourceDb) -> Result<WalPosition> {
         .at(&wal_path)
         .hint("retry; if it persists the WAL may be damaged")
     };
-    let wh = WalHeader::read(&wal)
-        .ctx(&wal_path, "reading WAL header")?
-        .ok_or_else(|| disagree("WAL header invalid"))?;
-    if wh.salts != h.salts {
-        return Err(disagree("salts differ"));
+    let (Some(wal), Some(wh)) = (wal, wh) else {
+        // Fully backfilled at the pin: the application may have restarted (or truncated) the
+        // WAL since, which drops only frames already in the database file.
+        return Ok(if pin.full {
+            Ok(pos)
+        } else {
+            Err(disagree("WAL header invalid"))
+        });
+    };
+    if !same_cycle {
+        return Ok(if pin.full {
+            Ok(pos)
+        } else {
+            Err(disagree("salts differ"))
+        });
     }
-    let fh = FrameHeader::read(&wal, &wh, h.mx_frame)
-        .ctx(&wal_path, "reading frame header")?
-        .ok_or_else(|| disagree("WAL shorter than the wal-index says"))?;
-    if fh.salts != h.salts || fh.checksum != h.frame_cksum || fh.commit_size == 0 {
-        return Err(disagree(&format!(
+    let fh = FrameHeader::read(&wal, &wh, pin.mx).ctx(&wal_path, "reading frame header")?;
+    match fh {
+        Some(fh) if fh.salts == pin.salts && fh.checksum == pin.cksum && fh.commit_size != 0 => {
+            Ok(Ok(pos))
+        }
+        _ => Ok(Err(disagree(&format!(
             "frame {} is not the commit frame the wal-index records",
-            h.mx_frame
-        )));
+            pin.mx
+        )))),
     }
-    Ok(pos)
 }
 
 /// Take a snapshot of `src` into `set` as a new chain. The caller holds the set's writer lock.
 ///
 /// # Errors
 /// Any failure leaves nothing published: `Corrupt` if the source is not a readable database or
-/// the image fails verification, `Busy` if the barrier could not be taken in time, `Io` for the
+/// the image fails verification, `Busy` if no read transaction could be pinned, `Io` for the
 /// destination (full, unwritable).
 pub fn snapshot(
     set: &BackupSet,
@@ -179,36 +192,58 @@ pub fn snapshot(
     opts: &SnapshotOptions,
     progress: &dyn Progress,
 ) -> Result<SnapshotReport> {
-    let r = src.connect(opts.busy_timeout, true)?;
-    let w = src.connect(opts.busy_timeout, false)?;
-    snapshot_with(
+    let r = src.connect(opts.busy_timeout)?;
+    let shm = wal_index_for(src, &r)?;
+    let rep = snapshot_with(
         set,
         src,
         opts,
         progress,
         Conns {
             r: &r,
-            w: &w,
+            shm: shm.as_ref(),
             keep_pin: false,
             terms: None,
         },
-    )
+    );
+    // Our SQLite connection closes before the wal-index descriptor, never the other way
+    // round (closing a descriptor drops this process's POSIX locks): see `pin::Shm`.
+    drop(r);
+    drop(shm);
+    rep
+}
+
+/// The wal-index of a WAL database, opened after `r` has read (SQLite creates it at the first
+/// read); `None` in other journal modes. Drop it only after `r`.
+///
+/// # Errors
+/// SQLite or `Io` failures naming the file.
+pub fn wal_index_for(src: &SourceDb, r: &Connection) -> Result<Option<Shm>> {
+    let p = &src.path;
+    let mode: String = r
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .sql_ctx(p, "reading journal mode")?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(None);
+    }
+    r.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .sql_ctx(p, "reading schema")?;
+    Shm::open(&src.shm_path()).map(Some)
 }
 
 /// The caller's connections for [`snapshot_with`], and what to leave behind.
 pub struct Conns<'a> {
     /// Query-only reader: reads the pages.
     pub r: &'a Connection,
-    /// Takes the write barrier (only ever rolls back).
-    pub w: &'a Connection,
+    /// The wal-index descriptor to pin with (required for a WAL database).
+    pub shm: Option<&'a Shm>,
     /// Leave `r`'s read transaction open on return.
     pub keep_pin: bool,
     /// Receive every page's state-checksum term.
     pub terms: Option<&'a mut Vec<u64>>,
 }
 
-/// [`snapshot`] on connections the caller owns (`conns.r` reads, `conns.w` takes the write
-/// barrier). With `keep_pin`, `r`'s read transaction is still open when this returns, so the
+/// [`snapshot`] on a connection the caller owns (`conns.r` reads). With `keep_pin`, `r`'s read transaction is still open when this returns, so the
 /// database cannot move past the snapshot's WAL position unseen (capture continues from it);
 /// otherwise it ends as soon as the pages are read.
 ///
@@ -223,7 +258,7 @@ pub fn snapshot_with(
 ) -> Result<SnapshotReport> {
     let Conns {
         r,
-        w,
+        shm,
         keep_pin,
         terms,
     } = conns;
@@ -233,7 +268,7 @@ pub fn snapshot_with(
     let txn = inv.max_txn() + 1;
     let p = &src.path;
     let t_read = Instant::now();
-    let (wal, barrier) = begin_pinned_read(src, r, w)?;
+    let wal = begin_pinned_read(src, r, shm)?;
     let state_time = jiff::Timestamp::now();
     let journal_mode: String = r
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
@@ -331,7 +366,6 @@ pub fn snapshot_with(
     Ok(SnapshotReport {
         manifest,
         generation_dir,
-        barrier_us: u64::try_from(barrier.as_micros()).unwrap_or(u64::MAX),
         read_ms,
         verify_ms,
         stale_temps_removed: stale,

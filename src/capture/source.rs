@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, config::DbConfig};
@@ -120,13 +119,13 @@ impl SourceDb {
         })
     }
 
-    /// Open a connection for walbundle's own use (never checkpoints on its own). With
-    /// `query_only` it cannot write; the barrier connection needs `BEGIN IMMEDIATE` and so is
-    /// opened without it (it only ever rolls back).
+    /// Open a connection for walbundle's own use: `query_only` (it can never take the write
+    /// lock: walbundle only reads and runs PASSIVE checkpoints), and it never checkpoints on
+    /// its own or on close.
     ///
     /// # Errors
     /// `Sqlite`/`Busy` naming the database.
-    pub fn connect(&self, busy_timeout: Duration, query_only: bool) -> Result<Connection> {
+    pub fn connect(&self, busy_timeout: Duration) -> Result<Connection> {
         let p = &self.path;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let c = Connection::open_with_flags(p, flags).sql_ctx(p, "opening database")?;
@@ -134,10 +133,8 @@ impl SourceDb {
             .sql_ctx(p, "setting busy timeout")?;
         c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .sql_ctx(p, "disabling checkpoint on close")?;
-        if query_only {
-            c.pragma_update(None, "query_only", true)
-                .sql_ctx(p, "setting query_only")?;
-        }
+        c.pragma_update(None, "query_only", true)
+            .sql_ctx(p, "setting query_only")?;
         Ok(c)
     }
 
@@ -157,27 +154,6 @@ pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-/// Descriptors on `-shm` files, opened once and never closed while the process lives: closing
-/// any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included.
-static SHM_FILES: Mutex<Vec<(PathBuf, Arc<File>)>> = Mutex::new(Vec::new());
-
-/// A long-lived read-only descriptor on the `-shm` file of `src`.
-///
-/// # Errors
-/// `Io` if it cannot be opened.
-pub fn shm_file(src: &SourceDb) -> Result<Arc<File>> {
-    let p = src.shm_path();
-    let mut files = SHM_FILES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((_, f)) = files.iter().find(|(q, _)| *q == p) {
-        return Ok(f.clone());
-    }
-    let f = Arc::new(File::open(&p).ctx(&p, "opening wal-index")?);
-    files.push((p, f.clone()));
-    Ok(f)
 }
 
 /// Refuse a destination inside the folder that holds the source database, unless allowed.

@@ -362,10 +362,10 @@ pub fn prometheus(rows: &[Row]) -> String {
     );
     metric(
         &mut s,
-        "walbundle_barrier_max_seconds",
+        "walbundle_step_aside_max_seconds",
         "gauge",
-        "Longest time capture held writers this run.",
-        &|r| r.hb.as_ref().map(|h| h.barrier_max_us as f64 / 1e6),
+        "Longest time capture took to step out of the way of the application's own blocking checkpoint this run (walbundle never holds writers).",
+        &|r| r.hb.as_ref().map(|h| h.step_aside_max_us as f64 / 1e6),
     );
     s
 }

@@ -18,10 +18,12 @@ use crate::{hook, ui};
     after_help = "Runs beside the application. Starts a new chain with a full snapshot when \
     the set has none it can continue (the reason is recorded and shown by `list`), then seals every \
     committed transaction into a bundle within --interval. SIGTERM/SIGINT seal what is committed and \
-    exit 0.\n\nwalbundle writes nothing to the database. It holds a read transaction (so the WAL \
-    cannot restart over frames it has not captured), takes a write barrier for well under a \
-    millisecond when it moves that read mark, and runs PASSIVE checkpoints so the WAL stays \
-    bounded; it never runs RESTART or TRUNCATE checkpoints."
+    exit 0.\n\nwalbundle writes nothing to the database and never takes its write lock, so an \
+    application with no busy timeout never sees `database is locked` because of it. It holds a \
+    read transaction (so the WAL cannot restart over frames it has not captured), moves that \
+    read mark to the newest commit every poll, steps out of the way of the application's own \
+    FULL/RESTART/TRUNCATE checkpoints within a poll, and runs PASSIVE checkpoints only when \
+    the WAL passes --max-wal-mib; it never runs RESTART or TRUNCATE checkpoints."
 )]
 pub struct Args {
     /// The SQLite database to capture (must be in WAL mode).
@@ -90,7 +92,8 @@ fn print_event(json: bool, quiet: bool, db: &str, e: &Event, st: &engine::Captur
     if json {
         let mut v = serde_json::to_value(e).unwrap_or_default();
         v["db"] = serde_json::Value::String(db.to_string());
-        v["barrier_max_us"] = st.barrier_max_us.into();
+        v["pin_moves"] = st.pin_moves.into();
+        v["step_aside_max_us"] = st.step_aside_max_us.into();
         ui::out(&format!("{v}\n"));
         return;
     }
@@ -125,14 +128,14 @@ fn print_event(json: bool, quiet: bool, db: &str, e: &Event, st: &engine::Captur
         } => ui::log(
             false,
             &format!(
-                "{db}: bundle {seq}: txn {}..={} ({}), writer barrier max {:.2} ms",
+                "{db}: bundle {seq}: txn {}..={} ({})",
                 txns.0,
                 txns.1,
                 ui::bytes(*bytes),
-                st.barrier_max_us as f64 / 1000.0
             ),
         ),
         Event::WalRestarted { .. } => {}
+        Event::Warning { message } => ui::log(false, &format!("{db}: warning: {message}")),
         Event::Stopped { stats } => print_stopped(db, stats),
     }
 }
@@ -141,13 +144,14 @@ fn print_stopped(db: &str, stats: &engine::CaptureStats) {
     ui::log(
         false,
         &format!(
-            "{db}: stopped: {} bundle(s), {} txn(s), {} written; writer barrier max {:.2} ms, mean {:.3} ms over {}",
+            "{db}: stopped: {} bundle(s), {} txn(s), {} written; {} read-mark moves, {} own PASSIVE checkpoints, stepped aside for {} application checkpoint(s) (longest {:.1} ms)",
             stats.bundles,
             stats.txns,
             ui::bytes(stats.bundle_bytes),
-            stats.barrier_max_us as f64 / 1000.0,
-            stats.barrier_total_us as f64 / 1000.0 / stats.barriers.max(1) as f64,
-            stats.barriers
+            stats.pin_moves,
+            stats.checkpoints,
+            stats.step_asides,
+            stats.step_aside_max_us as f64 / 1000.0
         ),
     );
 }

@@ -42,7 +42,8 @@ pub struct Args {
     /// zstd compression threads beside the reading thread (0: compress on the reading thread).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub threads: u32,
-    /// Seconds to wait for the database's locks (the write barrier).
+    /// Seconds to wait for a read lock (only an application in exclusive locking mode, or
+    /// SQLite's own wal-index recovery, makes a reader wait).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub busy_timeout: f64,
     /// Folder for the scratch copy the image is checked in (default: the system temp folder).
@@ -172,14 +173,13 @@ fn one(
         };
         ui::out(&format!(
             "generation {}\n  txn {}, {} pages x {} B = {}, stored {} ({pct:.0}%)\n  \
-             write barrier {:.2} ms, read {} ms, verified in {} ms ({} check)\n",
+             read {} ms (no lock taken), verified in {} ms ({} check)\n",
             report.generation_dir.display(),
             m.txn,
             m.page_count,
             m.page_size,
             ui::bytes(m.image.raw_size),
             ui::bytes(m.image.size),
-            report.barrier_us as f64 / 1000.0,
             report.read_ms,
             report.verify_ms,
             m.check,
