@@ -117,8 +117,10 @@ impl Error {
         e.source = Some(Box::new(err));
         if busy {
             e.hint = Some(
-                "another connection held a lock for longer than the busy timeout; \
-                 retry, or raise --busy-timeout"
+                "another connection held a lock for longer than the busy timeout (walbundle \
+                 only reads, but an application in `PRAGMA locking_mode=EXCLUSIVE` keeps every \
+                 other reader out: use the normal locking mode, or back it up while it is \
+                 closed); retry, or raise --busy-timeout"
                     .into(),
             );
         }

@@ -3,8 +3,10 @@
 
 mod support;
 
+mod app_contract;
 mod bundle_corruption;
 mod capture;
+mod capture_review;
 mod compact;
 mod corruption;
 mod errors;

@@ -39,7 +39,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
-use rusqlite::config::DbConfig;
 use serde::Serialize;
 
 use super::pin::{Pin, Shm, begin_pinned, begin_read, end_read, unpinnable};
@@ -627,30 +626,50 @@ impl Capturer {
 
     /// The files changed identity: close everything on the old ones, then open the new ones.
     ///
-    /// When the database was replaced, our connections are what keeps the old `-wal` and
-    /// `-shm` alive at their paths (the application's own last close would have checkpointed
-    /// and deleted them). SQLite pairs a WAL with whatever database file sits beside it, so
-    /// leaving them would let the application's next open apply the old file's frames to the
-    /// new one. If no other process still uses them and they are still the files we opened,
-    /// our last connection closes the way the application's would have: it checkpoints into
-    /// the old (orphaned) file and deletes those sidecars. Otherwise they are left alone and a
-    /// warning says so.
+    /// When the database was replaced, our connections are what kept the old `-wal` and `-shm`
+    /// at their paths (the application's own last close would have checkpointed and deleted
+    /// them; SQLite's close does not once the file has moved). SQLite pairs a WAL with whatever
+    /// database file sits beside it, so leaving them would let the application's next open
+    /// apply the old file's frames to the new one. If no other process uses them and they are
+    /// still the files we had open, they are moved aside (renamed `…-wal.orphaned-<time>`,
+    /// nothing deleted; their committed frames are already captured) and a warning says so;
+    /// if another process is attached, they are left alone and the warning says what to do.
     fn reopen(&mut self) -> Result<()> {
         let p = self.src.path.clone();
         for c in &self.readers {
             end_read(c, &p)?;
         }
-        let wal_same = self
-            .wal
-            .as_ref()
-            .is_some_and(|(_, id)| file_id(&self.src.wal_path()).is_ok_and(|x| x == *id));
+        let wal_path = self.src.wal_path();
+        let wal_id = self.wal.as_ref().map(|(_, id)| *id);
+        let wal_same = wal_id.is_some_and(|id| file_id(&wal_path).is_ok_and(|x| x == id));
         let db_replaced = file_id(&p).is_ok_and(|id| id != self.db_id);
-        if db_replaced && wal_same && self.shm.is_current() && !self.shm.others_attached() {
-            for c in &self.readers {
-                let _ = c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false);
+        let orphaned = db_replaced && wal_same && self.shm.is_current();
+        let attached = orphaned && self.shm.others_attached();
+        let shm_id = self.shm.id();
+        self.readers.clear();
+        self.wal = None;
+        if orphaned && !attached {
+            let stamp = now_us() / 1_000_000;
+            let mut moved = Vec::new();
+            for (path, id) in [(wal_path, wal_id), (self.src.shm_path(), Some(shm_id))] {
+                if id.is_some_and(|id| file_id(&path).is_ok_and(|x| x == id)) {
+                    let to = super::source::sidecar(&path, &format!(".orphaned-{stamp}"));
+                    std::fs::rename(&path, &to)
+                        .ctx(&path, "moving the replaced file's sidecar aside")?;
+                    moved.push(to.display().to_string());
+                }
             }
-            debug(|| "reopen: closing on the replaced file like its last connection".into());
-        } else if db_replaced && wal_same {
+            self.events.push(Event::Warning {
+                message: format!(
+                    "{} was replaced while its old WAL and wal-index were still beside it (kept \
+                     alive by walbundle's connections); SQLite would pair them with the new \
+                     file, so they were moved aside: {} (their frames are captured; remove them \
+                     when you like)",
+                    p.display(),
+                    moved.join(", ")
+                ),
+            });
+        } else if attached {
             self.events.push(Event::Warning {
                 message: format!(
                     "{} was replaced while its old WAL is still beside it and in use by another \
@@ -661,8 +680,6 @@ impl Capturer {
                 ),
             });
         }
-        self.readers.clear();
-        self.wal = None;
         let (readers, shm) = open_readers(&self.src, self.opts.snapshot.busy_timeout)?;
         self.readers = readers;
         self.active = 0;
@@ -816,6 +833,12 @@ impl Capturer {
         match file_id(&p) {
             Ok(id) if id == self.db_id => {}
             Ok(_) => {
+                // Our descriptors still read the old file's WAL: take its last commits first.
+                if let (Some(h), Some((walf, wid))) = (self.shm.header()?, self.wal.take()) {
+                    let res = self.capture_wal(&walf, h);
+                    self.wal = Some((walf, wid));
+                    res?.ok();
+                }
                 return Ok(Err(Gap::replaced(
                     "the database file was replaced (a different file now has its name)",
                 )));
@@ -858,8 +881,7 @@ impl Capturer {
     }
 
     fn capture_wal(&mut self, wal: &File, shm: ShmHeader) -> Result<Step> {
-        let Some(hdr) = WalHeader::read(wal).ctx(self.src.wal_path(), "reading WAL header")?
-        else {
+        let Some(hdr) = WalHeader::read(wal).ctx(self.src.wal_path(), "reading WAL header")? else {
             return Ok(Ok(())); // empty or being reset: nothing committed in it yet
         };
         if hdr.salts != self.cur.salts {
@@ -1105,10 +1127,7 @@ impl Capturer {
                     let n = pread_full(wal, &mut buf, hdr.frame_offset(frame))
                         .ctx(&wp, "reading WAL frame")?;
                     let again = FrameHeader::parse(&buf[..24]);
-                    if n < buf.len()
-                        || again.salts != hdr.salts
-                        || again.pgno != pgno
-                    {
+                    if n < buf.len() || again.salts != hdr.salts || again.pgno != pgno {
                         return Err(Error::new(
                             ErrorKind::Corrupt,
                             format!("WAL frame {frame} changed while being captured"),
@@ -1209,7 +1228,6 @@ impl Capturer {
         Ok(())
     }
 
-
     /// Keep the pin out of the application's way (called every poll):
     /// - another process holds the checkpoint and the write lock: [`Self::step_aside`];
     /// - the pin is behind the newest commit (it caps what the application's checkpoints may
@@ -1230,8 +1248,7 @@ impl Capturer {
         }
         let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
         let live = u64::from(self.last_shm.map_or(0, |h| h.mx_frame)) * frame_bytes;
-        if live > self.opts.max_wal_bytes && self.last_checkpoint.elapsed() >= self.opts.poll * 10
-        {
+        if live > self.opts.max_wal_bytes && self.last_checkpoint.elapsed() >= self.opts.poll * 10 {
             self.last_checkpoint = Instant::now();
             let idle = &self.readers[1 - self.active];
             // PASSIVE never takes the write lock and never waits; a busy checkpoint lock (the

@@ -185,26 +185,12 @@ pub fn begin_pinned(conn: &Connection, shm: &Shm, db: &Path) -> Result<Option<Pi
 /// Start a read transaction and make it read (a deferred `BEGIN` alone reads nothing).
 ///
 /// # Errors
-/// SQLite failures; `Busy` with a hint naming exclusive locking mode.
+/// SQLite failures (`Busy` names exclusive locking mode in its hint).
 pub fn begin_read(conn: &Connection, db: &Path) -> Result<()> {
     conn.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
         .map_err(|e| {
-            let busy = matches!(
-                e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            );
             let _ = conn.execute_batch("ROLLBACK");
-            let err = Error::sqlite(db, "starting read transaction", e);
-            if busy {
-                err.hint(
-                    "another connection holds the database exclusively: an application in \
-                     `PRAGMA locking_mode=EXCLUSIVE` keeps every other reader out, walbundle \
-                     included; use the normal locking mode, or back it up with `walbundle \
-                     snapshot` while it is closed",
-                )
-            } else {
-                err
-            }
+            Error::sqlite(db, "starting read transaction", e)
         })
 }
 

@@ -82,7 +82,11 @@ fn ms(d: Duration) -> u64 {
 
 /// Steps 1–2 above: R's read transaction is left open, pinned at the returned position
 /// (`None` for a database not in WAL mode, read under an ordinary read transaction).
-fn begin_pinned_read(src: &SourceDb, r: &Connection, shm: Option<&Shm>) -> Result<Option<WalPosition>> {
+fn begin_pinned_read(
+    src: &SourceDb,
+    r: &Connection,
+    shm: Option<&Shm>,
+) -> Result<Option<WalPosition>> {
     let p = &src.path;
     let mode: String = r
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))

@@ -47,6 +47,10 @@ def main():
     ap.add_argument("--cache-size", type=int, default=0, help="small values make large txns spill to the WAL before commit")
     ap.add_argument("--autocheckpoint", type=int, default=1000)
     ap.add_argument("--busy-timeout-ms", type=int, default=30000)
+    ap.add_argument("--ddl-every", type=int, default=0, help="ALTER TABLE ADD COLUMN, CREATE and DROP TABLE every N txns")
+    ap.add_argument("--fail-on-locked", action="store_true",
+                    help="exit 3 at the first 'database is locked' or 'busy' error, naming the statement "
+                         "(for applications with no busy timeout, whose every such error is a failure)")
     ap.add_argument("--stop-file", help="stop cleanly (between transactions) once this file exists")
     ap.add_argument("--rows-per-txn", type=int, default=3, help="rows touched by a normal txn (uniform 1..N)")
     ap.add_argument("--min-blob", type=int, default=50)
@@ -139,7 +143,16 @@ def main():
                 except sqlite3.OperationalError as e:
                     if "locked" not in str(e) and "busy" not in str(e):
                         raise
+                    if a.fail_on_locked:
+                        raise
                     time.sleep(0.05)
+        if a.ddl_every and i % a.ddl_every == 0:
+            k = i // a.ddl_every
+            c.execute(f"ALTER TABLE items ADD COLUMN extra{k} INTEGER")
+            c.execute(f"CREATE TABLE scratch{k}(x)")
+            c.execute(f"INSERT INTO scratch{k} VALUES(randomblob(3000))")
+            if k > 1:
+                c.execute(f"DROP TABLE scratch{k - 1}")
         if a.reconnect_every and i % a.reconnect_every == 0:
             c.close()
             c = open_conn()
@@ -148,4 +161,10 @@ def main():
     return 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            print(f"writer.py: {e}", file=sys.stderr)
+            sys.exit(3)
+        raise

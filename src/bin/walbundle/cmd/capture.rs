@@ -185,11 +185,38 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
         );
         Ok(engine::CaptureSpec { src, set, opts })
     };
-    let resolved: Vec<Resolved> = cfg
+    // One capturer per database file, whatever names reach it (symlinks, hard links,
+    // overlapping patterns): a second one would read the header through a descriptor of its
+    // own and, closing it, drop the POSIX locks the first one's SQLite connections hold.
+    let file_key = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let mut ids: std::collections::HashMap<(u64, u64), std::path::PathBuf> =
+        std::collections::HashMap::new();
+    let mut resolved: Vec<Resolved> = Vec::new();
+    for r in cfg
         .resolve(path, a.dest.dest.as_deref())?
         .into_iter()
         .filter(|r| r.mode == Mode::Capture)
-        .collect();
+    {
+        if let Some(k) = file_key(&r.db) {
+            if let Some(first) = ids.get(&k) {
+                ui::log(
+                    a.common.quiet,
+                    &format!(
+                        "{}: the same database file as {}; captured once, under the first name",
+                        r.db.display(),
+                        first.display()
+                    ),
+                );
+                continue;
+            }
+            ids.insert(k, r.db.clone());
+        }
+        resolved.push(r);
+    }
+    let ids = std::sync::Mutex::new(ids);
     let known = std::sync::Mutex::new(
         resolved
             .iter()
@@ -217,6 +244,24 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
         for r in now.into_iter().filter(|r| r.mode == Mode::Capture) {
             if known.contains(&r.db) {
                 continue;
+            }
+            if let Some(k) = file_key(&r.db) {
+                let mut ids = ids
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(first) = ids.get(&k) {
+                    ui::log(
+                        a.common.quiet,
+                        &format!(
+                            "{}: the same database file as {}; captured once, under the first name",
+                            r.db.display(),
+                            first.display()
+                        ),
+                    );
+                    known.insert(r.db.clone());
+                    continue;
+                }
+                ids.insert(k, r.db.clone());
             }
             match spec_for(&r) {
                 Ok(spec) => {

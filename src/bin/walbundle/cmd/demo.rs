@@ -139,9 +139,7 @@ pub fn run(a: Args) -> Result<u8> {
         false,
         &format!(
             "2/6 capture beside the live writer: {} transactions in {} bundles, {} read-mark moves, writers never blocked",
-            st.txns,
-            st.bundles,
-            st.pin_moves
+            st.txns, st.bundles, st.pin_moves
         ),
     );
     let set = BackupSet::open(&set_dir)?;
