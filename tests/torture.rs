@@ -191,10 +191,58 @@ fn source_chaos(seed: u64, sc: Scale, t: &mut Tally) {
         (10 + rng.below(30)).to_string(),
     ]);
     wait_all(vec![w1, w2, w3]);
+    // The application with no busy timeout at all (alone: two such writers would lock each
+    // other out): any `database is locked` makes it exit non-zero, failing the run.
+    let w4 = rig.spawn_writer(&[
+        "--duration".into(),
+        secs(sc.secs / 2.0),
+        "--rate".into(),
+        "300".into(),
+        "--seed".into(),
+        rng.next().to_string(),
+        "--busy-timeout-ms".into(),
+        "0".into(),
+        "--fail-on-locked".into(),
+        "--vacuum-every".into(),
+        (80 + rng.below(80)).to_string(),
+        "--ddl-every".into(),
+        (50 + rng.below(50)).to_string(),
+        "--large-every".into(),
+        (20 + rng.below(20)).to_string(),
+    ]);
+    wait_all(vec![w4]);
+    // Its blocking checkpoints, with an ordinary busy timeout, beside a committing writer.
+    let w5 = rig.spawn_writer(&[
+        "--duration".into(),
+        secs(sc.secs / 2.0 + 1.0),
+        "--rate".into(),
+        "200".into(),
+        "--seed".into(),
+        rng.next().to_string(),
+        "--busy-timeout-ms".into(),
+        "5000".into(),
+    ]);
+    let ck = rusqlite::Connection::open(&rig.db).unwrap();
+    ck.busy_timeout(Duration::from_secs(5)).unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(rng.ms(100, 600));
+        let mode = *rng.pick(&["FULL", "RESTART", "TRUNCATE"]);
+        let busy: i64 = ck
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            busy, 0,
+            "the application's {mode} checkpoint beside capture was refused"
+        );
+    }
+    drop(ck);
+    wait_all(vec![w5]);
     std::thread::sleep(Duration::from_millis(600));
     sigterm(&mut cap);
-    t.faults += 3;
-    t.note = format!("3 writers, app checkpoints {mode}");
+    t.faults += 7;
+    t.note = format!(
+        "3 writers, app checkpoints {mode}; a no-busy-timeout writer; 3 blocking checkpoints"
+    );
     t.restores += oracle(&rig, &mut rng, rig.committed());
 }
 

@@ -1284,13 +1284,20 @@ impl Capturer {
         let t0 = Instant::now();
         self.stats.step_asides += 1;
         let mut out_of_way: Option<Duration> = None;
+        let mut moved_at = Instant::now();
         while t0.elapsed() < STEP_ASIDE_LIMIT {
             if let Err(g) = self.capture_new()? {
                 return self.new_chain(g);
             }
             if let Some(h) = self.last_shm {
-                if self.pin_wants_move(&h) {
+                // `full` is conservative: a reader that began while a checkpointer held read
+                // lock 0, or just as backfill finished, sits on slot K although the header says
+                // fully backfilled. If the checkpoint still waits, pin again (it lands on
+                // slot 0 now).
+                let stuck_full = self.pin.full && moved_at.elapsed() >= Duration::from_millis(10);
+                if self.pin_wants_move(&h) || stuck_full {
                     self.advance()?;
+                    moved_at = Instant::now();
                 }
                 let fresh = self.pin.salts == h.salts && self.pin.mx == h.mx_frame;
                 if out_of_way.is_none() && fresh && self.pin.full {
