@@ -59,8 +59,9 @@ pub struct CaptureOptions {
     pub interval: Duration,
     /// Look for new frames (and for the application's checkpoints waiting on us) this often.
     pub poll: Duration,
-    /// When the WAL's committed frames pass this, walbundle runs PASSIVE checkpoints itself so
-    /// the WAL can restart (applications that checkpoint on their own rarely reach it).
+    /// When the WAL's committed frames pass this, walbundle helps it restart: PASSIVE
+    /// checkpoints of its own and a read mark on the fully backfilled WAL (default 4 MiB, about
+    /// SQLite's own autocheckpoint threshold of 1,000 pages).
     pub max_wal_bytes: u64,
     /// Seal a bundle early once its uncompressed body reaches this.
     pub max_bundle_bytes: u64,
@@ -77,7 +78,7 @@ impl Default for CaptureOptions {
         Self {
             interval: Duration::from_secs(1),
             poll: Duration::from_millis(100),
-            max_wal_bytes: 16 << 20,
+            max_wal_bytes: 4 << 20,
             max_bundle_bytes: 64 << 20,
             level: 3,
             window_log: 24,
@@ -262,7 +263,9 @@ pub struct Capturer {
     /// starts a new chain.
     zeroed: Option<((u32, u32), u32)>,
     last_seal: Instant,
-    last_checkpoint: Instant,
+    /// When the pin last moved, and when capture last tried to let a large WAL restart.
+    last_move: Instant,
+    last_restart_try: Instant,
     events: Vec<Event>,
     /// When the heartbeat file was last written, and when this capture started (µs).
     hb_at: Instant,
@@ -406,7 +409,8 @@ impl Capturer {
             stuck: None,
             zeroed: None,
             last_seal: Instant::now(),
-            last_checkpoint: Instant::now(),
+            last_move: Instant::now(),
+            last_restart_try: Instant::now(),
             events: Vec::new(),
             stats: CaptureStats::default(),
             hb_at: Instant::now(),
@@ -1230,12 +1234,17 @@ impl Capturer {
 
     /// Keep the pin out of the application's way (called every poll):
     /// - another process holds the checkpoint and the write lock: [`Self::step_aside`];
-    /// - the pin is behind the newest commit (it caps what the application's checkpoints may
-    ///   backfill): move it there;
     /// - everything is captured and backfilled but the pin is not on the fully backfilled WAL:
-    ///   move it there too, which lets the WAL restart once;
-    /// - the WAL has grown past `max_wal_bytes`: run a PASSIVE checkpoint on the idle reader
-    ///   (at most once per poll interval × 10), then the previous rule applies.
+    ///   move it there, which lets the WAL restart once;
+    /// - the WAL's committed frames exceed `max_wal_bytes`: once per `interval`, try to let it
+    ///   restart — move the pin
+    ///   to the newest commit, backfill up to it with a PASSIVE checkpoint on the idle reader,
+    ///   and if nothing was committed meanwhile, move onto the fully backfilled WAL. Under writes
+    ///   that never pause for those few milliseconds the WAL keeps growing (restarting it anyway
+    ///   would take the write lock, which walbundle never does); it restarts at the first pause;
+    /// - otherwise, the pin is behind the newest commit (it caps what the application's own
+    ///   checkpoints may backfill): move it there, at most once per `interval`, so the
+    ///   application's checkpoints do real work about once per interval, not at every poll.
     fn tend_pin(&mut self) -> Result<()> {
         if self.shm.blocking_checkpoint() {
             return self.step_aside();
@@ -1243,36 +1252,59 @@ impl Capturer {
         let Some(h) = self.last_shm else {
             return Ok(());
         };
-        if self.pin_wants_move(&h) {
-            self.advance()?;
+        if self.can_free(&h) {
+            return self.advance();
         }
         let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
-        let live = u64::from(self.last_shm.map_or(0, |h| h.mx_frame)) * frame_bytes;
-        if live > self.opts.max_wal_bytes && self.last_checkpoint.elapsed() >= self.opts.poll * 10 {
-            self.last_checkpoint = Instant::now();
-            let idle = &self.readers[1 - self.active];
-            // PASSIVE never takes the write lock and never waits; a busy checkpoint lock (the
-            // application is checkpointing) is not an error.
-            let _ = idle.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-            self.stats.checkpoints += 1;
-            if let Some(h) = self.shm.header()? {
-                self.last_shm = Some(h);
-                if self.pin_wants_move(&h) {
+        let live = u64::from(h.mx_frame) * frame_bytes;
+        if live > self.opts.max_wal_bytes
+            && h.salts == self.cur.salts
+            && self.cur.frame == h.mx_frame
+            && self.last_restart_try.elapsed() >= self.opts.interval
+        {
+            self.last_restart_try = Instant::now();
+            if self.is_behind(&h) {
+                self.advance()?;
+            }
+            if self.pin.mx == h.mx_frame && h.n_backfill < h.mx_frame {
+                let idle = &self.readers[1 - self.active];
+                // PASSIVE never takes the write lock and never waits; a busy checkpoint lock (the
+                // application is checkpointing) is not an error.
+                let _ = idle.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                self.stats.checkpoints += 1;
+            }
+            if let Some(h2) = self.shm.header()? {
+                self.last_shm = Some(h2);
+                if self.can_free(&h2) {
                     self.advance()?;
                 }
             }
+            return Ok(());
+        }
+        if self.is_behind(&h) && self.last_move.elapsed() >= self.opts.interval {
+            self.advance()?;
         }
         Ok(())
     }
 
-    /// Would moving the pin now help the application (see [`Self::tend_pin`])?
-    fn pin_wants_move(&self, h: &ShmHeader) -> bool {
-        let behind = h.salts != self.pin.salts || h.mx_frame > self.pin.mx;
-        let can_free = !self.pin.full
+    /// The pin is older than the newest commit (or in an older cycle).
+    fn is_behind(&self, h: &ShmHeader) -> bool {
+        h.salts != self.pin.salts || h.mx_frame > self.pin.mx
+    }
+
+    /// Everything committed is captured and backfilled, and the pin may be what keeps the WAL
+    /// from restarting.
+    fn can_free(&self, h: &ShmHeader) -> bool {
+        !self.pin.full
             && h.n_backfill == h.mx_frame
+            && h.mx_frame > 0
             && h.salts == self.cur.salts
-            && self.cur.frame == h.mx_frame;
-        behind || can_free
+            && self.cur.frame == h.mx_frame
+    }
+
+    /// Would moving the pin now help a waiting checkpointer (see [`Self::step_aside`])?
+    fn pin_wants_move(&self, h: &ShmHeader) -> bool {
+        self.is_behind(h) || self.can_free(h)
     }
 
     /// Another process is running a FULL, RESTART or TRUNCATE checkpoint, holding the write
@@ -1365,6 +1397,7 @@ impl Capturer {
         end_read(&self.readers[self.active], &p)?;
         self.active = spare;
         self.pin = p2;
+        self.last_move = Instant::now();
         self.stats.pin_moves += 1;
         Ok(())
     }

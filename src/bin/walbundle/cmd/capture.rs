@@ -46,8 +46,10 @@ pub struct Args {
     /// (e.g. 1s, 250ms, 10ms).
     #[arg(long, default_value = "1s", value_parser = config::duration)]
     pub interval: Duration,
-    /// Cut a window that lets the WAL restart once it grows past this many MiB.
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    /// Once the WAL's committed frames pass this many MiB, help it restart: backfill with
+    /// PASSIVE checkpoints of our own and move the read mark onto the fully backfilled WAL
+    /// (under writes that never pause for a few milliseconds the WAL grows until they do).
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub max_wal_mib: u64,
     /// Seal a bundle early once it holds this many MiB of pages.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
