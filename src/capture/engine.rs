@@ -1122,33 +1122,45 @@ impl Capturer {
                 .pending
                 .as_mut()
                 .ok_or_else(|| Error::usage("no pending bundle"))?;
-            // State first (the record carries the state after the transaction).
-            let mut contents: Vec<(u32, Vec<u8>)> = Vec::with_capacity(order.len());
-            for (pgno, frame, kept) in order {
-                let page: Vec<u8> = if let Some(p) = kept {
-                    p
-                } else {
-                    let n = pread_full(wal, &mut buf, hdr.frame_offset(frame))
-                        .ctx(&wp, "reading WAL frame")?;
-                    let again = FrameHeader::parse(&buf[..24]);
-                    if n < buf.len() || again.salts != hdr.salts || again.pgno != pgno {
-                        return Err(Error::new(
-                            ErrorKind::Corrupt,
-                            format!("WAL frame {frame} changed while being captured"),
-                        )
-                        .at(&wp));
-                    }
-                    buf[FRAME_HEADER_LEN as usize..].to_vec()
-                };
-                let t = if pgno == lock {
+            // Two passes, so memory does not grow with the transaction: the record carries the
+            // state after the transaction before its pages, so the first pass computes every
+            // page's term, the second streams the pages into the bundle. Pages the scan kept
+            // (up to TXN_KEEP_BYTES) are not read again; the others are read twice, and must
+            // read back the same both times.
+            let read_page = |buf: &mut Vec<u8>, pgno: u32, frame: u32| -> Result<()> {
+                let n =
+                    pread_full(wal, buf, hdr.frame_offset(frame)).ctx(&wp, "reading WAL frame")?;
+                let again = FrameHeader::parse(&buf[..24]);
+                if n < buf.len() || again.salts != hdr.salts || again.pgno != pgno {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!("WAL frame {frame} changed while being captured"),
+                    )
+                    .at(&wp));
+                }
+                Ok(())
+            };
+            let term_of = |pgno: u32, page: &[u8]| {
+                if pgno == lock {
                     0
                 } else {
-                    crate::bundle::checksum::page_term(pgno, &page)
+                    crate::bundle::checksum::page_term(pgno, page)
+                }
+            };
+            let mut new_terms: Vec<u64> = Vec::with_capacity(order.len());
+            for (pgno, frame, kept) in &order {
+                let t = if let Some(p) = kept {
+                    term_of(*pgno, p)
+                } else {
+                    read_page(&mut buf, *pgno, *frame)?;
+                    term_of(*pgno, &buf[FRAME_HEADER_LEN as usize..])
                 };
-                let slot = &mut self.terms[pgno as usize - 1];
-                state.0 ^= *slot ^ t;
-                *slot = t;
-                contents.push((pgno, page));
+                new_terms.push(t);
+            }
+            for ((pgno, _, _), t) in order.iter().zip(&new_terms) {
+                let slot = &mut self.terms[*pgno as usize - 1];
+                state.0 ^= *slot ^ *t;
+                *slot = *t;
             }
             meta_state = state;
             let meta = TxnMeta {
@@ -1157,11 +1169,24 @@ impl Capturer {
                 commit_frame,
                 state_after: state.0,
             };
-            let n_pages = u32::try_from(contents.len()).unwrap_or(u32::MAX);
+            let n_pages = u32::try_from(order.len()).unwrap_or(u32::MAX);
             pend.body
                 .begin_txn(&meta, n_pages)
                 .ctx(&wp, "compressing")?;
-            for (pgno, page) in &contents {
+            for ((pgno, frame, kept), t) in order.iter().zip(&new_terms) {
+                let page: &[u8] = if let Some(p) = kept {
+                    p
+                } else {
+                    read_page(&mut buf, *pgno, *frame)?;
+                    &buf[FRAME_HEADER_LEN as usize..]
+                };
+                if term_of(*pgno, page) != *t {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!("WAL frame {frame} changed while being captured"),
+                    )
+                    .at(&wp));
+                }
                 pend.body.page(*pgno, page).ctx(&wp, "compressing")?;
             }
             pend.body.end_txn().ctx(&wp, "compressing")?;
