@@ -162,3 +162,26 @@ pub fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     let md = std::fs::metadata(path)?;
     Ok((md.dev(), md.ino()))
 }
+
+/// Raise this process's soft limit on open files to its hard limit (as Go programs do at
+/// start); returns (old soft, new soft). Capture holds a few descriptors per database, and the
+/// common soft default of 1024 would cap one process at a few hundred databases.
+pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid, writable rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: lim is a valid rlimit struct with cur <= max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((old, lim.rlim_cur))
+}

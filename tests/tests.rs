@@ -14,6 +14,7 @@ mod fuzz_seeds;
 mod golden;
 mod model;
 mod ops;
+mod resources;
 mod retention;
 mod snapshot;
 mod torture;

@@ -1448,6 +1448,17 @@ fn read_terms(
     Ok((terms, state))
 }
 
+/// Raise the process's soft limit on open files to its hard limit; returns (old, new). Each
+/// captured database holds about seven descriptors (two SQLite connections with their WAL
+/// handles, the shared wal-index, walbundle's own WAL and wal-index descriptors), so the
+/// common soft default of 1024 would cap one process well below a thousand databases.
+///
+/// # Errors
+/// The system call's error.
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    crate::sys::raise_open_files_limit()
+}
+
 /// Capture `src` into `set` until SIGTERM/SIGINT (or once, with `once`), calling `on_event`
 /// for every event. Installs the signal handlers.
 ///

@@ -344,6 +344,13 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
 }
 
 pub fn run(a: Args) -> Result<u8> {
+    // A few descriptors per database: lift the soft limit to the hard one, as Go programs do.
+    if let Err(e) = engine::raise_open_files_limit() {
+        ui::log(
+            a.common.quiet,
+            &format!("could not raise the open-files limit: {e}"),
+        );
+    }
     if let Some(cfg) = a.config.clone() {
         return run_config(&a, &cfg);
     }
