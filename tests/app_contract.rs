@@ -14,7 +14,6 @@
 //! tool and Litestream in `benches/compare/app_contract.py`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -292,24 +291,7 @@ enum Swap {
 fn swap_case(swap: Swap, config: bool) {
     let mut run = Rig::new(300);
     let mut cap = if config {
-        let cfg = run.t.path("walbundle.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "dest = \"{}\"\ninterval = \"200ms\"\n\n[[database]]\npath = \"{}\"\n",
-                s(&run.dest),
-                s(&run.db)
-            ),
-        )
-        .unwrap();
-        let c = Command::new(bin())
-            .args(["capture", "--config", s(&cfg)])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(run.t.path("capture.log")).unwrap())
-            .spawn()
-            .unwrap();
-        run.wait_first_generation();
-        c
+        run.start_config_capture(&[&run.db], "")
     } else {
         run.start_capture(&[])
     };

@@ -9,7 +9,7 @@
 //!   process drops SQLite's locks).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::rig::{Rig, has_generation, stop_capture};
@@ -230,24 +230,7 @@ fn a_symlink_to_a_database_already_captured_is_captured_once() {
     let run = Rig::new(200);
     let link = run.t.mkdir("links").join("alias.db");
     std::os::unix::fs::symlink(&run.db, &link).unwrap();
-    let cfg = run.t.path("walbundle.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "dest = \"{}\"\ninterval = \"200ms\"\nrescan = \"300ms\"\n\n[[database]]\npath = \"{}\"\n\n[[database]]\npath = \"{}\"\n",
-            s(&run.dest),
-            s(&run.db),
-            s(&link)
-        ),
-    )
-    .unwrap();
-    let mut cap = Command::new(bin())
-        .args(["capture", "--config", s(&cfg)])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(run.t.path("capture.log")).unwrap())
-        .spawn()
-        .unwrap();
-    run.wait_first_generation();
+    let mut cap = run.start_config_capture(&[&run.db, &link], "rescan = \"300ms\"");
     run.write(&["--txns", "300", "--rate", "500"]);
     std::thread::sleep(Duration::from_millis(900));
     stop_capture(&mut cap);

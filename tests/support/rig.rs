@@ -88,6 +88,28 @@ impl Rig {
         c.spawn().expect("spawn capture")
     }
 
+    /// Start `capture --config` on a config naming `paths` (200 ms interval, `extra` TOML
+    /// lines first), its stderr in the capture log, and wait for the first generation.
+    pub fn start_config_capture(&self, paths: &[&std::path::Path], extra: &str) -> Child {
+        let cfg = self.t.path("walbundle.toml");
+        let mut toml = format!(
+            "dest = \"{}\"\ninterval = \"200ms\"\n{extra}\n",
+            s(&self.dest)
+        );
+        for p in paths {
+            toml.push_str(&format!("\n[[database]]\npath = \"{}\"\n", s(p)));
+        }
+        std::fs::write(&cfg, toml).unwrap();
+        let c = Command::new(bin())
+            .args(["capture", "--config", s(&cfg)])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.t.path("capture.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.wait_first_generation();
+        c
+    }
+
     /// Start a capture and give it up to 10 s to make its first chain.
     pub fn start_capture(&self, extra: &[&str]) -> Child {
         let child = self.spawn_capture(extra, &[]);

@@ -194,6 +194,16 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
     };
+    let same_file = |p: &std::path::Path, first: &std::path::Path| {
+        ui::log(
+            a.common.quiet,
+            &format!(
+                "{}: the same database file as {}; captured once, under the first name",
+                p.display(),
+                first.display()
+            ),
+        );
+    };
     let mut ids: std::collections::HashMap<(u64, u64), std::path::PathBuf> =
         std::collections::HashMap::new();
     let mut resolved: Vec<Resolved> = Vec::new();
@@ -204,14 +214,7 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
     {
         if let Some(k) = file_key(&r.db) {
             if let Some(first) = ids.get(&k) {
-                ui::log(
-                    a.common.quiet,
-                    &format!(
-                        "{}: the same database file as {}; captured once, under the first name",
-                        r.db.display(),
-                        first.display()
-                    ),
-                );
+                same_file(&r.db, first);
                 continue;
             }
             ids.insert(k, r.db.clone());
@@ -252,14 +255,7 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(first) = ids.get(&k) {
-                    ui::log(
-                        a.common.quiet,
-                        &format!(
-                            "{}: the same database file as {}; captured once, under the first name",
-                            r.db.display(),
-                            first.display()
-                        ),
-                    );
+                    same_file(&r.db, first);
                     known.insert(r.db.clone());
                     continue;
                 }
