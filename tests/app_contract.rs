@@ -211,14 +211,10 @@ fn application_blocking_checkpoints_complete_beside_capture() {
             .then(|| run.spawn_writer(&["--duration", "8", "--rate", "300"].map(String::from)));
         for mode in ["TRUNCATE", "RESTART", "FULL", "TRUNCATE"] {
             std::thread::sleep(Duration::from_millis(1500));
-            let t0 = Instant::now();
-            let (busy, _log, _done): (i64, i64, i64) = ck
-                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .unwrap();
-            let took = t0.elapsed();
-            results.push(format!("{phase} {mode}: busy={busy} {took:.2?}"));
+            let (busy, took, attempts) = app_checkpoint(&ck, mode);
+            results.push(format!(
+                "{phase} {mode}: busy={busy} {took:.2?} ({attempts} tries)"
+            ));
             assert_eq!(
                 busy,
                 0,

@@ -43,7 +43,14 @@ fn one_huge_transaction_is_captured_in_flat_memory() {
             .unwrap();
         assert_eq!(busy, 0);
     }
-    let mut cap = run.start_capture(&[]);
+    let mut cap = run.spawn_capture(&[], &[]);
+    // A multi-GB snapshot (read, compress, verify) takes a while.
+    for _ in 0..1800 {
+        if crate::support::rig::has_generation(&run.set()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     run.wait_first_generation();
     let base = peak_rss(cap.id());
     // The application's VACUUM: one transaction rewriting the whole database, spilling to the
@@ -66,7 +73,7 @@ fn one_huge_transaction_is_captured_in_flat_memory() {
     );
     // Wait until it is sealed (a bundle holding the VACUUM), probing the peak meanwhile.
     let mut sealed = false;
-    for _ in 0..600 {
+    for _ in 0..1800 {
         let l = wb(["list", s(&run.set()), "--json"]).json();
         let big = l["chains"].as_array().into_iter().flatten().any(|c| {
             c["bundles"]

@@ -326,6 +326,15 @@ impl Gap {
 
 type Step = std::result::Result<(), Gap>;
 
+/// A transaction's commit frame: its index, the database size after it (pages), and the
+/// running WAL checksum through it.
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    frame: u32,
+    size: u32,
+    cksum: (u32, u32),
+}
+
 /// Open our two readers on `src` (WAL mode required), each having read once so that it can
 /// checkpoint, and the wal-index descriptor — in that order (SQLite creates the wal-index).
 fn open_readers(src: &SourceDb, busy: Duration) -> Result<(Vec<Connection>, Shm)> {
@@ -970,8 +979,12 @@ impl Capturer {
         };
         // The open transaction's pages: frame index and, within a memory budget, the bytes
         // already read for the checksum (so each frame is read once, not twice).
-        let mut txn_pages: HashMap<u32, (u32, Option<Vec<u8>>)> = HashMap::new();
-        let mut kept: usize = 0;
+        // The open transaction's pages: page number to its newest frame (8 bytes a page plus
+        // the map's own overhead: the only part of memory that grows with the transaction), and
+        // within TXN_KEEP_BYTES the bytes already read for the checksum, so most transactions
+        // read each frame once.
+        let mut txn_pages: HashMap<u32, u32> = HashMap::new();
+        let mut kept: HashMap<u32, Vec<u8>> = HashMap::new();
         let mut i = self.cur.frame + 1;
         while i <= bound {
             let n = pread_full(wal, &mut buf, hdr.frame_offset(i)).ctx(&wp, "reading WAL frame")?;
@@ -1015,16 +1028,22 @@ impl Capturer {
                 ))));
             }
             cksum = c;
-            let keep = kept + ps <= TXN_KEEP_BYTES;
-            if keep {
-                kept += ps;
+            txn_pages.insert(fh.pgno, i);
+            let page = &buf[FRAME_HEADER_LEN as usize..];
+            if let Some(old) = kept.get_mut(&fh.pgno) {
+                old.copy_from_slice(page); // the newest version wins
+            } else if (kept.len() + 1) * ps <= TXN_KEEP_BYTES {
+                kept.insert(fh.pgno, page.to_vec());
             }
-            let content = keep.then(|| buf[FRAME_HEADER_LEN as usize..].to_vec());
-            txn_pages.insert(fh.pgno, (i, content));
             if fh.commit_size != 0 {
-                self.emit_txn(wal, hdr, &mut txn_pages, i, fh.commit_size, c)?;
+                let commit = Commit {
+                    frame: i,
+                    size: fh.commit_size,
+                    cksum: c,
+                };
+                self.emit_txn(wal, hdr, &mut txn_pages, &kept, commit)?;
                 txn_pages.clear();
-                kept = 0;
+                kept.clear();
                 // Bundles stay bounded however much a single scan finds (a backlog after a
                 // burst): seal at this transaction boundary once the bundle is full.
                 if self
@@ -1045,11 +1064,15 @@ impl Capturer {
         &mut self,
         wal: &File,
         hdr: &WalHeader,
-        pages: &mut HashMap<u32, (u32, Option<Vec<u8>>)>,
-        commit_frame: u32,
-        commit_size: u32,
-        cksum: (u32, u32),
+        pages: &mut HashMap<u32, u32>,
+        kept: &HashMap<u32, Vec<u8>>,
+        commit: Commit,
     ) -> Result<()> {
+        let Commit {
+            frame: commit_frame,
+            size: commit_size,
+            cksum,
+        } = commit;
         let ps = hdr.page_size;
         let wp = self.src.wal_path();
         if self.pending.is_none() {
@@ -1093,8 +1116,8 @@ impl Capturer {
                 started: Instant::now(),
             });
         }
-        let mut order: Vec<(u32, u32, Option<Vec<u8>>)> =
-            pages.drain().map(|(p, (f, c))| (p, f, c)).collect();
+        let mut order: Vec<(u32, u32)> = pages.drain().collect();
+        order.shrink_to_fit();
         order.sort_unstable_by_key(|e| e.0);
         order.retain(|e| e.0 <= commit_size);
         let mut buf = vec![0u8; ps as usize + FRAME_HEADER_LEN as usize];
@@ -1148,8 +1171,8 @@ impl Capturer {
                 }
             };
             let mut new_terms: Vec<u64> = Vec::with_capacity(order.len());
-            for (pgno, frame, kept) in &order {
-                let t = if let Some(p) = kept {
+            for (pgno, frame) in &order {
+                let t = if let Some(p) = kept.get(pgno) {
                     term_of(*pgno, p)
                 } else {
                     read_page(&mut buf, *pgno, *frame)?;
@@ -1157,7 +1180,7 @@ impl Capturer {
                 };
                 new_terms.push(t);
             }
-            for ((pgno, _, _), t) in order.iter().zip(&new_terms) {
+            for ((pgno, _), t) in order.iter().zip(&new_terms) {
                 let slot = &mut self.terms[*pgno as usize - 1];
                 state.0 ^= *slot ^ *t;
                 *slot = *t;
@@ -1173,8 +1196,8 @@ impl Capturer {
             pend.body
                 .begin_txn(&meta, n_pages)
                 .ctx(&wp, "compressing")?;
-            for ((pgno, frame, kept), t) in order.iter().zip(&new_terms) {
-                let page: &[u8] = if let Some(p) = kept {
+            for ((pgno, frame), t) in order.iter().zip(&new_terms) {
+                let page: &[u8] = if let Some(p) = kept.get(pgno) {
                     p
                 } else {
                     read_page(&mut buf, *pgno, *frame)?;

@@ -338,3 +338,24 @@ pub fn wait_for_pause(c: &mut Child, pause_file: &Path, limit: std::time::Durati
     }
     pause_file.exists()
 }
+
+/// The application's own `PRAGMA wal_checkpoint(MODE)` on `c`: (busy flag, time of the last
+/// attempt, attempts). A checkpoint refused at once (within 20 ms) found the checkpoint lock
+/// taken — SQLite gives a second checkpointer BUSY immediately, and the application's own
+/// auto-checkpoints take that lock after commits, with or without walbundle — so it is tried
+/// again, up to five times, as applications do; one that waited is never retried.
+pub fn app_checkpoint(c: &rusqlite::Connection, mode: &str) -> (i64, std::time::Duration, u32) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let t0 = std::time::Instant::now();
+        let busy: i64 = c
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
+            .unwrap();
+        let took = t0.elapsed();
+        if busy == 0 || took >= std::time::Duration::from_millis(20) || attempts == 5 {
+            return (busy, took, attempts);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
