@@ -71,6 +71,11 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// This machine's host name, or "unknown-host".
 pub fn hostname() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(hostname_uncached).clone()
+}
+
+fn hostname_uncached() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates on success
     // when the name fits, and we stop at the first NUL or the end.

@@ -266,9 +266,13 @@ pub struct Capturer {
     /// When the pin last moved, and when capture last tried to let a large WAL restart.
     last_move: Instant,
     last_restart_try: Instant,
+    /// When the files' identity was last checked.
+    identity_at: Instant,
     events: Vec<Event>,
-    /// When the heartbeat file was last written, and when this capture started (µs).
+    /// When the heartbeat file was last written, what it said (txns, bundles, chains, stuck),
+    /// and when this capture started (µs).
     hb_at: Instant,
+    hb_mark: (u64, u64, u64, bool),
     started_us: i64,
     /// Running totals.
     pub stats: CaptureStats,
@@ -293,6 +297,13 @@ fn debug(msg: impl FnOnce() -> String) {
 /// Per transaction, keep up to this many bytes of page content from the checksum pass instead of
 /// reading the frames again when the transaction commits.
 const TXN_KEEP_BYTES: usize = 8 << 20;
+
+/// The heartbeat is written about once a second while something changes, and this often when
+/// nothing does (`status` allows a heartbeat at least three times this old).
+pub const HEARTBEAT_IDLE: Duration = Duration::from_secs(5);
+
+/// How often an idle poll (the wal-index header unchanged) still checks the files' identity.
+const IDENTITY_EVERY: Duration = Duration::from_secs(1);
 
 /// How long committed frames may stay unreadable before capture gives up on the chain.
 const STUCK_LIMIT: Duration = Duration::from_secs(5);
@@ -420,9 +431,11 @@ impl Capturer {
             last_seal: Instant::now(),
             last_move: Instant::now(),
             last_restart_try: Instant::now(),
+            identity_at: Instant::now(),
             events: Vec::new(),
             stats: CaptureStats::default(),
             hb_at: Instant::now(),
+            hb_mark: (u64::MAX, 0, 0, false),
             started_us: now_us(),
         };
         match me.resume(&inv)? {
@@ -788,8 +801,17 @@ impl Capturer {
 
     /// Write the heartbeat file (at most about once a second unless `force`).
     pub fn write_heartbeat(&mut self, state: &str, force: bool) {
-        if force || self.hb_at.elapsed() >= Duration::from_secs(1) {
+        let mark = (
+            self.stats.txns,
+            self.stats.bundles,
+            self.stats.chains_started,
+            self.stuck.is_some(),
+        );
+        let changed = mark != self.hb_mark;
+        let age = self.hb_at.elapsed();
+        if force || (changed && age >= Duration::from_secs(1)) || age >= HEARTBEAT_IDLE {
             self.hb_at = Instant::now();
+            self.hb_mark = mark;
             super::heartbeat::write(self.set.dir(), &self.heartbeat(state));
         }
     }
@@ -842,6 +864,16 @@ impl Capturer {
     }
 
     fn capture_inner(&mut self) -> Result<Step> {
+        // The idle fast path: an unchanged wal-index header means nothing was committed and no
+        // restart happened, so one `pread` answers the poll; the files' identity is still
+        // checked every IDENTITY_EVERY.
+        if let Some(last) = self.last_shm
+            && self.identity_at.elapsed() < IDENTITY_EVERY
+            && self.shm.header()? == Some(last)
+        {
+            return Ok(Ok(()));
+        }
+        self.identity_at = Instant::now();
         let p = self.src.path.clone();
         match file_id(&p) {
             Ok(id) if id == self.db_id => {}

@@ -203,7 +203,10 @@ pub fn row(
                 Some(h) => {
                     let lag = h.lag_s(now_us());
                     r.lag_s = Some(lag);
-                    let beat_limit = stale.min(Duration::from_secs(60)).as_micros() as i64;
+                    let beat_limit = stale
+                        .min(Duration::from_secs(60))
+                        .max(walbundle::capture::engine::HEARTBEAT_IDLE * 3)
+                        .as_micros() as i64;
                     match h.state.as_str() {
                         "failing" => r.problems.push(format!(
                             "capture is failing ({}): {}",
