@@ -138,14 +138,15 @@ impl SourceDb {
         Ok(c)
     }
 
-    /// Path of the WAL file.
+    /// Path of the WAL file. SQLite names sidecars after the database's real path (it
+    /// resolves symlinks), so they are found beside the canonical path, not the given one.
     pub fn wal_path(&self) -> PathBuf {
-        sidecar(&self.path, "-wal")
+        sidecar(&self.canonical, "-wal")
     }
 
-    /// Path of the wal-index file.
+    /// Path of the wal-index file (beside the canonical path, as [`Self::wal_path`]).
     pub fn shm_path(&self) -> PathBuf {
-        sidecar(&self.path, "-shm")
+        sidecar(&self.canonical, "-shm")
     }
 }
 
