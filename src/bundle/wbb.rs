@@ -311,12 +311,41 @@ pub struct TxnMeta {
 
 /// Streams transaction records into a compressed body held in memory-bounded zstd output.
 pub struct BodyEncoder<W: Write = Vec<u8>> {
-    enc: zstd::stream::write::Encoder<'static, W>,
+    enc: Stage<W>,
+    level: i32,
+    window_log: u32,
     raw_len: u64,
     crc: crc32fast::Hasher,
     page_size: u32,
     pending_pages: u32,
     declared_pages: u32,
+}
+
+/// Where the raw body goes: held in memory while it is small (most bundles), so no zstd context
+/// (about 1.5 MiB of tables at level 3 with a 16 MiB window) exists per pending bundle; into a
+/// streaming encoder once it passes [`STAGE_BYTES`]. Either way the compressed bytes are the
+/// same: the staged bytes go through the same streaming encoder, and zstd's output does not
+/// depend on how its input is split.
+enum Stage<W: Write> {
+    Staged(Vec<u8>, W),
+    Streaming(zstd::stream::write::Encoder<'static, W>),
+    Empty,
+}
+
+/// Raw body bytes held before a compressor is set up.
+pub const STAGE_BYTES: usize = 256 << 10;
+
+fn encoder<W: Write>(
+    w: W,
+    level: i32,
+    window_log: u32,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut enc = zstd::stream::write::Encoder::new(w, level)?;
+    enc.include_checksum(false)?;
+    if window_log > 0 {
+        enc.window_log(window_log.clamp(10, super::image::MAX_WINDOW_LOG))?;
+    }
+    Ok(enc)
 }
 
 impl BodyEncoder<Vec<u8>> {
@@ -339,13 +368,10 @@ impl<W: Write> BodyEncoder<W> {
     /// # Errors
     /// Only if zstd cannot be set up.
     pub fn to_writer(w: W, page_size: u32, level: i32, window_log: u32) -> io::Result<Self> {
-        let mut enc = zstd::stream::write::Encoder::new(w, level)?;
-        enc.include_checksum(false)?;
-        if window_log > 0 {
-            enc.window_log(window_log.clamp(10, super::image::MAX_WINDOW_LOG))?;
-        }
         Ok(Self {
-            enc,
+            enc: Stage::Staged(Vec::new(), w),
+            level,
+            window_log,
             raw_len: 0,
             crc: crc32fast::Hasher::new(),
             page_size,
@@ -357,7 +383,35 @@ impl<W: Write> BodyEncoder<W> {
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
         self.crc.update(b);
         self.raw_len += b.len() as u64;
-        self.enc.write_all(b)
+        self.write_raw(b)
+    }
+
+    fn write_raw(&mut self, b: &[u8]) -> io::Result<()> {
+        match &mut self.enc {
+            Stage::Streaming(e) => return e.write_all(b),
+            Stage::Staged(buf, _) if buf.len() + b.len() <= STAGE_BYTES => {
+                buf.extend_from_slice(b);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let mut e = self.start_stream()?;
+        e.write_all(b)?;
+        self.enc = Stage::Streaming(e);
+        Ok(())
+    }
+
+    /// The streaming encoder, fed what was staged so far.
+    fn start_stream(&mut self) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+        match std::mem::replace(&mut self.enc, Stage::Empty) {
+            Stage::Staged(buf, w) => {
+                let mut e = encoder(w, self.level, self.window_log)?;
+                e.write_all(&buf)?;
+                Ok(e)
+            }
+            Stage::Streaming(e) => Ok(e),
+            Stage::Empty => Err(io::Error::other("bundle body encoder used after a failure")),
+        }
     }
 
     /// Start a transaction record of `n_pages` pages.
@@ -388,7 +442,7 @@ impl<W: Write> BodyEncoder<W> {
     pub fn end_txn(&mut self) -> io::Result<()> {
         let crc = std::mem::replace(&mut self.crc, crc32fast::Hasher::new()).finalize();
         self.raw_len += 4;
-        self.enc.write_all(&crc.to_le_bytes())
+        self.write_raw(&crc.to_le_bytes())
     }
 
     /// Uncompressed bytes so far.
@@ -400,8 +454,9 @@ impl<W: Write> BodyEncoder<W> {
     ///
     /// # Errors
     /// Only on zstd failure.
-    pub fn finish(self) -> io::Result<(W, u64)> {
-        Ok((self.enc.finish()?, self.raw_len))
+    pub fn finish(mut self) -> io::Result<(W, u64)> {
+        let e = self.start_stream()?;
+        Ok((e.finish()?, self.raw_len))
     }
 }
 
