@@ -12,7 +12,10 @@
 //! Scenarios:
 //! - `source-chaos`: three writer processes at once, with large spilling transactions,
 //!   rollbacks, savepoint rollbacks, their own PASSIVE/FULL/RESTART/TRUNCATE checkpoints at
-//!   random moments, `journal_size_limit`, VACUUM and reconnects, under one capture.
+//!   random moments, `journal_size_limit`, VACUUM and reconnects, under one capture; then one
+//!   huge spilling transaction, a writer with no busy timeout at all (any `database is locked`
+//!   fails the run), and the application's FULL/RESTART/TRUNCATE checkpoints with a 5 s busy
+//!   timeout beside a committing writer (each must complete).
 //! - `capture-kill`: capture killed with `kill -9` at random moments and restarted, and stopped
 //!   for long stretches while the application checkpoints with TRUNCATE, reconnects (its WAL
 //!   deleted when the last connection closes) and keeps writing.
@@ -191,6 +194,21 @@ fn source_chaos(seed: u64, sc: Scale, t: &mut Tally) {
         (10 + rng.below(30)).to_string(),
     ]);
     wait_all(vec![w1, w2, w3]);
+    // One huge transaction (tens of MB, spilling to the WAL long before its commit): captured
+    // in flat memory, restored like any other.
+    let huge = rig.spawn_writer(&[
+        "--txns".into(),
+        "1".into(),
+        "--large-every".into(),
+        "1".into(),
+        "--large-rows".into(),
+        (8000 + rng.below(8000)).to_string(),
+        "--cache-size".into(),
+        "50".into(),
+        "--seed".into(),
+        rng.next().to_string(),
+    ]);
+    wait_all(vec![huge]);
     // The application with no busy timeout at all (alone: two such writers would lock each
     // other out): any `database is locked` makes it exit non-zero, failing the run.
     let w4 = rig.spawn_writer(&[
