@@ -190,7 +190,7 @@ else:
         .unwrap();
     let count = || {
         (0..1000)
-            .filter(|i| crate::support::rig::has_generation(&dest.join(format!("db-d{i:04}"))))
+            .filter(|i| crate::support::rig::has_generation(&dest.join(format!("db-d{i:04}.db"))))
             .count()
     };
     let mut n = 0;
@@ -217,7 +217,7 @@ else:
         "capture logged errors:\n{l}"
     );
     for i in (0..1000).step_by(10) {
-        let set = dest.join(format!("db-d{i:04}"));
+        let set = dest.join(format!("db-d{i:04}.db"));
         let out = t.path(&format!("r{i}.db"));
         wb(["restore", s(&set), "--out", s(&out), "--check", "quick"]).ok();
         assert_eq!(check_prefix(&out), 3, "{}", set.display());
