@@ -302,6 +302,10 @@ const TXN_KEEP_BYTES: usize = 8 << 20;
 /// nothing does (`status` allows a heartbeat at least three times this old).
 pub const HEARTBEAT_IDLE: Duration = Duration::from_secs(5);
 
+/// The most frames the pin may trail the newest commit by before it moves (SQLite's default
+/// auto-checkpoint threshold).
+const MARK_LAG_FRAMES: u32 = 1000;
+
 /// How often an idle poll (the wal-index header unchanged) still checks the files' identity.
 const IDENTITY_EVERY: Duration = Duration::from_secs(1);
 
@@ -1323,8 +1327,8 @@ impl Capturer {
     ///   that never pause for those few milliseconds the WAL keeps growing (restarting it anyway
     ///   would take the write lock, which walbundle never does); it restarts at the first pause;
     /// - otherwise, the pin is behind the newest commit (it caps what the application's own
-    ///   checkpoints may backfill): move it there, at most once per `interval`, so the
-    ///   application's checkpoints do real work about once per interval, not at every poll.
+    ///   checkpoints may backfill): move it there once per `interval`, or as soon as it trails
+    ///   by 1,000 frames, so the application's checkpoints backfill in small steps.
     fn tend_pin(&mut self) -> Result<()> {
         if self.shm.blocking_checkpoint() {
             return self.step_aside();
@@ -1361,7 +1365,17 @@ impl Capturer {
             }
             return Ok(());
         }
-        if self.is_behind(&h) && self.last_move.elapsed() >= self.opts.interval {
+        // At most an interval behind, and never more than SQLite's own auto-checkpoint unit:
+        // the application's auto-checkpoint runs inside a commit and backfills up to our mark,
+        // so a far-behind mark would make that one commit copy a whole interval of a burst.
+        let lag = if h.salts == self.pin.salts {
+            h.mx_frame.saturating_sub(self.pin.mx)
+        } else {
+            h.mx_frame
+        };
+        if self.is_behind(&h)
+            && (self.last_move.elapsed() >= self.opts.interval || lag >= MARK_LAG_FRAMES)
+        {
             self.advance()?;
         }
         Ok(())
