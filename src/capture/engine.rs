@@ -826,6 +826,7 @@ impl Capturer {
     /// # Errors
     /// As [`Self::step`].
     pub fn flush(&mut self) -> Result<()> {
+        self.last_shm = None; // a full look, never the idle fast path
         if let Err(g) = self.capture_new()? {
             return self.new_chain(g);
         }
@@ -871,7 +872,10 @@ impl Capturer {
         // The idle fast path: an unchanged wal-index header means nothing was committed and no
         // restart happened, so one `pread` answers the poll; the files' identity is still
         // checked every IDENTITY_EVERY.
+        // Only when the last scan read everything that header announced.
         if let Some(last) = self.last_shm
+            && last.salts == self.cur.salts
+            && last.mx_frame == self.cur.frame
             && self.identity_at.elapsed() < IDENTITY_EVERY
             && self.shm.header()? == Some(last)
         {
@@ -1357,8 +1361,9 @@ impl Capturer {
                 let _ = idle.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 self.stats.checkpoints += 1;
             }
+            // A fresh header, not `last_shm`: that one must stay the header of the last scan,
+            // or the idle fast path would skip commits made since it.
             if let Some(h2) = self.shm.header()? {
-                self.last_shm = Some(h2);
                 if self.can_free(&h2) {
                     self.advance()?;
                 }
