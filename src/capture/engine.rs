@@ -1363,10 +1363,10 @@ impl Capturer {
             }
             // A fresh header, not `last_shm`: that one must stay the header of the last scan,
             // or the idle fast path would skip commits made since it.
-            if let Some(h2) = self.shm.header()? {
-                if self.can_free(&h2) {
-                    self.advance()?;
-                }
+            if let Some(h2) = self.shm.header()?
+                && self.can_free(&h2)
+            {
+                self.advance()?;
             }
             return Ok(());
         }
