@@ -1190,16 +1190,19 @@ impl Capturer {
             // page's term, the second streams the pages into the bundle. Pages the scan kept
             // (up to TXN_KEEP_BYTES) are not read again; the others are read twice, and must
             // read back the same both times.
+            let changed = |frame: u32| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("WAL frame {frame} changed while being captured"),
+                )
+                .at(&wp)
+            };
             let read_page = |buf: &mut Vec<u8>, pgno: u32, frame: u32| -> Result<()> {
                 let n =
                     pread_full(wal, buf, hdr.frame_offset(frame)).ctx(&wp, "reading WAL frame")?;
                 let again = FrameHeader::parse(&buf[..24]);
                 if n < buf.len() || again.salts != hdr.salts || again.pgno != pgno {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!("WAL frame {frame} changed while being captured"),
-                    )
-                    .at(&wp));
+                    return Err(changed(frame));
                 }
                 Ok(())
             };
@@ -1244,11 +1247,7 @@ impl Capturer {
                     &buf[FRAME_HEADER_LEN as usize..]
                 };
                 if term_of(*pgno, page) != *t {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!("WAL frame {frame} changed while being captured"),
-                    )
-                    .at(&wp));
+                    return Err(changed(*frame));
                 }
                 pend.body.page(*pgno, page).ctx(&wp, "compressing")?;
             }
