@@ -600,3 +600,78 @@ fn a_compacted_generation_bridges_a_missing_bundle() {
         .code(1)
         .stderr_has("b-000000000003.wbb");
 }
+
+/// What `status` reads ([`BackupSet::summary`]: names, manifests, the newest bundle header of a
+/// chain) agrees with the full inventory ([`plan::extents`], every header read): intact, with a
+/// bundle missing in the middle, with a compacted generation bridging a gap, and with the
+/// newest bundle's header damaged.
+#[test]
+fn status_summary_agrees_with_the_full_inventory() {
+    fn full(set: &Path) -> (Option<(u64, u64)>, bool, Option<i64>) {
+        let s = BackupSet::open(set).unwrap();
+        let inv = s.inventory().unwrap();
+        let ex = walbundle::replay::plan::extents(&inv);
+        let lo = ex.iter().map(|e| e.base.txn).min();
+        let hi = ex
+            .iter()
+            .map(walbundle::replay::plan::ChainExtent::end_txn)
+            .max();
+        let newest = ex
+            .iter()
+            .max_by_key(|e| e.end_txn())
+            .and_then(|e| e.run.last().map(|(_, h)| h.last_time_us));
+        (lo.zip(hi), ex.iter().any(|e| e.broken.is_some()), newest)
+    }
+    fn agree(set: &Path, broken: bool) -> walbundle::chain::summary::SetSummary {
+        let sum = BackupSet::open(set).unwrap().summary().unwrap();
+        let (restorable, full_broken, newest) = full(set);
+        assert_eq!(sum.restorable, restorable, "{sum:#?}");
+        assert_eq!(full_broken, broken, "the full inventory");
+        assert_eq!(!sum.broken.is_empty(), broken, "{sum:#?}");
+        if let Some(t) = newest {
+            assert_eq!(sum.newest_time_us, Some(t));
+        }
+        sum
+    }
+    let t = Tmp::new();
+    let set = t.path("set");
+    let mut m = Synth::new(&set, 5);
+    workload(&mut m, 6, 1);
+    let sum = agree(&set, false);
+    assert_eq!(sum.restorable, Some((1, m.txn)));
+    assert_eq!((sum.bundles, sum.generations), (6, 1));
+    let bundle = |seq: u64| {
+        let chain = generation_dirs(&set)[0].parent().unwrap().to_path_buf();
+        chain.join(walbundle::bundle::wbb::file_name(seq))
+    };
+    // A generation at bundle 6, more bundles, then bundle 3 lost: the bridge keeps 6.. restorable.
+    let g = run_compact(&set, force(3650, 3), txn_time(m.txn))
+        .created
+        .unwrap();
+    assert_eq!(g.seq, 6);
+    workload(&mut m, 3, 7);
+    agree(&set, false);
+    std::fs::remove_file(bundle(3)).unwrap();
+    let sum = agree(&set, true);
+    assert!(
+        sum.broken[0].contains("bundle 3 is missing"),
+        "{:?}",
+        sum.broken
+    );
+    assert_eq!(sum.restorable, Some((1, m.txn)));
+    // The newest bundle's header damaged: the run ends one earlier, as a full read finds.
+    let newest = bundle(9);
+    let mut b = std::fs::read(&newest).unwrap();
+    b[10] ^= 0xff;
+    std::fs::write(&newest, b).unwrap();
+    let sum = agree(&set, true);
+    assert!(
+        sum.broken.iter().any(|p| p.contains("bundle 9 is damaged")),
+        "{:?}",
+        sum.broken
+    );
+    // And `status` says so, naming the gap.
+    wb(["status", s(&set)])
+        .code(1)
+        .stderr_has("bundle 3 is missing");
+}

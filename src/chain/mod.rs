@@ -9,6 +9,7 @@ pub mod compact;
 pub mod layout;
 pub mod manifest;
 pub mod retention;
+pub mod summary;
 pub mod verify;
 
 use std::fs::File;

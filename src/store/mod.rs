@@ -235,6 +235,30 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// Names in folder `key` and whether each is a folder, sorted, without reading each
+    /// entry's metadata (the kind comes from the directory entry where the file system gives
+    /// it): what a summary needs. Missing folder: empty.
+    pub fn list_names(&self, key: &str) -> Result<Vec<(String, bool)>> {
+        let dir = self.path(key);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, "listing", e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.ctx(&dir, "listing")?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let kind = ent.file_type().ctx(ent.path(), "reading metadata")?;
+            out.push((name, kind.is_dir()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Delete file `key`. Missing is fine (an interrupted earlier deletion).
     pub fn remove_file(&self, key: &str) -> Result<()> {
         let p = self.path(key);

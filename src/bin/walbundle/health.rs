@@ -88,8 +88,9 @@ fn ago(us: i64) -> String {
 }
 
 /// Health of the set at `set_dir` protecting `db`. `mode` None: capture if a capture ever wrote
-/// a heartbeat there, else snapshot. `full`: read the inventory (generations, bundle headers)
-/// for the newest point and restorable range; without it only the heartbeat is read.
+/// a heartbeat there, else snapshot. `full`: read the set's summary (names, generation
+/// manifests, the newest bundle header of each chain: [`BackupSet::summary`]) for the newest
+/// point and restorable range; without it only the heartbeat is read.
 pub fn row(
     db: Option<&Path>,
     set_dir: &Path,
@@ -127,48 +128,30 @@ pub fn row(
     let mut newest_us: Option<i64> = None;
     if full {
         match BackupSet::open(set_dir).and_then(|s| {
-            let inv = s.inventory()?;
-            Ok((s, inv))
+            let sum = s.summary()?;
+            Ok((s, sum))
         }) {
             Err(e) => r.problems.push(format!("the set cannot be read: {e}")),
-            Ok((set, inv)) => {
+            Ok((set, sum)) => {
                 if r.db.is_empty() {
                     r.db = set.record().source.path.clone();
                 }
-                if let Some((c, g, m)) = inv.valid_generations().max_by_key(|(_, _, m)| m.txn) {
+                if let Some(g) = &sum.newest_generation {
                     r.last_generation = Some(GenInfo {
-                        chain_id: c.id.clone(),
+                        chain_id: g.chain_id.clone(),
                         seq: g.seq,
-                        txn: m.txn,
-                        time: m.state_time.clone(),
+                        txn: g.txn,
+                        time: g.state_time.clone(),
                     });
-                    newest_us = m
-                        .state_time
-                        .parse::<jiff::Timestamp>()
-                        .ok()
-                        .map(jiff::Timestamp::as_microsecond);
-                    r.last_txn = Some(m.txn);
                 }
-                let exts = walbundle::replay::plan::extents(&inv);
-                if let Some(last) = exts.iter().max_by_key(|e| e.end_txn())
-                    && last.end_txn() >= r.last_txn.unwrap_or(0)
-                {
-                    r.last_txn = Some(last.end_txn());
-                    if let Some((_, h)) = last.run.last() {
-                        newest_us = Some(h.last_time_us);
-                    }
-                }
-                let first = exts.iter().map(|e| e.base.txn).min();
-                let end = exts
-                    .iter()
-                    .map(walbundle::replay::plan::ChainExtent::end_txn)
-                    .max();
-                r.restorable = first.zip(end);
-                if exts.iter().any(|e| e.broken.is_some()) {
-                    r.problems.push(
-                        "a chain is broken (a bundle is missing or damaged): run `walbundle verify`"
-                            .into(),
-                    );
+                r.restorable = sum.restorable;
+                r.last_txn = sum.restorable.map(|(_, hi)| hi);
+                newest_us = sum.newest_time_us.filter(|&t| t > 0);
+                if !sum.broken.is_empty() {
+                    r.problems.push(format!(
+                        "a chain is broken ({}): run `walbundle verify`",
+                        sum.broken.join("; ")
+                    ));
                 }
                 if r.restorable.is_none() {
                     r.problems.push("the set holds no restorable point".into());
