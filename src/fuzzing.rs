@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::bundle::manifest::{GenerationManifest, Sealed, SetRecord};
 use crate::bundle::wbb::read_bundle;
-use crate::chain::manifest::{GenerationManifest, Sealed, SetRecord};
 use crate::error::{Error, Result};
 
 /// What a decoded input held, for tests that pin a valid seed.

@@ -1,11 +1,23 @@
 //! walbundle backs up live SQLite databases incrementally and verifiably.
 //!
-//! The pipeline, one module per stage:
-//! - [`capture`] reads the live source: page-exact snapshots tied to a WAL position.
-//! - [`bundle`] turns pages into bytes and back (images, checksums); no I/O of its own.
-//! - [`chain`] lays artifacts out in a backup set, lists them, verifies them, retires them.
-//! - [`replay`] stages a generation into a database, proves it, and publishes it atomically.
-//! - [`store`] is the one seam through which bytes reach a destination.
+//! The modules follow the data, in layers; each uses only its own layer and those below it
+//! (`tests/layers.rs` fails on an edge that climbs, or on a cycle):
+//!
+//! 1. [`sqlite`] — what walbundle knows about SQLite's own files: the WAL and wal-index formats,
+//!    sidecars, opening a source, reading pages, probing locks.
+//! 2. [`bundle`] — the format's bytes, pure encode and decode: WAL bundles, images, the state
+//!    checksum, manifests and the set record.
+//! 3. [`store`] — the one seam through which bytes reach a destination.
+//! 4. [`chain`] — backup sets: their layout, what they hold ([`BackupSet::inventory`]), and a
+//!    cheap summary for monitoring ([`BackupSet::summary`]).
+//! 5. The stages: [`capture`] reads the live source (snapshots, and WAL bundles in
+//!    checkpoint-controlled windows); [`replay`] stages a generation and its bundles into a
+//!    database, proves it and publishes it atomically; [`verify`] checks a set, replaying with
+//!    `deep`; [`compact`] folds history into new generations and retires what no restore
+//!    point needs.
+//!
+//! Beside them: [`error`] (one error type, each message naming the file and what to do),
+//! [`progress`], and the test seams in `fault`.
 //!
 //! ```no_run
 //! use walbundle::{BackupSet, NoProgress, SnapshotOptions, SourceDb};
@@ -21,6 +33,7 @@
 pub mod bundle;
 pub mod capture;
 pub mod chain;
+pub mod compact;
 pub mod error;
 #[doc(hidden)]
 pub mod fault;
@@ -28,12 +41,14 @@ pub mod fault;
 pub mod fuzzing;
 pub mod progress;
 pub mod replay;
+pub mod sqlite;
 pub mod store;
 mod sys;
+pub mod verify;
 
 pub use capture::snapshot::{SnapshotOptions, SnapshotReport};
-pub use capture::source::SourceDb;
 pub use chain::BackupSet;
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};
 pub use replay::CheckLevel;
+pub use sqlite::source::SourceDb;

@@ -18,9 +18,9 @@ fn cstr(p: &Path) -> io::Result<CString> {
 /// (some FUSE and network file systems), fall back to check-then-rename: a tiny race window, but
 /// walbundle also holds the set lock while it publishes, so no second walbundle races it.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    crate::store::fault::inject("rename", to)?;
+    crate::fault::io::inject("rename", to)?;
     rename_noreplace_inner(from, to)?;
-    crate::store::fault::record(format_args!("rename\t{}\t{}", from.display(), to.display()));
+    crate::fault::io::record(format_args!("rename\t{}\t{}", from.display(), to.display()));
     Ok(())
 }
 

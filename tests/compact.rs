@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use walbundle::chain::compact::{CompactOptions, CompactPolicy, CompactReport, compact};
-use walbundle::chain::verify::{VerifyOptions, verify};
+use walbundle::compact::{CompactOptions, CompactPolicy, CompactReport, compact};
 use walbundle::replay::{RestoreOptions, Target, plan, restore};
+use walbundle::verify::{VerifyOptions, verify};
 use walbundle::{BackupSet, CheckLevel, NoProgress};
 
 use crate::support::synth::{Synth, Txn};

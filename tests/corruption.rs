@@ -227,7 +227,7 @@ fn unrelated_files_are_notes_not_problems() {
 /// and even when the file it names exists and is a valid image — is refused, naming the field.
 #[test]
 fn manifest_naming_a_path_outside_the_set_is_refused() {
-    use walbundle::chain::manifest::{GenerationManifest, Sealed};
+    use walbundle::bundle::manifest::{GenerationManifest, Sealed};
     let f = fixture(1);
     let g = newest_gen(&f.set);
     let outside = f.t.path("elsewhere.zst");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use walbundle::bundle::checksum::{StateChecksum, page_term};
 use walbundle::bundle::image::{ImageEncoder, decode_image};
-use walbundle::chain::manifest::{
+use walbundle::bundle::manifest::{
     GENERATION_FORMAT, GenerationManifest, ImageInfo, MANIFEST_VERSION, Origin, SET_FORMAT, Sealed,
     SetRecord, SourceIdentity, WalPosition,
 };

@@ -12,6 +12,7 @@ mod corruption;
 mod errors;
 mod fuzz_seeds;
 mod golden;
+mod layers;
 mod model;
 mod ops;
 mod resources;

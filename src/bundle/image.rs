@@ -12,7 +12,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::checksum::StateChecksum;
-use crate::chain::manifest::{GenerationManifest, hex};
+use crate::bundle::manifest::{GenerationManifest, hex};
 use crate::error::{Error, Result};
 
 /// Largest zstd window the decoder accepts: 2^27 = 128 MiB, zstd's own default limit. An

@@ -2,6 +2,7 @@
 
 pub mod checksum;
 pub mod image;
+pub mod manifest;
 pub mod wbb;
 
 /// Fill `buf` from `r` as far as it goes; returns the bytes read (fewer only at end of stream).

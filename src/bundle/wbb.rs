@@ -263,7 +263,7 @@ impl BundleHeader {
 
     /// Set id as 32 hex digits.
     pub fn set_id_hex(&self) -> String {
-        crate::chain::manifest::hex(&self.set_id)
+        crate::bundle::manifest::hex(&self.set_id)
     }
 
     /// Set-wide number of the last transaction.
@@ -498,7 +498,7 @@ pub fn finish_file(
     t.extend_from_slice(&total.to_le_bytes());
     t.extend_from_slice(&digest);
     file.write_all_at(&t, end).map_err(io)?;
-    crate::store::fault::sync_file(file, path).map_err(io)?;
+    crate::fault::io::sync_file(file, path).map_err(io)?;
     Ok((digest, total))
 }
 

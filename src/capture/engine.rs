@@ -43,13 +43,13 @@ use serde::Serialize;
 
 use super::pin::{Pin, Shm, begin_pinned, begin_read, end_read, unpinnable};
 use super::snapshot::{Conns, SnapshotOptions, snapshot_with};
-use super::source::SourceDb;
-use super::wal::{FRAME_HEADER_LEN, FrameHeader, ShmHeader, WalHeader, wal_checksum};
 use crate::bundle::checksum::{StateChecksum, lock_byte_page, term_or_zero};
 use crate::bundle::wbb::{self, BodyEncoder, BundleHeader, TxnMeta};
 use crate::chain::BackupSet;
 use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
 use crate::progress::NoProgress;
+use crate::sqlite::source::SourceDb;
+use crate::sqlite::wal::{FRAME_HEADER_LEN, FrameHeader, ShmHeader, WalHeader, wal_checksum};
 use crate::sys::{file_id, pread_full};
 
 /// How capture behaves.
@@ -206,8 +206,8 @@ impl Cursor {
     /// The end of a chain that holds only its generation `m` (at WAL position `wal`): bundle 1
     /// links to the generation's image.
     fn at_generation(
-        m: &crate::chain::manifest::GenerationManifest,
-        wal: &crate::chain::manifest::WalPosition,
+        m: &crate::bundle::manifest::GenerationManifest,
+        wal: &crate::bundle::manifest::WalPosition,
     ) -> Self {
         Self {
             chain_id: m.chain_id.clone(),
@@ -224,7 +224,7 @@ impl Cursor {
     }
 }
 
-fn pin_of(wal: &crate::chain::manifest::WalPosition) -> Pin {
+fn pin_of(wal: &crate::bundle::manifest::WalPosition) -> Pin {
     Pin {
         salts: (wal.salt1, wal.salt2),
         mx: wal.frame,
@@ -690,7 +690,7 @@ impl Capturer {
             let mut moved = Vec::new();
             for (path, id) in [(wal_path, wal_id), (self.src.shm_path(), Some(shm_id))] {
                 if id.is_some_and(|id| file_id(&path).is_ok_and(|x| x == id)) {
-                    let to = super::source::sidecar(&path, &format!(".orphaned-{stamp}"));
+                    let to = crate::sqlite::source::sidecar(&path, &format!(".orphaned-{stamp}"));
                     std::fs::rename(&path, &to)
                         .ctx(&path, "moving the replaced file's sidecar aside")?;
                     moved.push(to.display().to_string());
@@ -1571,7 +1571,7 @@ fn read_terms(
         .sql_ctx(p, "reading page count")?;
     let mut terms = Vec::with_capacity(page_count as usize);
     let mut state = StateChecksum::default();
-    super::source::each_page(r, p, page_size, page_count, |pgno, page| {
+    crate::sqlite::source::each_page(r, p, page_size, page_count, |pgno, page| {
         let t = term_or_zero(page_size, pgno, page);
         state.0 ^= t;
         terms.push(t);

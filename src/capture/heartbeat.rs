@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// File name at the set's root.
-pub const FILE: &str = ".walbundle-capture.json";
+pub use crate::chain::layout::HEARTBEAT_FILE as FILE;
 
 /// What a capture process last said about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -5,5 +5,3 @@ pub mod engine;
 pub mod heartbeat;
 pub mod pin;
 pub mod snapshot;
-pub mod source;
-pub mod wal;

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::wal::ShmHeader;
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::sqlite::wal::ShmHeader;
 use crate::sys::{file_id, posix_lock_held};
 
 /// Byte offsets of SQLite's locks in the `-shm` file (wal.c: `WALINDEX_LOCK_OFFSET` 120, then

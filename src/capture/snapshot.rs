@@ -19,17 +19,17 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::pin::{Pin, Shm, begin_pinned, begin_read, end_read, unpinnable};
-use super::source::SourceDb;
-use super::wal::{FrameHeader, WalHeader};
 use crate::bundle::image::ImageEncoder;
-use crate::chain::BackupSet;
-use crate::chain::layout::{IMAGE_FILE, MANIFEST_FILE, generation_dir, new_chain_id};
-use crate::chain::manifest::{
+use crate::bundle::manifest::{
     GENERATION_FORMAT, GenerationManifest, ImageInfo, MANIFEST_VERSION, Origin, Sealed, WalPosition,
 };
+use crate::chain::BackupSet;
+use crate::chain::layout::{IMAGE_FILE, MANIFEST_FILE, generation_dir, new_chain_id};
 use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
 use crate::progress::Progress;
 use crate::replay::{CheckLevel, check_image};
+use crate::sqlite::source::SourceDb;
+use crate::sqlite::wal::{FrameHeader, WalHeader};
 
 /// How to take a snapshot.
 #[derive(Debug, Clone)]
@@ -297,7 +297,7 @@ pub fn snapshot_with(
         enc.collect_terms(page_count);
     }
     progress.begin("snapshot", u64::from(page_size) * u64::from(page_count));
-    super::source::each_page(r, p, page_size, page_count, |_, page| {
+    crate::sqlite::source::each_page(r, p, page_size, page_count, |_, page| {
         enc.write_page(page).ctx(&image_path, "compressing")?;
         progress.advance(u64::from(page_size));
         Ok(())

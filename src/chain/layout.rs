@@ -3,10 +3,7 @@
 
 /// The set record, at the set's root.
 pub const SET_FILE: &str = "walbundle-set.json";
-/// A generation's manifest, inside its folder.
-pub const MANIFEST_FILE: &str = "manifest.json";
-/// A generation's compressed image, inside its folder.
-pub const IMAGE_FILE: &str = "image.zst";
+pub use crate::bundle::manifest::{IMAGE_FILE, MANIFEST_FILE};
 
 /// Folder name of the generation at bundle sequence `seq`.
 pub fn generation_dir(seq: u64) -> String {
@@ -55,8 +52,11 @@ pub fn new_set_id() -> String {
         let t = jiff::Timestamp::now().as_nanosecond();
         r = (t ^ (i128::from(std::process::id()) << 64)).to_le_bytes();
     }
-    super::manifest::hex(&r)
+    crate::bundle::manifest::hex(&r)
 }
+
+/// Capture's heartbeat at the set's root (`capture::heartbeat`).
+pub const HEARTBEAT_FILE: &str = ".walbundle-capture.json";
 
 /// The lock file compaction and retention hold (flock) at the set's root; it names its holder.
 pub const MAINTENANCE_LOCK: &str = ".walbundle-maintenance.lock";
@@ -64,7 +64,7 @@ pub const MAINTENANCE_LOCK: &str = ".walbundle-maintenance.lock";
 /// True for the files walbundle keeps at a set's root besides its chains: the set record, the
 /// maintenance lock and capture's heartbeat.
 pub fn is_set_file(name: &str) -> bool {
-    name == SET_FILE || name == MAINTENANCE_LOCK || name == crate::capture::heartbeat::FILE
+    name == SET_FILE || name == MAINTENANCE_LOCK || name == HEARTBEAT_FILE
 }
 
 /// True for every name walbundle writes inside a set (and only those): what it may delete.

@@ -5,23 +5,19 @@
 //! starts with a full snapshot (generation 0) and may later hold bundles and compacted
 //! generations. See `format/README.md` for the layout a stranger could implement from.
 
-pub mod compact;
 pub mod layout;
-pub mod manifest;
-pub mod retention;
 pub mod summary;
-pub mod verify;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::store::LocalStore;
-use layout::{IMAGE_FILE, MANIFEST_FILE, SET_FILE};
-use manifest::{
+use crate::bundle::manifest::{
     GenerationManifest, MANIFEST_VERSION, MAX_MANIFEST_BYTES, SET_FORMAT, Sealed, SetRecord,
     SourceIdentity,
 };
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::store::LocalStore;
+use layout::{IMAGE_FILE, MANIFEST_FILE, SET_FILE};
 
 /// The folder of set `name` under destination `dest`.
 pub fn set_dir(dest: &Path, name: &str) -> PathBuf {
@@ -52,7 +48,7 @@ impl BackupSet {
         if !md.is_dir() {
             return Err(Error::usage("is not a folder; a backup set is a folder").at(dir));
         }
-        let store = LocalStore::new(dir);
+        let store = LocalStore::new(dir, layout::is_own_name);
         let rec_path = store.path(SET_FILE);
         if !rec_path.exists() {
             return Err(Error::new(
@@ -86,7 +82,7 @@ impl BackupSet {
     pub fn open_or_create(dest: &Path, name: &str, source: &SourceIdentity) -> Result<Self> {
         layout::check_set_name(name).map_err(Error::usage)?;
         let dir = set_dir(dest, name);
-        let store = LocalStore::new(&dir);
+        let store = LocalStore::new(&dir, layout::is_own_name);
         if store.path(SET_FILE).exists() {
             let set = Self::open(&dir)?;
             if &set.record.source != source {

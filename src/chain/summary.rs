@@ -112,7 +112,7 @@ impl BackupSet {
     /// gap starts the next), then read the header of the last run's newest bundle only.
     fn chain_end(&self, chain: &ChainNames, broken: &mut Vec<String>) -> (u64, i64) {
         let id = &chain.inv.id;
-        let gen_time = |m: &super::manifest::GenerationManifest| {
+        let gen_time = |m: &crate::bundle::manifest::GenerationManifest| {
             m.state_time
                 .parse::<jiff::Timestamp>()
                 .map_or(0, jiff::Timestamp::as_microsecond)

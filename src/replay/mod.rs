@@ -21,10 +21,10 @@ pub use apply::{Replayed, replay_into};
 pub use plan::{RestorePlan, Stop, Target, parse_time, plan};
 
 use crate::bundle::image::{ImageSummary, decode_image_unchecked};
-use crate::capture::source::sidecar;
-use crate::chain::manifest::GenerationManifest;
+use crate::bundle::manifest::GenerationManifest;
 use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
 use crate::progress::Progress;
+use crate::sqlite::source::sidecar;
 use crate::store::{TEMP_PREFIX, sync_dir};
 
 /// Which SQLite check proves a materialised database.

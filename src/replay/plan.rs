@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::bundle::manifest::GenerationManifest;
 use crate::bundle::wbb::BundleHeader;
-use crate::chain::manifest::GenerationManifest;
 use crate::chain::{BackupSet, ChainInventory, Inventory};
 use crate::error::{Error, ErrorKind, Result};
 

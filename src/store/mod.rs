@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, IoContext, Result};
+use crate::fault::io as fault;
 use crate::sys;
-
-pub mod fault;
 
 /// Prefix of every temporary name walbundle creates in a destination. Listings skip it.
 pub const TEMP_PREFIX: &str = ".wbtmp-";
@@ -42,9 +41,18 @@ pub struct Entry {
 }
 
 /// A destination folder on a local (or mounted) file system.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    owns: fn(&str) -> bool,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 fn host_tag() -> String {
@@ -80,9 +88,14 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl LocalStore {
-    /// A store rooted at `root` (which need not exist yet).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+    /// A store rooted at `root` (which need not exist yet). `owns` tells the names the layer
+    /// above writes (and so may delete when it cleans up a stale temporary folder); the store
+    /// itself knows only its temporary names.
+    pub fn new(root: impl Into<PathBuf>, owns: fn(&str) -> bool) -> Self {
+        Self {
+            root: root.into(),
+            owns,
+        }
     }
 
     /// The root folder.
@@ -312,7 +325,7 @@ impl LocalStore {
             if dead_here || old {
                 let p = ent.path();
                 let removed = if p.is_dir() {
-                    remove_own_tree(&p)
+                    self.remove_own_tree(&p)
                 } else {
                     fs::remove_file(&p).is_ok()
                 };
@@ -325,24 +338,26 @@ impl LocalStore {
     }
 }
 
-/// Remove the files walbundle names inside `dir` (recursively) and the folders that end up
-/// empty; anything else is left alone. True if `dir` itself is gone.
-pub(crate) fn remove_own_tree(dir: &Path) -> bool {
-    if let Ok(rd) = fs::read_dir(dir) {
-        for ent in rd.flatten() {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            let p = ent.path();
-            if !crate::chain::layout::is_own_name(&name) {
-                continue;
-            }
-            if p.is_dir() {
-                remove_own_tree(&p);
-            } else {
-                let _ = fs::remove_file(&p);
+impl LocalStore {
+    /// Remove the files this store's owner names inside `dir` (recursively) and the folders that
+    /// end up empty; anything else is left alone. True if `dir` itself is gone.
+    pub(crate) fn remove_own_tree(&self, dir: &Path) -> bool {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let p = ent.path();
+                if !(name.starts_with(TEMP_PREFIX) || (self.owns)(&name)) {
+                    continue;
+                }
+                if p.is_dir() {
+                    self.remove_own_tree(&p);
+                } else {
+                    let _ = fs::remove_file(&p);
+                }
             }
         }
+        fs::remove_dir(dir).is_ok()
     }
-    fs::remove_dir(dir).is_ok()
 }
 
 /// Create `dir` and missing parents, fsyncing the parent of every folder created.

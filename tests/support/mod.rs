@@ -299,7 +299,7 @@ pub fn s(p: &Path) -> &str {
 
 /// Start `walbundle compact SET --force` with aggressive retention (nothing kept beyond the
 /// newest generation and a 1 s window), told to stop at the named pause point `point` ("" for
-/// none) and to say so by creating `pause_file` (see src/fault.rs).
+/// none) and to say so by creating `pause_file` (see src/fault/mod.rs).
 pub fn spawn_compact_paused(set: &Path, point: &str, pause_file: &Path) -> Child {
     let _ = std::fs::remove_file(pause_file);
     Command::new(bin())

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use walbundle::bundle::checksum::term_or_zero;
 use walbundle::bundle::image::{ImageEncoder, decode_image_unchecked};
-use walbundle::bundle::wbb::{
-    BodyEncoder, BundleHeader, TxnMeta, assemble, file_name, set_id_bytes, sha_bytes,
-};
-use walbundle::chain::manifest::{
+use walbundle::bundle::manifest::{
     GENERATION_FORMAT, GenerationManifest, ImageInfo, MANIFEST_VERSION, Origin, SET_FORMAT, Sealed,
     SetRecord, SourceIdentity,
+};
+use walbundle::bundle::wbb::{
+    BodyEncoder, BundleHeader, TxnMeta, assemble, file_name, set_id_bytes, sha_bytes,
 };
 
 pub const PS: usize = 512;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use walbundle::capture::engine::{self, CaptureOptions, Event};
-use walbundle::capture::source::guard_destination;
+use walbundle::sqlite::source::guard_destination;
 use walbundle::{BackupSet, Error, Result, SourceDb};
 
 use crate::cmd::snapshot::require_dest;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use walbundle::chain::compact::{CompactOptions, CompactPolicy, compact};
+use walbundle::compact::{CompactOptions, CompactPolicy, compact};
 use walbundle::replay::plan::parse_duration;
 use walbundle::{BackupSet, Result};
 

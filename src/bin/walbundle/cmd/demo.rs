@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use walbundle::capture::engine::{CaptureOptions, Capturer};
 use walbundle::capture::snapshot::snapshot;
-use walbundle::chain::verify::{VerifyOptions, verify};
 use walbundle::replay::{self, CheckLevel, RestoreOptions, Target};
+use walbundle::verify::{VerifyOptions, verify};
 use walbundle::{BackupSet, Error, NoProgress, Result, SnapshotOptions, SourceDb};
 
 use crate::ui;
@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<u8> {
     }
     let src = SourceDb::locate(&db)?;
     src.read_header()?;
-    walbundle::capture::source::guard_destination(&src, &dest, false)?;
+    walbundle::sqlite::source::guard_destination(&src, &dest, false)?;
 
     // A live writer: each transaction updates rows and records its id in txlog.
     let stop = Arc::new(AtomicBool::new(false));
@@ -180,10 +180,10 @@ pub fn run(a: Args) -> Result<u8> {
     ui::log(false, "4/6 verify (structural and deep): intact");
 
     let mut cset = walbundle::BackupSet::open(set.dir())?;
-    let c = walbundle::chain::compact::compact(
+    let c = walbundle::compact::compact(
         &mut cset,
-        &walbundle::chain::compact::CompactOptions {
-            policy: walbundle::chain::compact::CompactPolicy {
+        &walbundle::compact::CompactOptions {
+            policy: walbundle::compact::CompactPolicy {
                 force: true,
                 ..Default::default()
             },

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use walbundle::chain::manifest::Origin;
+use walbundle::bundle::manifest::Origin;
 use walbundle::replay::plan::extents;
 use walbundle::{BackupSet, Result};
 
@@ -78,7 +78,7 @@ struct Listing {
     set: PathBuf,
     set_id: String,
     name: String,
-    source: walbundle::chain::manifest::SourceIdentity,
+    source: walbundle::bundle::manifest::SourceIdentity,
     chains: Vec<ChainRow>,
     restorable: Vec<Range>,
     unrelated: Vec<String>,

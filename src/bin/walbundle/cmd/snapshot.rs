@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use walbundle::capture::snapshot::snapshot;
-use walbundle::chain::retention::{self, RetentionPolicy};
+use walbundle::compact::retention::{self, RetentionPolicy};
 use walbundle::{BackupSet, Error, Result, SnapshotOptions, SourceDb};
 
 use crate::ui;
@@ -133,7 +133,7 @@ fn one(
     retain_days: Option<u64>,
 ) -> Result<u8> {
     let src = SourceDb::locate(db)?;
-    walbundle::capture::source::guard_destination(&src, dest, allow_inside_source)?;
+    walbundle::sqlite::source::guard_destination(&src, dest, allow_inside_source)?;
     src.read_header()?;
     let name = name.unwrap_or_else(|| src.default_set_name());
     let mut set = BackupSet::open_or_create(dest, &name, &src.identity())?;

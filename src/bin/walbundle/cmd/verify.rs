@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use walbundle::chain::verify::{VerifyOptions, verify};
+use walbundle::verify::{VerifyOptions, verify};
 use walbundle::{BackupSet, ErrorKind, Result};
 
 use crate::ui;

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::BackupSet;
 use crate::bundle::image::file_sha256;
+use crate::chain::BackupSet;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::replay::{CheckLevel, check_generation};
@@ -102,7 +102,7 @@ fn problem(e: &Error) -> Problem {
 /// file and run SQLite's check on the result.
 fn verify_bundles(
     set: &BackupSet,
-    inv: &super::Inventory,
+    inv: &crate::chain::Inventory,
     opts: &VerifyOptions,
     scratch: &std::path::Path,
     progress: &dyn Progress,
@@ -227,7 +227,7 @@ fn verify_bundles(
                     || m.txn != h.last_txn()
                 {
                     r.problems.push(Problem {
-                        path: g.image_path.with_file_name(super::layout::MANIFEST_FILE).display().to_string(),
+                        path: g.image_path.with_file_name(crate::chain::layout::MANIFEST_FILE).display().to_string(),
                         what: format!(
                             "generation {} does not hold bundle {}'s end state (link, state checksum, page count or txn differ)",
                             g.seq, b.seq

@@ -12,8 +12,18 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, config::DbConfig};
 
-use crate::chain::manifest::SourceIdentity;
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, ErrorKind, IoContext, Result, SqlContext};
+
+/// Identity of the database a set backs up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIdentity {
+    /// Canonical absolute path of the database file.
+    pub path: String,
+    /// Host name of the machine it lives on.
+    pub host: String,
+}
 
 /// What the first 100 bytes of a database file say.
 #[derive(Debug, Clone, Copy)]

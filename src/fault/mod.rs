@@ -4,6 +4,10 @@
 //! When the environment variable `WALBUNDLE_PAUSE_AT` equals a point's name, the process
 //! writes that name into the file named by `WALBUNDLE_PAUSE_FILE` (if set) and sleeps for ten
 //! minutes. Nothing happens otherwise; the variables are for tests only.
+//!
+//! [`io`] injects I/O failures and journals durable operations for the torture suite.
+
+pub mod io;
 
 /// Stop here if a test asked to (see the module docs).
 pub fn pause_point(name: &str) {

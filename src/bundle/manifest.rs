@@ -13,6 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// A generation's manifest, inside its folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// A generation's compressed image, inside its folder.
+pub const IMAGE_FILE: &str = "image.zst";
+
 /// Largest manifest file walbundle will read (an honest one is a few KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -98,14 +103,7 @@ fn canonical<T: Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
-/// Identity of the database a set backs up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceIdentity {
-    /// Canonical absolute path of the database file.
-    pub path: String,
-    /// Host name of the machine it lives on.
-    pub host: String,
-}
+pub use crate::sqlite::source::SourceIdentity;
 
 /// `walbundle-set.json`: written once when a set is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +174,7 @@ impl ImageInfo {
     /// The record of an `image.zst` as decoded and hashed (`summary`).
     pub fn of(summary: &crate::bundle::image::ImageSummary) -> Self {
         Self {
-            file: super::layout::IMAGE_FILE.into(),
+            file: IMAGE_FILE.into(),
             compression: "zstd".into(),
             size: summary.size,
             sha256: summary.sha256.clone(),
@@ -285,12 +283,11 @@ impl GenerationManifest {
                 u64::from(self.page_size) * u64::from(self.page_count)
             ));
         }
-        if self.image.file != super::layout::IMAGE_FILE {
+        if self.image.file != IMAGE_FILE {
             return bad(format!(
                 "field `image.file` is {:?}; a generation's image is always {:?} in its own \
                  folder (refusing a path outside the set)",
-                self.image.file,
-                super::layout::IMAGE_FILE
+                self.image.file, IMAGE_FILE
             ));
         }
         if self.image.compression != "zstd" {

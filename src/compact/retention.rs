@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::{BackupSet, Inventory};
+use crate::chain::{BackupSet, Inventory};
 use crate::error::{IoContext, Result};
 use crate::store::LocalStore;
 
@@ -121,7 +121,7 @@ pub(crate) fn retire_dir(store: &LocalStore, parent: &str, name: &str) -> Result
         return Ok(());
     }
     if has_foreign(&from) {
-        crate::store::remove_own_tree(&from);
+        store.remove_own_tree(&from);
         return Ok(());
     }
     let tmp = crate::store::temp_key_name(&format!("retired-{name}"));
@@ -133,7 +133,7 @@ pub(crate) fn retire_dir(store: &LocalStore, parent: &str, name: &str) -> Result
     crate::sys::rename_noreplace(&from, &to).ctx(&from, "retiring")?;
     crate::store::sync_dir(from.parent().unwrap_or(store.root()))?;
     crate::fault::pause_point("retire:renamed");
-    crate::store::remove_own_tree(&to);
+    store.remove_own_tree(&to);
     Ok(())
 }
 
@@ -141,7 +141,7 @@ fn has_foreign(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten().any(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            !super::layout::is_own_name(&n) || (e.path().is_dir() && has_foreign(&e.path()))
+            !crate::chain::layout::is_own_name(&n) || (e.path().is_dir() && has_foreign(&e.path()))
         })
     })
 }

@@ -12,20 +12,22 @@
 //! name before deleting its files, oldest first, and deletes bundles in ascending order, so at
 //! every instant the set verifies. Temporaries of a dead process are removed by the next run.
 
+pub mod retention;
+
 use std::io::Read;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::layout::{IMAGE_FILE, MANIFEST_FILE, generation_dir};
-use super::manifest::{
+use crate::bundle::checksum::StateChecksum;
+use crate::bundle::image::{ImageEncoder, decode_image_unchecked};
+use crate::bundle::manifest::{
     GENERATION_FORMAT, GenerationManifest, ImageInfo, MANIFEST_VERSION, Origin, Sealed,
     WalPosition, hex,
 };
-use super::{BackupSet, ChainInventory, Inventory};
-use crate::bundle::checksum::StateChecksum;
-use crate::bundle::image::{ImageEncoder, decode_image_unchecked};
 use crate::bundle::wbb::read_bundle;
+use crate::chain::layout::{IMAGE_FILE, MANIFEST_FILE, generation_dir};
+use crate::chain::{BackupSet, ChainInventory, Inventory};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::replay::{CheckLevel, RestorePlan, Target, TempFile, integrity_check, replay_into};
@@ -171,7 +173,7 @@ pub fn compact(
         stale += set.store().clean_stale_temps("")?;
         // Chain folders by name: no need to read every bundle header for this.
         for c in set.store().list("")? {
-            if c.is_dir && super::layout::is_chain_id(&c.name) {
+            if c.is_dir && crate::chain::layout::is_chain_id(&c.name) {
                 stale += set.store().clean_stale_temps(&c.name)?;
             }
         }
@@ -364,7 +366,7 @@ fn build(
         txn: reached.txn,
         state_time: g.state_time.clone(),
         created: now,
-        tool: super::tool_version(),
+        tool: crate::chain::tool_version(),
         origin: Origin::Compaction {
             from_seq: plan.generation_seq,
             bundle_sha256: hex(&b.digest),
@@ -523,10 +525,10 @@ fn apply_retention(set: &BackupSet, plan: &[RetirePlan]) -> Result<()> {
     let store = set.store();
     for (_, a) in plan {
         match a {
-            Action::Chain(id) => super::retention::retire_dir(store, "", id)?,
+            Action::Chain(id) => retention::retire_dir(store, "", id)?,
             Action::Generation(key) => {
                 let (chain, name) = key.split_once('/').unwrap_or(("", key));
-                super::retention::retire_dir(store, chain, name)?;
+                retention::retire_dir(store, chain, name)?;
             }
             Action::Bundle(key) => {
                 store.remove_file(key)?;
