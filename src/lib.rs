@@ -16,6 +16,8 @@
 //!    `deep`; [`compact`] folds history into new generations and retires what no restore
 //!    point needs.
 //!
+//! 6. [`ops`] — operations over many databases: the config file, status and metrics.
+//!
 //! Beside them: [`error`] (one error type, each message naming the file and what to do),
 //! [`progress`], and the test seams in `fault`.
 //!
@@ -39,6 +41,7 @@ pub mod error;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ops;
 pub mod progress;
 pub mod replay;
 pub mod sqlite;

@@ -5,3 +5,4 @@ pub mod engine;
 pub mod heartbeat;
 pub mod pin;
 pub mod snapshot;
+pub mod supervisor;

@@ -206,7 +206,7 @@ pub fn end_read(conn: &Connection, db: &Path) -> Result<()> {
         .map_err(|e| Error::sqlite(db, "ending read transaction", e))
 }
 
-/// An error for a pin that could not be verified within [`PIN_ATTEMPTS`].
+/// An error for a pin that could not be verified within `PIN_ATTEMPTS` tries.
 pub fn unpinnable(db: &Path) -> Error {
     Error::new(
         ErrorKind::Busy,

@@ -7,8 +7,6 @@
 //! and what to do; with `--json`, stdout also carries `{"ok": false, "error": {...}}`.
 
 mod cmd;
-mod config;
-mod health;
 mod hook;
 mod ui;
 

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use walbundle::capture::engine::{self, CaptureOptions, Event};
+use walbundle::capture::supervisor;
 use walbundle::sqlite::source::guard_destination;
 use walbundle::{BackupSet, Error, Result, SourceDb};
 
 use crate::cmd::snapshot::require_dest;
-use crate::config::{self, Config, Mode, Resolved};
 use crate::{Common, DestArgs};
 use crate::{hook, ui};
+use walbundle::ops::config::{self, Config, Mode, Resolved};
 
 /// Arguments of `capture`.
 #[derive(Debug, clap::Args)]
@@ -166,7 +167,7 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
     };
     let on_error_cmd = a.on_error.clone().or_else(|| cfg.on_error.clone());
     // Only capture-mode databases; snapshot-mode ones belong to `snapshot --config`.
-    let spec_for = |r: &Resolved| -> Result<engine::CaptureSpec> {
+    let spec_for = |r: &Resolved| -> Result<supervisor::CaptureSpec> {
         let src = SourceDb::locate(&r.db)?;
         src.read_header()?; // before any connection to it exists in this process
         guard_destination(
@@ -185,7 +186,7 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
             r.entry.max_wal_mib.unwrap_or(a.max_wal_mib),
             r.entry.max_bundle_mib.unwrap_or(a.max_bundle_mib),
         );
-        Ok(engine::CaptureSpec { src, set, opts })
+        Ok(supervisor::CaptureSpec { src, set, opts })
     };
     // One capturer per database file, whatever names reach it (symlinks, hard links,
     // overlapping patterns): a second one would read the header through a descriptor of its
@@ -238,7 +239,7 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
             .map(|s| (s.src.path.clone(), s.set.dir().to_path_buf()))
             .collect::<Vec<_>>(),
     ));
-    let find = || -> Vec<engine::CaptureSpec> {
+    let find = || -> Vec<supervisor::CaptureSpec> {
         let Ok(now) = cfg.resolve(path, a.dest.dest.as_deref()) else {
             return Vec::new();
         };
@@ -293,20 +294,24 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
         }
         out
     };
-    let discover = engine::Discover {
+    let discover = supervisor::Discover {
         every: cfg.rescan(),
         find: &find,
     };
     let threads = a.threads.or(cfg.threads).unwrap_or(4);
     let (json, quiet) = (a.common.json, a.common.quiet);
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let metrics =
-        crate::health::serve_metrics(a.metrics.as_deref(), a.metrics_file.as_deref(), &sets)?;
-    let results = engine::run_many(
+    let metrics = walbundle::ops::health::serve_metrics(
+        a.metrics.as_deref(),
+        a.metrics_file.as_deref(),
+        &sets,
+    )?;
+    let results = supervisor::run_many(
         specs,
         threads,
         a.once,
         Some(&discover),
+        supervisor::stop_on_signals(),
         &|db, e, st| print_event(json, quiet, db, e, st),
         &|db, e| {
             failed.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -341,7 +346,7 @@ fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
 
 pub fn run(a: Args) -> Result<u8> {
     // A few descriptors per database: lift the soft limit to the hard one, as Go programs do.
-    if let Err(e) = engine::raise_open_files_limit() {
+    if let Err(e) = supervisor::raise_open_files_limit() {
         ui::log(
             a.common.quiet,
             &format!("could not raise the open-files limit: {e}"),
@@ -378,14 +383,22 @@ pub fn run(a: Args) -> Result<u8> {
         src.path.clone(),
         set.dir().to_path_buf(),
     )]));
-    let metrics =
-        crate::health::serve_metrics(a.metrics.as_deref(), a.metrics_file.as_deref(), &sets)?;
+    let metrics = walbundle::ops::health::serve_metrics(
+        a.metrics.as_deref(),
+        a.metrics_file.as_deref(),
+        &sets,
+    )?;
     let opts = options(&a, a.interval, a.max_wal_mib, a.max_bundle_mib);
     let (json, quiet) = (a.common.json, a.common.quiet);
     let dbs = src.path.display().to_string();
-    let stats = engine::run(src, set, opts, a.once, |e, st| {
-        print_event(json, quiet, &dbs, e, st)
-    })
+    let stats = supervisor::run(
+        src,
+        set,
+        opts,
+        a.once,
+        supervisor::stop_on_signals(),
+        |e, st| print_event(json, quiet, &dbs, e, st),
+    )
     .map_err(|e| hook(e, &set_dir))?;
     drop(metrics);
     if json {

@@ -93,7 +93,7 @@ pub fn run(a: Args) -> Result<u8> {
             );
         });
     };
-    let cfg = crate::config::Config::load(&path)?;
+    let cfg = walbundle::ops::config::Config::load(&path)?;
     let hook = a.on_error.clone().or_else(|| cfg.on_error.clone());
     let mut failed = 0;
     for r in cfg.resolve(&path, None)? {

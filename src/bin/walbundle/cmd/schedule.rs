@@ -9,8 +9,8 @@ use std::time::Duration;
 use walbundle::{Error, Result};
 
 use crate::Common;
-use crate::config::{self, Config, Mode};
 use crate::ui;
+use walbundle::ops::config::{self, Config, Mode};
 
 /// Arguments of `schedule`.
 #[derive(Debug, clap::Args)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 use walbundle::{Error, Result};
 
 use crate::Common;
-use crate::config::{self, Config};
-use crate::health::{self, Row};
 use crate::ui;
+use walbundle::ops::config;
+use walbundle::ops::health::{self, Row};
 
 /// Arguments of `status`.
 #[derive(Debug, clap::Args)]
@@ -45,49 +45,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     let rows: Vec<Row> = match (&a.set, &a.config) {
-        (Some(set), _) => {
-            if !set.join("walbundle-set.json").exists() {
-                return Err(Error::usage("is not a walbundle backup set").at(set));
-            }
-            vec![health::row(None, set, None, a.stale_after, true)]
-        }
-        (None, Some(path)) => {
-            let cfg = Config::load(path)?;
-            let default = cfg
-                .stale_after
-                .as_deref()
-                .and_then(|s| config::duration(s).ok());
-            cfg.resolve(path, None)?
-                .iter()
-                .map(|r| {
-                    let stale = a
-                        .stale_after
-                        .or_else(|| {
-                            r.entry
-                                .stale_after
-                                .as_deref()
-                                .and_then(|s| config::duration(s).ok())
-                        })
-                        .or(default)
-                        .or_else(|| {
-                            r.entry
-                                .every
-                                .as_deref()
-                                .and_then(|s| config::duration(s).ok())
-                                .map(|d| d * 2)
-                        });
-                    let set = r.set_dir();
-                    if set.join("walbundle-set.json").exists() {
-                        health::row(Some(&r.db), &set, Some(r.mode), stale, true)
-                    } else {
-                        let mut row = health::row(Some(&r.db), &set, Some(r.mode), stale, false);
-                        row.problems = vec!["not backed up yet: its set does not exist".into()];
-                        row.ok = false;
-                        row
-                    }
-                })
-                .collect()
-        }
+        (Some(set), _) => vec![health::status_of_set(set, a.stale_after)?],
+        (None, Some(path)) => health::status_of_config(path, a.stale_after)?,
         (None, None) => return Err(Error::usage("name a set, or --config FILE")),
     };
     let bad = rows.iter().filter(|r| !r.ok).count();

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::capture::heartbeat::{self, Heartbeat};
+use crate::{BackupSet, Error, Result};
 use serde::Serialize;
-use walbundle::capture::heartbeat::{self, Heartbeat};
-use walbundle::{BackupSet, Error, Result};
 
-use crate::config::Mode;
+use super::config::Mode;
 
 /// Default staleness for capture: the newest commits waited longer than this.
 pub const CAPTURE_STALE: Duration = Duration::from_secs(300);
@@ -188,7 +188,7 @@ pub fn row(
                     r.lag_s = Some(lag);
                     let beat_limit = stale
                         .min(Duration::from_secs(60))
-                        .max(walbundle::capture::engine::HEARTBEAT_IDLE * 3)
+                        .max(crate::capture::engine::HEARTBEAT_IDLE * 3)
                         .as_micros() as i64;
                     match h.state.as_str() {
                         "failing" => r.problems.push(format!(
@@ -238,6 +238,49 @@ pub fn row(
     }
     r.ok = r.problems.is_empty();
     r
+}
+
+/// Health of the set at `set` (a `DEST/<name>` folder), as `walbundle status SET` reports it.
+///
+/// # Errors
+/// `Usage` if the folder is not a backup set.
+pub fn status_of_set(set: &Path, stale_after: Option<Duration>) -> Result<Row> {
+    if !set.join(crate::chain::layout::SET_FILE).exists() {
+        return Err(Error::usage("is not a walbundle backup set").at(set));
+    }
+    Ok(row(None, set, None, stale_after, true))
+}
+
+/// Health of every database the config at `path` names, as `walbundle status --config`
+/// reports it. Staleness: `stale_after` if given, else the entry's `stale_after`, the config's,
+/// or twice the entry's snapshot `every`; a database whose set does not exist yet is a problem.
+///
+/// # Errors
+/// The config cannot be read or resolved.
+pub fn status_of_config(path: &Path, stale_after: Option<Duration>) -> Result<Vec<Row>> {
+    use super::config::{Config, duration};
+    let cfg = Config::load(path)?;
+    let default = cfg.stale_after.as_deref().and_then(|s| duration(s).ok());
+    Ok(cfg
+        .resolve(path, None)?
+        .iter()
+        .map(|r| {
+            let parse = |s: Option<&str>| s.and_then(|s| duration(s).ok());
+            let stale = stale_after
+                .or_else(|| parse(r.entry.stale_after.as_deref()))
+                .or(default)
+                .or_else(|| parse(r.entry.every.as_deref()).map(|d| d * 2));
+            let set = r.set_dir();
+            if set.join(crate::chain::layout::SET_FILE).exists() {
+                row(Some(&r.db), &set, Some(r.mode), stale, true)
+            } else {
+                let mut row = row(Some(&r.db), &set, Some(r.mode), stale, false);
+                row.problems = vec!["not backed up yet: its set does not exist".into()];
+                row.ok = false;
+                row
+            }
+        })
+        .collect())
 }
 
 fn esc(s: &str) -> String {

@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use walbundle::{Error, Result};
+use crate::{Error, Result};
 
 /// How a database is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -109,7 +109,7 @@ pub struct Resolved {
 impl Resolved {
     /// The set folder.
     pub fn set_dir(&self) -> PathBuf {
-        walbundle::chain::set_dir(&self.dest, &self.name)
+        crate::chain::set_dir(&self.dest, &self.name)
     }
 }
 

@@ -1,0 +1,214 @@
+//! The pin and window protocol: where capture's read mark stands, when it moves (leapfrogging
+//! between the two readers), and how capture steps out of the way of the application's own
+//! blocking checkpoints. walbundle never takes the write lock.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl Capturer {
+    /// Keep the pin out of the application's way (called every poll):
+    /// - another process holds the checkpoint and the write lock: [`Self::step_aside`];
+    /// - everything is captured and backfilled but the pin is not on the fully backfilled WAL:
+    ///   move it there, which lets the WAL restart once;
+    /// - the WAL's committed frames exceed `max_wal_bytes`: once per `interval`, try to let it
+    ///   restart — move the pin
+    ///   to the newest commit, backfill up to it with a PASSIVE checkpoint on the idle reader,
+    ///   and if nothing was committed meanwhile, move onto the fully backfilled WAL. Under writes
+    ///   that never pause for those few milliseconds the WAL keeps growing (restarting it anyway
+    ///   would take the write lock, which walbundle never does); it restarts at the first pause;
+    /// - otherwise, the pin is behind the newest commit (it caps what the application's own
+    ///   checkpoints may backfill): move it there once per `interval`, or as soon as it trails
+    ///   by 1,000 frames, so the application's checkpoints backfill in small steps.
+    pub(super) fn tend_pin(&mut self) -> Result<()> {
+        if self.shm.blocking_checkpoint() {
+            return self.step_aside();
+        }
+        let Some(h) = self.last_shm else {
+            return Ok(());
+        };
+        if self.can_free(&h) {
+            return self.advance();
+        }
+        let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
+        let live = u64::from(h.mx_frame) * frame_bytes;
+        if live > self.opts.max_wal_bytes
+            && h.salts == self.cur.salts
+            && self.cur.frame == h.mx_frame
+            && self.last_restart_try.elapsed() >= self.opts.interval
+        {
+            self.last_restart_try = Instant::now();
+            if self.is_behind(&h) {
+                self.advance()?;
+            }
+            if self.pin.mx == h.mx_frame && h.n_backfill < h.mx_frame {
+                let idle = &self.readers[1 - self.active];
+                // PASSIVE never takes the write lock and never waits; a busy checkpoint lock (the
+                // application is checkpointing) is not an error.
+                let t0 = Instant::now();
+                let _ = idle.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                let took = us(t0.elapsed());
+                self.stats.checkpoints += 1;
+                self.stats.checkpoint_max_us = self.stats.checkpoint_max_us.max(took);
+                debug(|| format!("own checkpoint: {took} us"));
+            }
+            // A fresh header, not `last_shm`: that one must stay the header of the last scan,
+            // or the idle fast path would skip commits made since it.
+            if let Some(h2) = self.shm.header()?
+                && self.can_free(&h2)
+            {
+                self.advance()?;
+            }
+            return Ok(());
+        }
+        // At most an interval behind, and never more than SQLite's own auto-checkpoint unit:
+        // the application's auto-checkpoint runs inside a commit and backfills up to our mark,
+        // so a far-behind mark would make that one commit copy a whole interval of a burst.
+        let lag = if h.salts == self.pin.salts {
+            h.mx_frame.saturating_sub(self.pin.mx)
+        } else {
+            h.mx_frame
+        };
+        if self.is_behind(&h)
+            && (self.last_move.elapsed() >= self.opts.interval || lag >= MARK_LAG_FRAMES)
+        {
+            self.advance()?;
+        }
+        Ok(())
+    }
+
+    /// The pin is older than the newest commit (or in an older cycle).
+    pub(super) fn is_behind(&self, h: &ShmHeader) -> bool {
+        h.salts != self.pin.salts || h.mx_frame > self.pin.mx
+    }
+
+    /// Everything committed is captured and backfilled, and the pin may be what keeps the WAL
+    /// from restarting.
+    pub(super) fn can_free(&self, h: &ShmHeader) -> bool {
+        !self.pin.full
+            && h.n_backfill == h.mx_frame
+            && h.mx_frame > 0
+            && h.salts == self.cur.salts
+            && self.cur.frame == h.mx_frame
+    }
+
+    /// Would moving the pin now help a waiting checkpointer (see [`Self::step_aside`])?
+    pub(super) fn pin_wants_move(&self, h: &ShmHeader) -> bool {
+        self.is_behind(h) || self.can_free(h)
+    }
+
+    /// Another process is running a FULL, RESTART or TRUNCATE checkpoint, holding the write
+    /// lock (so nothing commits) while it waits for readers. Capture everything committed, move
+    /// the pin to the newest frame (its backfill no longer waits for us), and once that is
+    /// backfilled, onto the fully backfilled WAL (its restart no longer waits for us) — polling
+    /// every millisecond until the locks are released or [`STEP_ASIDE_LIMIT`] passes.
+    pub(super) fn step_aside(&mut self) -> Result<()> {
+        let t0 = Instant::now();
+        self.stats.step_asides += 1;
+        let mut out_of_way: Option<Duration> = None;
+        let mut moved_at = Instant::now();
+        while t0.elapsed() < STEP_ASIDE_LIMIT {
+            if let Err(g) = self.capture_new()? {
+                return self.new_chain(g);
+            }
+            if let Some(h) = self.last_shm {
+                // `full` is conservative: a reader that began while a checkpointer held read
+                // lock 0, or just as backfill finished, sits on slot K although the header says
+                // fully backfilled. If the checkpoint still waits, pin again (it lands on
+                // slot 0 now).
+                let stuck_full = self.pin.full && moved_at.elapsed() >= Duration::from_millis(10);
+                if self.pin_wants_move(&h) || stuck_full {
+                    self.advance()?;
+                    moved_at = Instant::now();
+                }
+                let fresh = self.pin.salts == h.salts && self.pin.mx == h.mx_frame;
+                if out_of_way.is_none() && fresh && self.pin.full {
+                    out_of_way = Some(t0.elapsed());
+                }
+            }
+            if !self.shm.blocking_checkpoint() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let took = us(out_of_way.unwrap_or_else(|| t0.elapsed()));
+        self.stats.step_aside_max_us = self.stats.step_aside_max_us.max(took);
+        debug(|| format!("step aside: {took} us"));
+        Ok(())
+    }
+
+    /// Move the pin to the newest commit by leapfrogging: the idle reader takes a new pin, capture
+    /// catches up under the old one (which still protects every frame), and the old reader lets
+    /// go only if the new pin is safe to rely on:
+    /// - it is in our cycle, or the WAL is empty at it and we are at (or may follow to) frame 0;
+    /// - if it may be on the fully backfilled WAL (`full`), everything up to it is captured, since
+    ///   the WAL may restart at it as soon as the old pin is gone.
+    ///
+    /// Otherwise the new transaction ends and the old pin stays.
+    pub(super) fn advance(&mut self) -> Result<()> {
+        let p = self.src.path.clone();
+        let spare = 1 - self.active;
+        let Some(p2) = begin_pinned(&self.readers[spare], &self.shm, &p)? else {
+            return Ok(());
+        };
+        let caught_up = match self.capture_new() {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = end_read(&self.readers[spare], &p);
+                return Err(e);
+            }
+        };
+        if let Err(g) = caught_up {
+            end_read(&self.readers[spare], &p)?;
+            return self.new_chain(g);
+        }
+        let follows_empty = p2.mx == 0
+            && p2.salts != self.cur.salts
+            && (self.cur.frame == 0
+                || (self.pin.full
+                    && self.pin.salts == self.cur.salts
+                    && self.pin.mx == self.cur.frame));
+        let same = p2.salts == self.cur.salts || follows_empty;
+        let safe = same && (!p2.full || follows_empty || self.cur.frame >= p2.mx);
+        if !safe {
+            debug(|| {
+                format!(
+                    "advance refused: pin {:08x}/{} full {} vs cursor {:08x}/{}",
+                    p2.salts.0, p2.mx, p2.full, self.cur.salts.0, self.cur.frame
+                )
+            });
+            return end_read(&self.readers[spare], &p);
+        }
+        if follows_empty {
+            // The WAL restarted and is empty (a TRUNCATE): the state is the database file,
+            // which is the state at our cursor.
+            self.enter_cycle(p2.salts)?;
+        }
+        self.take_pin(spare, p2)
+    }
+
+    /// Move the read mark to the newest commit in the middle of a scan, without catching up
+    /// first: safe when the new pin is in our cycle and not on the fully backfilled WAL (any
+    /// such pin keeps the WAL from restarting, so every frame of the cycle stays readable), or
+    /// when capture already holds everything up to it.
+    pub(super) fn move_mark(&mut self) -> Result<()> {
+        let p = self.src.path.clone();
+        let spare = 1 - self.active;
+        let Some(p2) = begin_pinned(&self.readers[spare], &self.shm, &p)? else {
+            return Ok(());
+        };
+        if p2.salts != self.cur.salts || (p2.full && self.cur.frame < p2.mx) {
+            return end_read(&self.readers[spare], &p);
+        }
+        self.take_pin(spare, p2)
+    }
+
+    /// The spare reader's new pin `p2` replaces the active one.
+    pub(super) fn take_pin(&mut self, spare: usize, p2: Pin) -> Result<()> {
+        end_read(&self.readers[self.active], &self.src.path)?;
+        self.active = spare;
+        self.pin = p2;
+        self.last_move = Instant::now();
+        self.stats.pin_moves += 1;
+        Ok(())
+    }
+}
