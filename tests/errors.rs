@@ -264,3 +264,49 @@ fn a_second_writer_on_the_same_set_is_refused() {
         o.code(2).stderr_has("another walbundle process");
     }
 }
+
+/// The conventions of a packaged CLI: a man page and completions generated from the same clap
+/// definitions as the parser, `--version` naming the format versions, `NO_COLOR` honoured.
+#[test]
+fn man_page_completions_version_and_no_color() {
+    let man = wb(["generate", "man"]);
+    man.ok();
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH walbundle"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+    assert!(man.stdout.contains("snapshot") && man.stdout.contains("restore"));
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef walbundle"),
+        ("fish", "complete -c walbundle"),
+    ] {
+        let o = wb(["generate", shell]);
+        o.ok();
+        assert!(
+            o.stdout.contains(marker),
+            "{shell}: {}",
+            &o.stdout[..200.min(o.stdout.len())]
+        );
+        assert!(
+            o.stdout.contains("restore"),
+            "{shell} completions name the subcommands"
+        );
+    }
+    let v = wb(["--version"]);
+    v.ok();
+    assert!(
+        v.stdout.contains(env!("CARGO_PKG_VERSION")) && v.stdout.contains("version 1"),
+        "{}",
+        v.stdout
+    );
+    // clap colours its errors on a terminal only; NO_COLOR must keep escapes out regardless.
+    let o = wb_env(["snapshot", "--no-such-flag"], &[("NO_COLOR", "1")]);
+    o.code(2);
+    assert!(
+        !o.stderr.contains('\u{1b}'),
+        "escape codes despite NO_COLOR: {:?}",
+        o.stderr
+    );
+}

@@ -251,6 +251,21 @@ fn restore_never_overwrites_without_force_and_keeps_what_it_moves_aside() {
     );
     assert!(!wal.exists());
     check_prefix(&out);
+    // Forced again at once (the same second): the first restore is moved aside under another
+    // name, not refused for a taken one.
+    for _ in 0..2 {
+        wb(["restore", s(&set), "--out", s(&out), "--force"]).ok();
+    }
+    let asides = std::fs::read_dir(t.path("out"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.contains(".walbundle-old-") && !n.ends_with("-wal") && !n.ends_with("-shm")
+        })
+        .count();
+    assert_eq!(asides, 3, "every replaced database kept");
+    check_prefix(&out);
     // No temporaries left in the output folder.
     let names: Vec<String> = std::fs::read_dir(t.path("out"))
         .unwrap()

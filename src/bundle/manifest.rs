@@ -312,6 +312,13 @@ impl GenerationManifest {
                 }
                 Some(bundle_sha256)
             }
+            Origin::Snapshot { .. } if self.seq != 0 => {
+                return bad(format!(
+                    "field `origin.kind` is \"snapshot\" but `seq` is {}: a snapshot is always \
+                     a chain's generation 0",
+                    self.seq
+                ));
+            }
             Origin::Snapshot { .. } => None,
         };
         for (name, v) in [

@@ -650,6 +650,7 @@ impl Bundle {
         let page_size = h.page_size as usize;
         let mut page = vec![0u8; page_size];
         let mut raw_read: u64 = 0;
+        let mut prev_commit: Option<(u32, i64)> = None;
         for i in 0..u64::from(h.txn_count) {
             let txn = h.first_txn + i;
             let mut rh = [0u8; RECORD_HEADER_LEN];
@@ -693,6 +694,24 @@ impl Bundle {
                     ),
                 ));
             }
+            if prev_commit.is_some_and(|(f, _)| rec.commit_frame <= f) {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "transaction {txn} commit frame {} does not follow the previous one's",
+                        rec.commit_frame
+                    ),
+                ));
+            }
+            if i == 0 && rec.time_us != h.first_time_us {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "transaction {txn}'s capture time differs from the header's `first_time_us`"
+                    ),
+                ));
+            }
+            prev_commit = Some((rec.commit_frame, rec.time_us));
             let mut crc = crc32fast::Hasher::new();
             crc.update(&rh);
             if !on_txn(txn, &rec)? {
@@ -738,6 +757,15 @@ impl Bundle {
             if !on_commit(txn, &rec)? {
                 return Ok(());
             }
+        }
+        if let Some((frame, time)) = prev_commit
+            && (frame != h.last_frame || time != h.last_time_us)
+        {
+            return Err(Error::corrupt(
+                path,
+                "the last transaction's commit frame or capture time differs from the header's \
+                 `last_frame` / `last_time_us`",
+            ));
         }
         let mut extra = [0u8; 1];
         if super::read_up_to(&mut dec, &mut extra).map_err(zerr)? != 0 || raw_read != h.body_raw_len

@@ -275,11 +275,28 @@ pub fn restore(
         let stamp = jiff::Timestamp::now()
             .strftime("%Y%m%dT%H%M%SZ")
             .to_string();
-        let aside = sidecar(out, &format!(".walbundle-old-{stamp}"));
+        let suffix_of = |p: &Path| p.to_string_lossy()[out.to_string_lossy().len()..].to_string();
+        // A second `--force` restore within the same second gets `-2`, `-3`, ...: never a name
+        // that is taken (the rename would refuse and the restore fail).
+        let mut n = 1u32;
+        let aside = loop {
+            let tag = if n == 1 {
+                stamp.clone()
+            } else {
+                format!("{stamp}-{n}")
+            };
+            let a = sidecar(out, &format!(".walbundle-old-{tag}"));
+            let taken = std::iter::once(out)
+                .chain(sidecars.iter())
+                .any(|p| sidecar(&a, &suffix_of(p)).exists());
+            if !taken || n >= 10_000 {
+                break a;
+            }
+            n += 1;
+        };
         for p in std::iter::once(out).chain(sidecars.iter()) {
             if p.exists() {
-                let suffix = p.to_string_lossy()[out.to_string_lossy().len()..].to_string();
-                let to = sidecar(&aside, &suffix);
+                let to = sidecar(&aside, &suffix_of(p));
                 crate::sys::rename_noreplace(p, &to).ctx(p, "moving aside")?;
                 moved.push(to);
             }

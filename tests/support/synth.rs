@@ -165,7 +165,8 @@ impl Synth {
                 written.push((pgno, page));
             }
             self.pages.resize(t.count_after as usize, vec![0; PS]);
-            self.frame += written.len() as u32;
+            // A commit always has a frame (SQLite's commit frame holds a page).
+            self.frame += (written.len() as u32).max(1);
             let meta = TxnMeta {
                 time_us: T0 + self.txn as i64 * 1_000_000,
                 page_count: t.count_after,

@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "walbundle",
     version,
+    long_version = LONG_VERSION,
     propagate_version = true,
     max_term_width = 100
 )]
@@ -54,7 +55,17 @@ enum Command {
     /// Run the whole job end to end on a demo database (created if missing): write, snapshot,
     /// list, verify, restore, compare.
     Demo(cmd::demo::Args),
+    /// Print the man page or shell completions (for packagers).
+    Generate(cmd::generate::Args),
 }
+
+/// `--version`: the tool's version and the on-disk format versions it reads and writes.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nformat: reads and writes version 1 of the set record (walbundle-set), the generation \
+     manifest (walbundle-generation), the generation image and the WAL bundle (.wbb); \
+     spec: format/README.md"
+);
 
 /// SQLite check on a materialised image.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -100,7 +111,16 @@ struct DestArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    // NO_COLOR (no-color.org): any non-empty value turns colour off, whatever the terminal.
+    let mut command = Cli::command();
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        command = command.color(clap::ColorChoice::Never);
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let (json, result) = match cli.command {
         Command::Snapshot(a) => (a.common.json, cmd::snapshot::run(a)),
         Command::Capture(a) => (a.common.json, cmd::capture::run(a)),
@@ -118,6 +138,7 @@ fn main() -> ExitCode {
             cmd::schedule::run(a),
         ),
         Command::Demo(a) => (false, cmd::demo::run(a)),
+        Command::Generate(a) => (false, cmd::generate::run(&a)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -3,6 +3,7 @@
 pub mod capture;
 pub mod compact;
 pub mod demo;
+pub mod generate;
 pub mod list;
 pub mod restore;
 pub mod schedule;
