@@ -1,7 +1,9 @@
 //! Operations over many databases and sets: the TOML config that names them ([`config`]), and
 //! their health — `status` rows, staleness, Prometheus text and the loopback metrics endpoint
-//! ([`health`]), and [`protect::Protector`], continuous capture embedded in an application.
+//! ([`health`]), the schedules that run walbundle unattended ([`schedule`]), and
+//! [`protect::Protector`], continuous capture embedded in an application.
 
 pub mod config;
 pub mod health;
 pub mod protect;
+pub mod schedule;

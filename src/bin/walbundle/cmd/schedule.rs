@@ -3,14 +3,14 @@
 //! otherwise, or a launchd agent on macOS.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use walbundle::ops::config::{self, Mode};
+use walbundle::ops::schedule::{self as sched, InstallOptions};
 use walbundle::{Error, Result};
 
 use crate::Common;
 use crate::ui;
-use walbundle::ops::config::{self, Config, Mode};
 
 /// Arguments of `schedule`.
 #[derive(Debug, clap::Args)]
@@ -112,528 +112,76 @@ pub struct RemoveArgs {
     pub common: Common,
 }
 
-const TAG: &str = "# walbundle:";
-
-fn check_name(n: &str) -> Result<()> {
-    if n.is_empty()
-        || n.len() > 64
-        || !n
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(Error::usage(format!(
-            "schedule name {n:?} must be 1-64 letters, digits, '-' or '_'"
-        )));
-    }
-    Ok(())
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
-}
-
-fn systemd_dir(over: Option<&Path>) -> PathBuf {
-    over.map(Path::to_path_buf).unwrap_or_else(|| {
-        std::env::var_os("XDG_CONFIG_HOME")
-            .map_or_else(|| home().join(".config"), PathBuf::from)
-            .join("systemd/user")
-    })
-}
-
-fn launchd_dir(over: Option<&Path>) -> PathBuf {
-    over.map(Path::to_path_buf)
-        .unwrap_or_else(|| home().join("Library/LaunchAgents"))
-}
-
-fn quiet_ok(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn systemd_available() -> bool {
-    quiet_ok(Command::new("systemctl").args(["--user", "show-environment"]))
-}
-
-fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .output()
-        .map_err(|e| Error::io(Path::new(what), "running", e))?;
-    succeeded(&out, &format!("`{what}` failed"))
-}
-
-/// `Ok` if the command behind `out` exited 0; otherwise an error saying `what`, with its stderr.
-fn succeeded(out: &std::process::Output, what: &str) -> Result<()> {
-    if !out.status.success() {
-        return Err(Error::new(
-            walbundle::ErrorKind::Io,
-            format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        ));
-    }
-    Ok(())
-}
-
-/// A shell-safe single-quoted word (with `%`, which cron turns into a newline, escaped).
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''").replace('%', "\\%"))
-}
-
-/// A systemd ExecStart argument (quoted when it holds spaces or quotes; `%` doubled).
-fn sd_quote(s: &str) -> String {
-    let s = s.replace('%', "%%");
-    if s.contains([' ', '"', '\\', '\'']) {
-        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-    } else {
-        s
-    }
-}
-
-fn units(
-    name: &str,
-    exe: &str,
-    cfg: &str,
-    mode: ModeArg,
-    every: Duration,
-) -> Vec<(String, String)> {
-    let doc = "";
-    let (e, c) = (sd_quote(exe), sd_quote(cfg));
-    let timer = |what: &str, every_s: u64| {
-        format!(
-            "[Unit]\nDescription=walbundle {what} timer ({name})\n{doc}\n[Timer]\nOnBootSec=2min\n\
-             OnUnitActiveSec={every_s}s\nAccuracySec=1min\n\n[Install]\nWantedBy=timers.target\n"
-        )
-    };
-    match mode {
-        ModeArg::Capture => vec![
-            (
-                format!("walbundle-{name}.service"),
-                format!(
-                    "[Unit]\nDescription=walbundle continuous capture ({name})\n{doc}\
-                     StartLimitIntervalSec=0\n\n[Service]\nType=simple\n\
-                     ExecStart={e} capture --config {c}\nRestart=always\nRestartSec=10\n\
-                     KillSignal=SIGTERM\nTimeoutStopSec=60\n\n[Install]\nWantedBy=default.target\n"
-                ),
-            ),
-            (
-                format!("walbundle-{name}-compact.service"),
-                format!(
-                    "[Unit]\nDescription=walbundle compaction ({name})\n{doc}\n[Service]\n\
-                     Type=oneshot\nExecStart={e} compact --config {c} -q\n"
-                ),
-            ),
-            (
-                format!("walbundle-{name}-compact.timer"),
-                timer("compaction", 3600),
-            ),
-        ],
-        ModeArg::Snapshot => vec![
-            (
-                format!("walbundle-{name}.service"),
-                format!(
-                    "[Unit]\nDescription=walbundle snapshot and compaction ({name})\n{doc}\n\
-                     [Service]\nType=oneshot\nExecStart={e} snapshot --config {c} -q\n\
-                     ExecStart={e} compact --config {c} -q\n"
-                ),
-            ),
-            (
-                format!("walbundle-{name}.timer"),
-                timer("snapshot", every.as_secs().max(60)),
-            ),
-        ],
-    }
-}
-
-fn cron_when(every: Duration) -> String {
-    let m = (every.as_secs() / 60).max(1);
-    if m < 60 {
-        format!("*/{m} * * * *")
-    } else if m < 1440 {
-        format!("0 */{} * * *", (m / 60).clamp(1, 23))
-    } else {
-        format!("0 3 */{} * *", (m / 1440).clamp(1, 28))
-    }
-}
-
-fn cron_lines(name: &str, exe: &str, cfg: &str, mode: ModeArg, every: Duration) -> Vec<String> {
-    let log_dir = home().join(".local/state/walbundle");
-    let log = sh_quote(&log_dir.join(format!("{name}.log")).display().to_string());
-    let (e, c) = (sh_quote(exe), sh_quote(cfg));
-    let mk = format!("mkdir -p {} &&", sh_quote(&log_dir.display().to_string()));
-    let tag = format!("{TAG}{name}");
-    match mode {
-        ModeArg::Capture => {
-            let lock = sh_quote(&log_dir.join(format!("{name}.lock")).display().to_string());
-            vec![
-                format!(
-                    "* * * * * {mk} flock -n {lock} {e} capture --config {c} -q >> {log} 2>&1 {tag}"
-                ),
-                format!("17 * * * * {mk} {e} compact --config {c} -q >> {log} 2>&1 {tag}"),
-            ]
-        }
-        ModeArg::Snapshot => vec![format!(
-            "{} {mk} {e} snapshot --config {c} -q >> {log} 2>&1; {e} compact --config {c} -q >> {log} 2>&1 {tag}",
-            cron_when(every)
-        )],
-    }
-}
-
-fn launchd_plist(name: &str, exe: &str, cfg: &str, mode: ModeArg, every: Duration) -> String {
-    let x = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
-    let (verb, extra) = match mode {
-        ModeArg::Capture => ("capture", "  <key>KeepAlive</key>\n  <true/>\n".to_string()),
-        ModeArg::Snapshot => (
-            "snapshot",
-            format!(
-                "  <key>StartInterval</key>\n  <integer>{}</integer>\n",
-                every.as_secs().max(60)
-            ),
-        ),
-    };
-    let log = home().join(format!("Library/Logs/walbundle-{name}.log"));
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n\
-         <plist version=\"1.0\">\n<dict>\n  <key>Label</key>\n  <string>com.walbundle.{name}</string>\n\
-         \x20 <key>ProgramArguments</key>\n  <array>\n    <string>{}</string>\n    <string>{verb}</string>\n\
-         \x20   <string>--config</string>\n    <string>{}</string>\n  </array>\n\
-         \x20 <key>RunAtLoad</key>\n  <true/>\n{extra}\
-         \x20 <key>StandardErrorPath</key>\n  <string>{}</string>\n</dict>\n</plist>\n",
-        x(exe),
-        x(cfg),
-        x(&log.display().to_string())
-    )
-}
-
-fn read_crontab() -> Result<String> {
-    let out = Command::new("crontab").arg("-l").output().map_err(|e| {
-        Error::io(Path::new("crontab"), "running", e)
-            .hint("install cron (Debian: apt-get install cron), or use --backend systemd")
-    })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Ok(String::new()) // "no crontab for USER"
-    }
-}
-
-fn write_crontab(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("crontab")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io(Path::new("crontab"), "running", e))?;
-    if let Some(mut i) = child.stdin.take() {
-        i.write_all(text.as_bytes())
-            .map_err(|e| Error::io(Path::new("crontab"), "writing", e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(Path::new("crontab"), "running", e))?;
-    succeeded(&out, "crontab refused the new table")
-}
-
-fn without_tag(table: &str, name: &str) -> String {
-    let tag = format!("{TAG}{name}");
-    table
-        .lines()
-        .filter(|l| !l.trim_end().ends_with(&tag))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-fn linger_warning() -> Option<String> {
-    let user = std::env::var("USER").unwrap_or_default();
-    let out = Command::new("loginctl")
-        .args(["show-user", &user, "--property=Linger"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let s = String::from_utf8_lossy(&o.stdout);
-            (s.trim() == "Linger=no").then(|| {
-                format!(
-                    "lingering is disabled for {user}: systemd stops your user units when you log \
-                     out. Run `loginctl enable-linger {user}` to keep protection running."
-                )
-            })
-        }
-        _ => Some(
-            "could not ask loginctl whether your user session outlives logout (under WSL2 and \
-             some containers it does not): check that the schedule still runs after logging out"
-                .into(),
-        ),
-    }
-}
-
 pub fn run(a: Args) -> Result<u8> {
     match a.action {
         Action::Install(i) => install(i),
-        Action::List(l) => list(l),
-        Action::Remove(r) => remove(r),
+        Action::List(l) => list(&l),
+        Action::Remove(r) => remove(&r),
     }
 }
 
 fn install(a: InstallArgs) -> Result<u8> {
-    check_name(&a.name)?;
-    let cfg_path =
-        std::fs::canonicalize(&a.config).map_err(|e| Error::io(&a.config, "reading config", e))?;
-    let cfg = Config::load(&cfg_path)?;
-    // The databases must resolve now (a typo is better caught at install than at 3 a.m.).
-    let dbs = cfg.resolve(&cfg_path, None)?;
-    let mode_dbs = dbs
-        .iter()
-        .filter(|d| {
-            d.mode
-                == if a.mode == ModeArg::Capture {
-                    Mode::Capture
-                } else {
-                    Mode::Snapshot
-                }
-        })
-        .count();
     let exe = std::env::current_exe()
         .and_then(std::fs::canonicalize)
         .map_err(|e| Error::io(Path::new("walbundle"), "locating this executable", e))?;
-    let (exe, cfgs) = (exe.display().to_string(), cfg_path.display().to_string());
-    let backend = match a.backend {
-        Backend::Auto if systemd_available() => Backend::Systemd,
-        Backend::Auto => Backend::Cron,
-        b => b,
-    };
-    let mut report = serde_json::json!({ "name": a.name, "backend": format!("{backend:?}").to_lowercase(),
-        "config": cfgs, "databases_in_mode": mode_dbs });
-    let mut warnings = Vec::new();
-    match backend {
-        Backend::Systemd => {
-            let dir = systemd_dir(a.unit_dir.as_deref());
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::io(&dir, "creating unit folder", e))?;
-            // Idempotent: units of this name that the new set does not include are removed.
-            let new = units(&a.name, &exe, &cfgs, a.mode, a.every);
-            let old = installed_units(&dir, &a.name);
-            let mut changed = false;
-            for (f, text) in &new {
-                let p = dir.join(f);
-                if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
-                    std::fs::write(&p, text).map_err(|e| Error::io(&p, "writing unit", e))?;
-                    changed = true;
-                }
-            }
-            for f in old.iter().filter(|f| !new.iter().any(|(n, _)| n == *f)) {
-                if !a.no_start {
-                    let _ =
-                        quiet_ok(Command::new("systemctl").args(["--user", "disable", "--now", f]));
-                }
-                let _ = std::fs::remove_file(dir.join(f));
-                changed = true;
-            }
-            if !a.no_start {
-                run_checked(
-                    Command::new("systemctl").args(["--user", "daemon-reload"]),
-                    "systemctl --user daemon-reload",
-                )?;
-                for (f, _) in new.iter().filter(|(f, _)| {
-                    f.ends_with(".timer") || (a.mode == ModeArg::Capture && !f.contains("-compact"))
-                }) {
-                    run_checked(
-                        Command::new("systemctl").args(["--user", "enable", "--now", f]),
-                        &format!("systemctl --user enable --now {f}"),
-                    )?;
-                    if changed && f.ends_with(".service") {
-                        let _ = quiet_ok(Command::new("systemctl").args(["--user", "restart", f]));
-                    }
-                }
-                warnings.extend(linger_warning());
-            }
-            report["files"] = new
-                .iter()
-                .map(|(f, _)| dir.join(f).display().to_string())
-                .collect();
-            report["changed"] = changed.into();
-        }
-        Backend::Cron => {
-            let table = read_crontab()?;
-            let mut next = without_tag(&table, &a.name);
-            let lines = cron_lines(&a.name, &exe, &cfgs, a.mode, a.every);
-            for l in &lines {
-                next.push_str(l);
-                next.push('\n');
-            }
-            if next != table {
-                write_crontab(&next)?;
-            }
-            report["crontab_lines"] = lines.into();
-            report["changed"] = (next != table).into();
-        }
-        Backend::Launchd => {
-            let dir = launchd_dir(a.unit_dir.as_deref());
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "creating folder", e))?;
-            let p = dir.join(format!("com.walbundle.{}.plist", a.name));
-            let text = launchd_plist(&a.name, &exe, &cfgs, a.mode, a.every);
-            std::fs::write(&p, text).map_err(|e| Error::io(&p, "writing plist", e))?;
-            if !a.no_start && cfg!(target_os = "macos") {
-                let _ = quiet_ok(Command::new("launchctl").arg("unload").arg(&p));
-                run_checked(
-                    Command::new("launchctl").arg("load").arg(&p),
-                    "launchctl load",
-                )?;
-            }
-            report["files"] = vec![p.display().to_string()].into();
-        }
-        Backend::Auto => unreachable!("resolved above"),
-    }
-    if mode_dbs == 0 {
-        warnings.push(format!(
-            "the config names no {} database (yet): the schedule will have nothing to do until one appears",
-            if a.mode == ModeArg::Capture { "capture-mode" } else { "snapshot-mode" }
-        ));
-    }
-    report["warnings"] = warnings.clone().into();
+    let r = sched::install(&InstallOptions {
+        name: a.name,
+        config: a.config,
+        mode: match a.mode {
+            ModeArg::Capture => Mode::Capture,
+            ModeArg::Snapshot => Mode::Snapshot,
+        },
+        every: a.every,
+        backend: match a.backend {
+            Backend::Auto => sched::Backend::Auto,
+            Backend::Systemd => sched::Backend::Systemd,
+            Backend::Cron => sched::Backend::Cron,
+            Backend::Launchd => sched::Backend::Launchd,
+        },
+        unit_dir: a.unit_dir,
+        no_start: a.no_start,
+        exe,
+    })?;
     if a.common.json {
-        ui::json(&report);
+        ui::json(&serde_json::to_value(&r).unwrap_or_default());
     } else if !a.common.quiet {
+        let what = if r.files.is_empty() {
+            &r.crontab_lines
+        } else {
+            &r.files
+        };
         ui::out(&format!(
             "schedule {} installed ({}): {}\n",
-            a.name,
-            report["backend"].as_str().unwrap_or(""),
-            report
-                .get("files")
-                .or(report.get("crontab_lines"))
-                .map(|v| v.to_string())
-                .unwrap_or_default()
+            r.name,
+            serde_json::to_value(r.backend)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            what.join(", ")
         ));
     }
-    for w in warnings {
+    for w in &r.warnings {
         eprintln!("walbundle: warning: {w}");
     }
     Ok(0)
 }
 
-fn installed_units(dir: &Path, name: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|f| {
-                    let stem = f.trim_end_matches(".service").trim_end_matches(".timer");
-                    (f.ends_with(".service") || f.ends_with(".timer"))
-                        && (stem == format!("walbundle-{name}")
-                            || stem == format!("walbundle-{name}-compact"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn all_schedules(unit_dir: Option<&Path>) -> Vec<(String, &'static str, String)> {
-    let mut out = Vec::new();
-    let dir = systemd_dir(unit_dir);
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        let mut names: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|f| {
-                f.starts_with("walbundle-") && (f.ends_with(".service") || f.ends_with(".timer"))
-            })
-            .collect();
-        names.sort();
-        for f in names {
-            let stem = f.trim_end_matches(".service").trim_end_matches(".timer");
-            let n = stem
-                .trim_start_matches("walbundle-")
-                .trim_end_matches("-compact");
-            out.push((n.to_string(), "systemd", dir.join(&f).display().to_string()));
-        }
-    }
-    if let Ok(t) = read_crontab() {
-        for l in t.lines() {
-            if let Some(i) = l.rfind(TAG) {
-                out.push((l[i + TAG.len()..].trim().to_string(), "cron", l.to_string()));
-            }
-        }
-    }
-    let ld = launchd_dir(None);
-    if let Ok(rd) = std::fs::read_dir(&ld) {
-        for e in rd.flatten() {
-            let f = e.file_name().to_string_lossy().into_owned();
-            if let Some(n) = f
-                .strip_prefix("com.walbundle.")
-                .and_then(|x| x.strip_suffix(".plist"))
-            {
-                out.push((n.to_string(), "launchd", ld.join(&f).display().to_string()));
-            }
-        }
-    }
-    out
-}
-
-fn list(a: ListArgs) -> Result<u8> {
-    let all = all_schedules(a.unit_dir.as_deref());
+fn list(a: &ListArgs) -> Result<u8> {
+    let all = sched::list(a.unit_dir.as_deref());
     if a.common.json {
-        let v: Vec<_> = all
-            .iter()
-            .map(|(n, b, w)| serde_json::json!({ "name": n, "backend": b, "entry": w }))
-            .collect();
-        ui::json(&serde_json::json!({ "schedules": v }));
+        ui::json(&serde_json::json!({ "schedules": all }));
     } else if all.is_empty() {
         ui::out("no walbundle schedules installed\n");
     } else {
-        for (n, b, w) in &all {
-            ui::out(&format!("{n}\t{b}\t{w}\n"));
+        for s in &all {
+            ui::out(&format!("{}\t{}\t{}\n", s.name, s.backend, s.entry));
         }
     }
     Ok(0)
 }
 
-fn remove(a: RemoveArgs) -> Result<u8> {
-    check_name(&a.name)?;
-    let mut removed = Vec::new();
-    let dir = systemd_dir(a.unit_dir.as_deref());
-    let units = installed_units(&dir, &a.name);
-    if !units.is_empty() {
-        if !a.no_start {
-            for f in &units {
-                let _ = quiet_ok(Command::new("systemctl").args(["--user", "disable", "--now", f]));
-            }
-        }
-        for f in &units {
-            let p = dir.join(f);
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, "removing unit", e))?;
-            removed.push(p.display().to_string());
-        }
-        if !a.no_start {
-            let _ = quiet_ok(Command::new("systemctl").args(["--user", "daemon-reload"]));
-        }
-    }
-    if let Ok(t) = read_crontab()
-        && t.contains(&format!("{TAG}{}", a.name))
-    {
-        let next = without_tag(&t, &a.name);
-        if next.trim().is_empty() {
-            // Nothing else was in it: remove the table rather than leave an empty one.
-            run_checked(Command::new("crontab").arg("-r"), "crontab -r")?;
-        } else {
-            write_crontab(&next)?;
-        }
-        removed.push(format!("crontab entries tagged {TAG}{}", a.name));
-    }
-    let plist = launchd_dir(a.unit_dir.as_deref()).join(format!("com.walbundle.{}.plist", a.name));
-    if plist.exists() {
-        if !a.no_start && cfg!(target_os = "macos") {
-            let _ = quiet_ok(Command::new("launchctl").arg("unload").arg(&plist));
-        }
-        std::fs::remove_file(&plist).map_err(|e| Error::io(&plist, "removing", e))?;
-        removed.push(plist.display().to_string());
-    }
+fn remove(a: &RemoveArgs) -> Result<u8> {
+    let removed = sched::remove(&a.name, a.unit_dir.as_deref(), a.no_start)?;
     if a.common.json {
         ui::json(&serde_json::json!({ "name": a.name, "removed": removed }));
     } else if !a.common.quiet {
