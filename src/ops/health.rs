@@ -402,6 +402,9 @@ pub fn prometheus(rows: &[Row]) -> String {
 /// Shared list of (database, set folder) a capture run covers (it grows as patterns match).
 pub type Sets = Mutex<Vec<(PathBuf, PathBuf)>>;
 
+/// [`Sets`] shared with the metrics threads.
+pub type SetsHandle = Arc<Sets>;
+
 fn render(sets: &Sets) -> String {
     let list = sets
         .lock()

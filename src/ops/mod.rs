@@ -7,3 +7,4 @@ pub mod config;
 pub mod health;
 pub mod protect;
 pub mod schedule;
+pub mod sources;

@@ -11,7 +11,7 @@ use walbundle::{BackupSet, Error, Result, SourceDb};
 use crate::cmd::snapshot::require_dest;
 use crate::{Common, DestArgs};
 use crate::{hook, ui};
-use walbundle::ops::config::{self, Config, Mode, Resolved};
+use walbundle::ops::config;
 
 /// Arguments of `capture`.
 #[derive(Debug, clap::Args)]
@@ -78,17 +78,12 @@ pub struct Args {
 }
 
 fn options(a: &Args, interval: Duration, max_wal_mib: u64, max_bundle_mib: u64) -> CaptureOptions {
-    CaptureOptions {
-        interval,
-        poll: interval
-            .min(Duration::from_millis(100))
-            .max(Duration::from_millis(5)),
-        max_wal_bytes: max_wal_mib.max(1) << 20,
-        max_bundle_bytes: max_bundle_mib.max(1) << 20,
+    let base = CaptureOptions {
         level: a.level,
         window_log: a.window_log,
         ..CaptureOptions::default()
-    }
+    };
+    walbundle::ops::sources::options_with(&base, interval, max_wal_mib, max_bundle_mib)
 }
 
 fn print_event(json: bool, quiet: bool, db: &str, e: &Event, st: &engine::CaptureStats) {
@@ -160,142 +155,72 @@ fn print_stopped(db: &str, stats: &engine::CaptureStats) {
 }
 
 fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
-    let cfg = Config::load(path)?;
-    let default_interval = match &cfg.interval {
-        Some(s) => config::duration(s).map_err(|e| Error::usage(e).at(path))?,
-        None => a.interval,
-    };
+    use walbundle::ops::sources::{ConfigSources, Defaults, Note};
+    let sources = ConfigSources::load(
+        path,
+        Defaults {
+            opts: options(a, a.interval, a.max_wal_mib, a.max_bundle_mib),
+            dest: a.dest.dest.clone(),
+            allow_inside_source: a.dest.allow_inside_source,
+        },
+    )?;
+    let cfg = sources.config();
     let on_error_cmd = a.on_error.clone().or_else(|| cfg.on_error.clone());
-    // Only capture-mode databases; snapshot-mode ones belong to `snapshot --config`.
-    let spec_for = |r: &Resolved| -> Result<supervisor::CaptureSpec> {
-        let src = SourceDb::locate(&r.db)?;
-        src.read_header()?; // before any connection to it exists in this process
-        guard_destination(
-            &src,
-            &r.dest,
-            r.allow_inside_source || a.dest.allow_inside_source,
-        )?;
-        let set = BackupSet::open_or_create(&r.dest, &r.name, &src.identity())?;
-        let interval = match &r.entry.interval {
-            Some(s) => config::duration(s).map_err(|e| Error::usage(e).at(path))?,
-            None => default_interval,
-        };
-        let opts = options(
-            a,
-            interval,
-            r.entry.max_wal_mib.unwrap_or(a.max_wal_mib),
-            r.entry.max_bundle_mib.unwrap_or(a.max_bundle_mib),
-        );
-        Ok(supervisor::CaptureSpec { src, set, opts })
-    };
-    // One capturer per database file, whatever names reach it (symlinks, hard links,
-    // overlapping patterns): a second one would read the header through a descriptor of its
-    // own and, closing it, drop the POSIX locks the first one's SQLite connections hold.
-    let file_key = |p: &std::path::Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
-    };
-    let same_file = |p: &std::path::Path, first: &std::path::Path| {
-        ui::log(
-            a.common.quiet,
-            &format!(
-                "{}: the same database file as {}; captured once, under the first name",
-                p.display(),
-                first.display()
-            ),
-        );
-    };
-    let mut ids: std::collections::HashMap<(u64, u64), std::path::PathBuf> =
-        std::collections::HashMap::new();
-    let mut resolved: Vec<Resolved> = Vec::new();
-    for r in cfg
-        .resolve(path, a.dest.dest.as_deref())?
-        .into_iter()
-        .filter(|r| r.mode == Mode::Capture)
-    {
-        if let Some(k) = file_key(&r.db) {
-            if let Some(first) = ids.get(&k) {
-                same_file(&r.db, first);
-                continue;
-            }
-            ids.insert(k, r.db.clone());
-        }
-        resolved.push(r);
-    }
-    let ids = std::sync::Mutex::new(ids);
-    let known = std::sync::Mutex::new(
-        resolved
-            .iter()
-            .map(|r| r.db.clone())
-            .collect::<std::collections::HashSet<_>>(),
-    );
-    let mut specs = Vec::new();
-    for r in &resolved {
-        specs.push(spec_for(r)?);
-    }
-    let sets = std::sync::Arc::new(std::sync::Mutex::new(
-        specs
-            .iter()
-            .map(|s| (s.src.path.clone(), s.set.dir().to_path_buf()))
-            .collect::<Vec<_>>(),
-    ));
-    let find = || -> Vec<supervisor::CaptureSpec> {
-        let Ok(now) = cfg.resolve(path, a.dest.dest.as_deref()) else {
-            return Vec::new();
-        };
-        let mut known = known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out = Vec::new();
-        for r in now.into_iter().filter(|r| r.mode == Mode::Capture) {
-            if known.contains(&r.db) {
-                continue;
-            }
-            if let Some(k) = file_key(&r.db) {
-                let mut ids = ids
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(first) = ids.get(&k) {
-                    same_file(&r.db, first);
-                    known.insert(r.db.clone());
-                    continue;
-                }
-                ids.insert(k, r.db.clone());
-            }
-            match spec_for(&r) {
-                Ok(spec) => {
-                    ui::log(
-                        a.common.quiet,
-                        &format!(
-                            "{}: new database matched; capturing into {}",
-                            r.db.display(),
-                            spec.set.dir().display()
-                        ),
-                    );
-                    known.insert(r.db.clone());
-                    sets.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((spec.src.path.clone(), spec.set.dir().to_path_buf()));
-                    out.push(spec);
-                }
-                Err(e) => {
-                    // Reported once; it is tried again at the next scan.
-                    known.insert(r.db.clone());
-                    eprintln!("walbundle: error: {}: {e}", r.db.display());
+    let sets: walbundle::ops::health::SetsHandle = std::sync::Arc::default();
+    let report = |notes: Vec<Note>| {
+        for n in notes {
+            match n {
+                Note::SameFile { db, first } => ui::log(
+                    a.common.quiet,
+                    &format!(
+                        "{}: the same database file as {}; captured once, under the first name",
+                        db.display(),
+                        first.display()
+                    ),
+                ),
+                Note::Matched { db, set } => ui::log(
+                    a.common.quiet,
+                    &format!(
+                        "{}: new database matched; capturing into {}",
+                        db.display(),
+                        set.display()
+                    ),
+                ),
+                Note::Failed { db, set, error } => {
+                    eprintln!("walbundle: error: {}: {error}", db.display());
                     hook::on_error(
                         on_error_cmd.as_deref(),
                         "capture",
-                        &r.db.display().to_string(),
-                        &r.set_dir().display().to_string(),
-                        &e.to_string(),
+                        &db.display().to_string(),
+                        &set.display().to_string(),
+                        &error.to_string(),
                     );
                 }
             }
         }
-        out
+    };
+    let remember = |specs: &[supervisor::CaptureSpec]| {
+        sets.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(
+                specs
+                    .iter()
+                    .map(|s| (s.src.path.clone(), s.set.dir().to_path_buf())),
+            );
+    };
+    let (specs, notes) = sources.scan(true)?;
+    report(notes);
+    remember(&specs);
+    let find = || -> Vec<supervisor::CaptureSpec> {
+        let Ok((specs, notes)) = sources.scan(false) else {
+            return Vec::new();
+        };
+        report(notes);
+        remember(&specs);
+        specs
     };
     let discover = supervisor::Discover {
-        every: cfg.rescan(),
+        every: sources.rescan(),
         find: &find,
     };
     let threads = a.threads.or(cfg.threads).unwrap_or(4);
