@@ -685,14 +685,7 @@ fn status_summary_agrees_with_the_full_inventory() {
 fn growth_without_writes_shrink_and_gaps_replay_exactly() {
     let t = Tmp::new();
     let set = t.path("set");
-    let mut m = Synth::new(&set, 2);
-    let txn = |writes: &[(u32, u8)], count_after: u32| Txn {
-        writes: writes.to_vec(),
-        count_after,
-    };
-    m.bundle(&[txn(&[(1, 3)], 4), txn(&[(4, 9)], 4)]);
-    m.bundle(&[txn(&[(2, 4)], 3), txn(&[(1, 5)], 4)]);
-    m.bundle(&[txn(&[(7, 6)], 7), txn(&[(1, 7)], 5), txn(&[(9, 8)], 9)]);
+    let m = crate::support::synth::sizes_workload(&set);
     verify_clean(&set);
     let out = t.path("out.db");
     for (n, image) in &m.images {

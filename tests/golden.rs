@@ -443,22 +443,6 @@ proptest! {
     }
 }
 
-/// The model workload of the `sizes` fixture: growth without writes, a write then a shrink that
-/// drops it, regrowth (the dropped page returns as zeros), and a gap of unwritten pages below a
-/// written one (format/README.md, section 8).
-fn sizes_model(set: &Path) -> crate::support::synth::Synth {
-    use crate::support::synth::{Synth, Txn};
-    let mut m = Synth::new(set, 2);
-    let txn = |writes: &[(u32, u8)], count_after: u32| Txn {
-        writes: writes.to_vec(),
-        count_after,
-    };
-    m.bundle(&[txn(&[(1, 3)], 4), txn(&[(4, 9)], 4)]);
-    m.bundle(&[txn(&[(2, 4)], 3), txn(&[(1, 5)], 4)]);
-    m.bundle(&[txn(&[(7, 6)], 7), txn(&[(1, 7)], 5), txn(&[(9, 8)], 9)]);
-    m
-}
-
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -485,7 +469,7 @@ fn sizes_fixture_is_byte_identical_and_restores_every_point() {
     use walbundle::replay::{RestoreOptions, Target, plan, restore};
     let t = Tmp::new();
     let built = t.path("set");
-    let m = sizes_model(&built);
+    let m = crate::support::synth::sizes_workload(&built);
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("format/fixtures/v1/sizes/set");
     if std::env::var_os("WALBUNDLE_BLESS").is_some() {
         let _ = std::fs::remove_dir_all(&fixture);

@@ -504,3 +504,30 @@ impl Drop for MetricsGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_in_the_text_format() {
+        let db = Path::new("/data/a \"quoted\" \\ name\nnext.db");
+        let r = row(
+            Some(db),
+            Path::new("/nonexistent/set"),
+            Some(Mode::Capture),
+            None,
+            false,
+        );
+        let text = prometheus(&[r]);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("walbundle_healthy{"))
+            .expect("a healthy line");
+        assert_eq!(
+            line,
+            "walbundle_healthy{db=\"/data/a \\\"quoted\\\" \\\\ name\\nnext.db\",set=\"/nonexistent/set\"} 0"
+        );
+        assert!(text.contains("# TYPE walbundle_healthy gauge"));
+    }
+}

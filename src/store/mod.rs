@@ -220,9 +220,13 @@ impl LocalStore {
         Ok(buf)
     }
 
-    /// One-level listing of folder `key`, without walbundle's temporaries. A missing folder
-    /// lists as empty.
-    pub fn list(&self, key: &str) -> Result<Vec<Entry>> {
+    /// Each entry of folder `key` but walbundle's temporaries, with its name, through `f`. A
+    /// missing folder has none.
+    fn each_entry<T>(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&fs::DirEntry, String) -> Result<T>,
+    ) -> Result<Vec<T>> {
         let dir = self.path(key);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -233,17 +237,25 @@ impl LocalStore {
         for ent in rd {
             let ent = ent.ctx(&dir, "listing")?;
             let name = ent.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TEMP_PREFIX) {
-                continue;
+            if !name.starts_with(TEMP_PREFIX) {
+                out.push(f(&ent, name)?);
             }
+        }
+        Ok(out)
+    }
+
+    /// One-level listing of folder `key`, without walbundle's temporaries. A missing folder
+    /// lists as empty.
+    pub fn list(&self, key: &str) -> Result<Vec<Entry>> {
+        let mut out = self.each_entry(key, |ent, name| {
             let md = ent.metadata().ctx(ent.path(), "reading metadata")?;
-            out.push(Entry {
+            Ok(Entry {
                 name,
                 is_dir: md.is_dir(),
                 size: md.len(),
                 modified: md.modified().ok(),
-            });
-        }
+            })
+        })?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -252,22 +264,10 @@ impl LocalStore {
     /// entry's metadata (the kind comes from the directory entry where the file system gives
     /// it): what a summary needs. Missing folder: empty.
     pub fn list_names(&self, key: &str) -> Result<Vec<(String, bool)>> {
-        let dir = self.path(key);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&dir, "listing", e)),
-        };
-        let mut out = Vec::new();
-        for ent in rd {
-            let ent = ent.ctx(&dir, "listing")?;
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TEMP_PREFIX) {
-                continue;
-            }
+        let mut out = self.each_entry(key, |ent, name| {
             let kind = ent.file_type().ctx(ent.path(), "reading metadata")?;
-            out.push((name, kind.is_dir()));
-        }
+            Ok((name, kind.is_dir()))
+        })?;
         out.sort();
         Ok(out)
     }

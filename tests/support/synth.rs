@@ -210,3 +210,18 @@ impl Synth {
         path
     }
 }
+
+/// The size-rules workload (format/README.md, section 8; the `sizes` fixture): growth without
+/// writes, a write then a shrink that drops it, regrowth (the dropped page returns as zeros),
+/// and gaps of unwritten pages below a written one.
+pub fn sizes_workload(set: &Path) -> Synth {
+    let mut m = Synth::new(set, 2);
+    let txn = |writes: &[(u32, u8)], count_after: u32| Txn {
+        writes: writes.to_vec(),
+        count_after,
+    };
+    m.bundle(&[txn(&[(1, 3)], 4), txn(&[(4, 9)], 4)]);
+    m.bundle(&[txn(&[(2, 4)], 3), txn(&[(1, 5)], 4)]);
+    m.bundle(&[txn(&[(7, 6)], 7), txn(&[(1, 7)], 5), txn(&[(9, 8)], 9)]);
+    m
+}
