@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod health;
+pub mod list;
 pub mod protect;
 pub mod schedule;
 pub mod sources;
