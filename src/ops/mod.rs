@@ -3,6 +3,7 @@
 //! ([`health`]), the schedules that run walbundle unattended ([`schedule`]), and
 //! [`protect::Protector`], continuous capture embedded in an application.
 
+pub mod backup;
 pub mod config;
 pub mod health;
 pub mod list;

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use walbundle::capture::snapshot::snapshot;
-use walbundle::compact::retention::{self, RetentionPolicy};
-use walbundle::{BackupSet, Error, Result, SnapshotOptions, SourceDb};
+use walbundle::compact::retention::RetentionPolicy;
+use walbundle::ops::backup::{BackupOptions, BackupReport, snapshot_database};
+use walbundle::{Error, Result, SnapshotOptions};
 
 use crate::ui;
 use crate::{Check, Common, DestArgs};
@@ -132,37 +132,28 @@ fn one(
     keep: Option<u64>,
     retain_days: Option<u64>,
 ) -> Result<u8> {
-    let src = SourceDb::locate(db)?;
-    walbundle::sqlite::source::guard_destination(&src, dest, allow_inside_source)?;
-    src.read_header()?;
-    let name = name.unwrap_or_else(|| src.default_set_name());
-    let mut set = BackupSet::open_or_create(dest, &name, &src.identity())?;
-    set.lock_writer()?;
-    let opts = SnapshotOptions {
-        check: a.check.into(),
-        level: a.level,
-        workers: a.threads,
-        busy_timeout: Duration::from_secs_f64(a.busy_timeout.max(0.0)),
-        scratch_dir: a.scratch.clone(),
-        ..SnapshotOptions::default()
+    let opts = BackupOptions {
+        name,
+        allow_inside_source,
+        snapshot: SnapshotOptions {
+            check: a.check.into(),
+            level: a.level,
+            workers: a.threads,
+            busy_timeout: Duration::from_secs_f64(a.busy_timeout.max(0.0)),
+            scratch_dir: a.scratch.clone(),
+            ..SnapshotOptions::default()
+        },
+        retention: RetentionPolicy {
+            keep: keep.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
+            retain_days,
+        },
     };
     let bar = ui::Bar::new(!a.common.json && !a.common.quiet);
-    let report = snapshot(&set, &src, &opts, &bar)?;
+    let BackupReport {
+        snapshot: report,
+        retired,
+    } = snapshot_database(db, dest, &opts, &bar)?;
     let m = &report.manifest;
-
-    let policy = RetentionPolicy {
-        keep: keep.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
-        retain_days,
-    };
-    let retired = if policy.is_empty() {
-        Vec::new()
-    } else {
-        set.lock_maintenance()?;
-        let retired = retention::plan(&set.inventory()?, &policy, jiff::Timestamp::now());
-        retention::apply(&set, &retired)?;
-        retired
-    };
-
     if a.common.json {
         ui::json(&serde_json::json!({ "ok": true, "snapshot": report, "retired": retired }));
     } else if !a.common.quiet {
