@@ -52,9 +52,8 @@ use std::time::Duration;
 
 use super::health::{self, Row};
 use crate::capture::engine::{CaptureOptions, CaptureStats};
-use crate::capture::supervisor::{self, CaptureSpec};
+use crate::capture::supervisor;
 use crate::chain::BackupSet;
-use crate::sqlite::source::{SourceDb, guard_destination};
 use crate::{Error, Result};
 
 /// What to protect and how; [`Self::start`] begins.
@@ -223,19 +222,17 @@ impl ProtectorBuilder {
         let mut specs = Vec::new();
         let mut sets = Vec::new();
         for (db, dest, name) in &self.dbs {
-            let src = SourceDb::locate(db)?;
-            src.read_header()?;
-            guard_destination(&src, dest, self.allow_inside_source)?;
-            let name = name.clone().unwrap_or_else(|| src.default_set_name());
-            let set = BackupSet::open_or_create(dest, &name, &src.identity())?;
+            let spec = super::sources::capture_spec(
+                db,
+                dest,
+                name.as_deref(),
+                self.allow_inside_source,
+                self.opts.clone(),
+            )?;
             // Fail now if another writer holds the set; capture takes the lock itself.
-            BackupSet::open(set.dir())?.lock_writer()?;
-            sets.push((src.path.clone(), set.dir().to_path_buf()));
-            specs.push(CaptureSpec {
-                src,
-                set,
-                opts: self.opts.clone(),
-            });
+            BackupSet::open(spec.set.dir())?.lock_writer()?;
+            sets.push((spec.src.path.clone(), spec.set.dir().to_path_buf()));
+            specs.push(spec);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared::default());

@@ -86,6 +86,29 @@ pub fn options_with(
     }
 }
 
+/// Open `db` and its set under `dest` for capture: locate it, read its header (before any
+/// connection to it exists in this process, whose closing would drop SQLite's POSIX locks),
+/// refuse a destination inside its folder unless allowed, and open or create the set `name`
+/// (default: the file stem).
+///
+/// # Errors
+/// The database cannot be located or is not SQLite, the destination lies inside its folder, or
+/// the set backs up another database.
+pub fn capture_spec(
+    db: &Path,
+    dest: &Path,
+    name: Option<&str>,
+    allow_inside_source: bool,
+    opts: CaptureOptions,
+) -> Result<CaptureSpec> {
+    let src = SourceDb::locate(db)?;
+    src.read_header()?;
+    guard_destination(&src, dest, allow_inside_source)?;
+    let name = name.map_or_else(|| src.default_set_name(), str::to_string);
+    let set = BackupSet::open_or_create(dest, &name, &src.identity())?;
+    Ok(CaptureSpec { src, set, opts })
+}
+
 fn file_key(p: &Path) -> Option<(u64, u64)> {
     crate::sys::file_id(p).ok()
 }
@@ -171,14 +194,6 @@ impl ConfigSources {
     }
 
     fn spec(&self, r: &Resolved) -> Result<CaptureSpec> {
-        let src = SourceDb::locate(&r.db)?;
-        src.read_header()?; // before any connection to it exists in this process
-        guard_destination(
-            &src,
-            &r.dest,
-            r.allow_inside_source || self.defaults.allow_inside_source,
-        )?;
-        let set = BackupSet::open_or_create(&r.dest, &r.name, &src.identity())?;
         let interval = match &r.entry.interval {
             Some(s) => duration(s).map_err(|e| Error::usage(e).at(&self.path))?,
             None => self.interval,
@@ -192,6 +207,12 @@ impl ConfigSources {
                 .max_bundle_mib
                 .unwrap_or(base.max_bundle_bytes >> 20),
         );
-        Ok(CaptureSpec { src, set, opts })
+        capture_spec(
+            &r.db,
+            &r.dest,
+            Some(&r.name),
+            r.allow_inside_source || self.defaults.allow_inside_source,
+            opts,
+        )
     }
 }

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use walbundle::capture::engine::{self, CaptureOptions, Event};
 use walbundle::capture::supervisor;
-use walbundle::sqlite::source::guard_destination;
-use walbundle::{BackupSet, Error, Result, SourceDb};
+use walbundle::{Error, Result};
 
 use crate::cmd::snapshot::require_dest;
 use crate::{Common, DestArgs};
@@ -294,15 +293,15 @@ pub fn run(a: Args) -> Result<u8> {
         e
     };
     let dest = require_dest(&a.dest).map_err(|e| hook(e, ""))?;
-    let src = SourceDb::locate(&db).map_err(|e| hook(e, ""))?;
-    src.read_header().map_err(|e| hook(e, ""))?; // before any connection to it exists in this process
-    guard_destination(&src, &dest, a.dest.allow_inside_source).map_err(|e| hook(e, ""))?;
-    let name = a
-        .dest
-        .name
-        .clone()
-        .unwrap_or_else(|| src.default_set_name());
-    let set = BackupSet::open_or_create(&dest, &name, &src.identity()).map_err(|e| hook(e, ""))?;
+    let opts = options(&a, a.interval, a.max_wal_mib, a.max_bundle_mib);
+    let supervisor::CaptureSpec { src, set, opts } = walbundle::ops::sources::capture_spec(
+        &db,
+        &dest,
+        a.dest.name.as_deref(),
+        a.dest.allow_inside_source,
+        opts,
+    )
+    .map_err(|e| hook(e, ""))?;
     let set_dir = set.dir().display().to_string();
     let sets = std::sync::Arc::new(std::sync::Mutex::new(vec![(
         src.path.clone(),
@@ -313,7 +312,6 @@ pub fn run(a: Args) -> Result<u8> {
         a.metrics_file.as_deref(),
         &sets,
     )?;
-    let opts = options(&a, a.interval, a.max_wal_mib, a.max_bundle_mib);
     let (json, quiet) = (a.common.json, a.common.quiet);
     let dbs = src.path.display().to_string();
     let stats = supervisor::run(
