@@ -56,6 +56,7 @@ use crate::sqlite::source::SourceDb;
 use crate::sqlite::wal::{FRAME_HEADER_LEN, FrameHeader, ShmHeader, WalHeader, wal_checksum};
 use crate::sys::{file_id, pread_full};
 
+mod describe;
 mod read;
 mod resume;
 mod seal;

@@ -94,63 +94,9 @@ fn print_event(json: bool, quiet: bool, db: &str, e: &Event, st: &engine::Captur
         ui::out(&format!("{v}\n"));
         return;
     }
-    if quiet {
-        return;
+    if !quiet && let Some(line) = e.describe() {
+        ui::log(false, &format!("{db}: {line}"));
     }
-    match e {
-        Event::ChainStarted {
-            chain_id,
-            reason,
-            txn,
-        } => {
-            ui::log(
-                false,
-                &format!("{db}: new chain {chain_id} from a full snapshot (txn {txn}): {reason}"),
-            );
-        }
-        Event::Resumed {
-            chain_id,
-            next_seq,
-            txn,
-        } => {
-            ui::log(
-                false,
-                &format!(
-                    "{db}: continuing chain {chain_id} at bundle {next_seq} (after txn {txn})"
-                ),
-            );
-        }
-        Event::Bundle {
-            seq, txns, bytes, ..
-        } => ui::log(
-            false,
-            &format!(
-                "{db}: bundle {seq}: txn {}..={} ({})",
-                txns.0,
-                txns.1,
-                ui::bytes(*bytes),
-            ),
-        ),
-        Event::WalRestarted { .. } => {}
-        Event::Warning { message } => ui::log(false, &format!("{db}: warning: {message}")),
-        Event::Stopped { stats } => print_stopped(db, stats),
-    }
-}
-
-fn print_stopped(db: &str, stats: &engine::CaptureStats) {
-    ui::log(
-        false,
-        &format!(
-            "{db}: stopped: {} bundle(s), {} txn(s), {} written; {} read-mark moves, {} own PASSIVE checkpoints, stepped aside for {} application checkpoint(s) (longest {:.1} ms)",
-            stats.bundles,
-            stats.txns,
-            ui::bytes(stats.bundle_bytes),
-            stats.pin_moves,
-            stats.checkpoints,
-            stats.step_asides,
-            stats.step_aside_max_us as f64 / 1000.0
-        ),
-    );
 }
 
 fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
@@ -330,7 +276,7 @@ pub fn run(a: Args) -> Result<u8> {
             serde_json::json!({ "event": "stopped", "db": dbs, "stats": stats })
         ));
     } else if !quiet {
-        print_stopped(&dbs, &stats);
+        ui::log(false, &format!("{dbs}: {}", stats.describe()));
     }
     Ok(0)
 }
