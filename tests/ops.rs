@@ -424,3 +424,69 @@ fn cron_schedule_is_idempotent_and_removed_without_trace() {
         String::from_utf8(Command::new("crontab").arg("-l").output().unwrap().stdout).unwrap();
     assert_eq!(table, "5 4 * * * echo not-walbundle\n");
 }
+
+/// A Rust application protecting the databases its config names from inside its own process:
+/// two exist at start, a third appears later and joins at the next rescan; after `stop`, every
+/// committed row restores from its set.
+#[test]
+fn protector_from_config_follows_patterns_and_restores() {
+    use walbundle::ops::protect::Protector;
+    use walbundle::ops::sources::Defaults;
+    let t = Tmp::new();
+    let dbs = t.mkdir("app/dbs");
+    let dest = t.mkdir("backups");
+    let open = |name: &str| {
+        let c = rusqlite::Connection::open(dbs.join(name)).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("CREATE TABLE IF NOT EXISTS notes(n INTEGER)")
+            .unwrap();
+        c
+    };
+    let (a, b) = (open("a.db"), open("b.db"));
+    let cfg = t.path("walbundle.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dest = {:?}\nrescan = \"1s\"\ninterval = \"200ms\"\n\n[[database]]\npath = {:?}\nname = \"set-{{1}}\"\n",
+            dest.display().to_string(),
+            format!("{}/*.db", dbs.display())
+        ),
+    )
+    .unwrap();
+    let p = Protector::from_config(
+        &cfg,
+        Defaults {
+            opts: walbundle::capture::engine::CaptureOptions::default(),
+            dest: None,
+            allow_inside_source: false,
+        },
+    )
+    .unwrap();
+    let c = open("c.db");
+    for (i, conn) in [&a, &b, &c].into_iter().enumerate() {
+        for n in 0..50 {
+            conn.execute("INSERT INTO notes VALUES (?1)", [(n + i * 100) as i64])
+                .unwrap();
+        }
+    }
+    wait_for("the third database to join", 20, || p.health().len() == 3);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(p.errors().is_empty(), "{:?}", p.errors());
+    let stats = p.stop().unwrap();
+    assert_eq!(stats.len(), 3, "{stats:?}");
+    for name in ["a", "b", "c"] {
+        let out = t.path(&format!("{name}-restored.db"));
+        wb([
+            "restore",
+            s(&dest.join(format!("set-{name}.db"))),
+            "--out",
+            s(&out),
+        ])
+        .ok();
+        let r = rusqlite::Connection::open(&out).unwrap();
+        let n: i64 = r
+            .query_row("SELECT count(*) FROM notes", [], |x| x.get(0))
+            .unwrap();
+        assert_eq!(n, 50, "{name}");
+    }
+}

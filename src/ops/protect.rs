@@ -51,8 +51,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::health::{self, Row};
+use super::sources::{ConfigSources, Defaults, Note};
 use crate::capture::engine::{CaptureOptions, CaptureStats};
-use crate::capture::supervisor;
+use crate::capture::supervisor::{self, CaptureSpec};
 use crate::chain::BackupSet;
 use crate::{Error, Result};
 
@@ -69,7 +70,6 @@ pub struct ProtectorBuilder {
 pub struct Protector {
     stop: Arc<AtomicBool>,
     shared: Arc<Shared>,
-    sets: Vec<(PathBuf, PathBuf)>,
     thread: Option<JoinHandle<Result<FinalStats>>>,
 }
 
@@ -80,6 +80,36 @@ pub type FinalStats = Vec<(String, CaptureStats)>;
 struct Shared {
     stats: Mutex<BTreeMap<String, CaptureStats>>,
     errors: Mutex<BTreeMap<String, String>>,
+    /// (database, set folder) of everything captured, growing as a config's patterns match.
+    sets: Mutex<Vec<(PathBuf, PathBuf)>>,
+}
+
+impl Shared {
+    fn error(&self, db: &str, e: &str) {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(db.to_string(), e.to_string());
+    }
+
+    fn add(&self, specs: &[CaptureSpec]) {
+        self.sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(
+                specs
+                    .iter()
+                    .map(|s| (s.src.path.clone(), s.set.dir().to_path_buf())),
+            );
+    }
+
+    fn notes(&self, notes: Vec<Note>) {
+        for n in notes {
+            if let Note::Failed { db, error, .. } = n {
+                self.error(&db.display().to_string(), &error.to_string());
+            }
+        }
+    }
 }
 
 impl Protector {
@@ -91,6 +121,19 @@ impl Protector {
             threads: 1,
             allow_inside_source: false,
         }
+    }
+
+    /// Protect every capture-mode database the TOML config at `path` names (the format
+    /// `walbundle capture --config` reads), matching its patterns again every `rescan` so
+    /// databases created later join. `defaults` supplies what the config's tables leave open.
+    ///
+    /// # Errors
+    /// The config cannot be read or resolved, or a database it names now cannot be captured.
+    pub fn from_config(path: &Path, defaults: Defaults) -> Result<Self> {
+        let sources = Arc::new(ConfigSources::load(path, defaults)?);
+        let (specs, notes) = sources.scan(true)?;
+        let threads = sources.config().threads.unwrap_or(4);
+        spawn(specs, threads, Some(sources), notes)
     }
 
     /// The newest statistics of each database (as of its last event: a bundle sealed, a chain
@@ -115,7 +158,10 @@ impl Protector {
     /// Each database's health, as `walbundle status` judges a capture (heartbeat fresh, no
     /// failure, oldest unsealed commit younger than five minutes).
     pub fn health(&self) -> Vec<Row> {
-        self.sets
+        self.shared
+            .sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(db, set)| {
                 health::row(
@@ -220,7 +266,6 @@ impl ProtectorBuilder {
     /// folder, a set that backs up another database or is held by another writer.
     pub fn start(self) -> Result<Protector> {
         let mut specs = Vec::new();
-        let mut sets = Vec::new();
         for (db, dest, name) in &self.dbs {
             let spec = super::sources::capture_spec(
                 db,
@@ -231,46 +276,69 @@ impl ProtectorBuilder {
             )?;
             // Fail now if another writer holds the set; capture takes the lock itself.
             BackupSet::open(spec.set.dir())?.lock_writer()?;
-            sets.push((spec.src.path.clone(), spec.set.dir().to_path_buf()));
             specs.push(spec);
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared::default());
-        let thread = {
-            let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
-            let threads = self.threads;
-            std::thread::Builder::new()
-                .name("walbundle-capture".into())
-                .spawn(move || {
-                    supervisor::run_many(
-                        specs,
-                        threads,
-                        false,
-                        None,
-                        &stop,
-                        &|db, _, st| {
-                            shared
-                                .stats
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(db.to_string(), st.clone());
-                        },
-                        &|db, e| {
-                            shared
-                                .errors
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(db.to_string(), e.to_string());
-                        },
-                    )
-                })
-                .map_err(|e| Error::io(Path::new("walbundle-capture"), "starting a thread", e))?
-        };
-        Ok(Protector {
-            stop,
-            shared,
-            sets,
-            thread: Some(thread),
-        })
+        spawn(specs, self.threads, None, Vec::new())
     }
+}
+
+/// Capture `specs` (and, with `sources`, what its rescans find) on a background thread.
+fn spawn(
+    specs: Vec<CaptureSpec>,
+    threads: usize,
+    sources: Option<Arc<ConfigSources>>,
+    notes: Vec<Note>,
+) -> Result<Protector> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared::default());
+    shared.add(&specs);
+    shared.notes(notes);
+    let thread = {
+        let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
+        std::thread::Builder::new()
+            .name("walbundle-capture".into())
+            .spawn(move || {
+                let find = || -> Vec<CaptureSpec> {
+                    let Some(src) = &sources else {
+                        return Vec::new();
+                    };
+                    match src.scan(false) {
+                        Ok((specs, notes)) => {
+                            shared.add(&specs);
+                            shared.notes(notes);
+                            specs
+                        }
+                        Err(e) => {
+                            shared.error("config", &e.to_string());
+                            Vec::new()
+                        }
+                    }
+                };
+                let discover = sources.as_ref().map(|s| supervisor::Discover {
+                    every: s.rescan(),
+                    find: &find,
+                });
+                supervisor::run_many(
+                    specs,
+                    threads,
+                    false,
+                    discover.as_ref(),
+                    &stop,
+                    &|db, _, st| {
+                        shared
+                            .stats
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(db.to_string(), st.clone());
+                    },
+                    &|db, e| shared.error(db, &e.to_string()),
+                )
+            })
+            .map_err(|e| Error::io(Path::new("walbundle-capture"), "starting a thread", e))?
+    };
+    Ok(Protector {
+        stop,
+        shared,
+        thread: Some(thread),
+    })
 }
