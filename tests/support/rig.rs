@@ -85,7 +85,9 @@ impl Rig {
         for (k, v) in env {
             c.env(k, v);
         }
-        c.spawn().expect("spawn capture")
+        let child = c.spawn().expect("spawn capture");
+        remember_log(&child, self.t.path("capture.log"));
+        child
     }
 
     /// Start `capture --config` on a config naming `paths` (200 ms interval, `extra` TOML
@@ -280,14 +282,31 @@ pub fn terminate(c: Child) -> std::process::Output {
     c.wait_with_output().expect("wait")
 }
 
-/// SIGTERM a capture and require a clean exit.
+/// Where each capture child started by a rig writes its stderr, so a failure can show it.
+static LOGS: std::sync::Mutex<Vec<(u32, std::path::PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_log(c: &Child, log: std::path::PathBuf) {
+    LOGS.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((c.id(), log));
+}
+
+/// SIGTERM a capture and require a clean exit (showing its log if it has one).
 pub fn stop_capture(c: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &c.id().to_string()])
         .status();
     let st = c.wait().expect("wait capture");
+    let log = LOGS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .rev()
+        .find(|(pid, _)| *pid == c.id())
+        .and_then(|(_, p)| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
     assert!(
         st.success(),
-        "capture did not exit cleanly on SIGTERM: {st:?}"
+        "capture did not exit cleanly on SIGTERM: {st:?}\ncapture log:\n{log}"
     );
 }
