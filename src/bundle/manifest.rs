@@ -257,6 +257,14 @@ impl Sealed for GenerationManifest {
 }
 
 impl GenerationManifest {
+    /// `state_time` as microseconds since the epoch (`None` if it does not parse).
+    pub fn state_time_us(&self) -> Option<i64> {
+        self.state_time
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(jiff::Timestamp::as_microsecond)
+    }
+
     /// The digest bundle `seq + 1` must name as its previous link: the image's SHA-256 for a
     /// snapshot, bundle `seq`'s digest for a compacted generation.
     pub fn link(&self) -> [u8; 32] {

@@ -253,20 +253,7 @@ impl BackupSet {
                 crate::bundle::wbb::parse_file_name(&ent.name).filter(|_| !ent.is_dir)
             {
                 let path = self.store.path(&key);
-                let header = read_bundle_header(&path).and_then(|h| {
-                    // A bundle under another bundle's name (copied, swapped, from another
-                    // chain) is damaged here, not a link that happens to look valid.
-                    if h.seq != seq || h.chain_id != id {
-                        return Err(Error::corrupt(
-                            &path,
-                            format!(
-                                "header says chain {} bundle {}, but the file is {key}: moved or copied",
-                                h.chain_id, h.seq
-                            ),
-                        ));
-                    }
-                    Ok(h)
-                });
+                let header = read_placed_header(&path, &key, id, seq);
                 chain.bundles.push(BundleEntry {
                     seq,
                     key,
@@ -418,6 +405,28 @@ pub struct BundleEntry {
     pub size: u64,
     /// Its header (CRC-checked), or why it could not be read.
     pub header: Result<crate::bundle::wbb::BundleHeader>,
+}
+
+/// The header of the bundle file at `path` (store key `key`), which must say it is bundle `seq`
+/// of chain `id`: a bundle under another bundle's name (copied, swapped, from another chain) is
+/// damaged here, not a link that happens to look valid.
+fn read_placed_header(
+    path: &Path,
+    key: &str,
+    id: &str,
+    seq: u64,
+) -> Result<crate::bundle::wbb::BundleHeader> {
+    let h = read_bundle_header(path)?;
+    if h.seq != seq || h.chain_id != id {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "header says chain {} bundle {}, but the file is {key}: moved or copied",
+                h.chain_id, h.seq
+            ),
+        ));
+    }
+    Ok(h)
 }
 
 fn read_bundle_header(path: &Path) -> Result<crate::bundle::wbb::BundleHeader> {

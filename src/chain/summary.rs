@@ -112,11 +112,6 @@ impl BackupSet {
     /// gap starts the next), then read the header of the last run's newest bundle only.
     fn chain_end(&self, chain: &ChainNames, broken: &mut Vec<String>) -> (u64, i64) {
         let id = &chain.inv.id;
-        let gen_time = |m: &crate::bundle::manifest::GenerationManifest| {
-            m.state_time
-                .parse::<jiff::Timestamp>()
-                .map_or(0, jiff::Timestamp::as_microsecond)
-        };
         let Some(mut base) = chain.inv.base() else {
             return (0, 0);
         };
@@ -158,15 +153,13 @@ impl BackupSet {
         let mut seq = last;
         while let Some(s) = seq.filter(|&s| s > base.seq) {
             let key = format!("{id}/{}", crate::bundle::wbb::file_name(s));
-            let path = self.store.path(&key);
-            match super::read_bundle_header(&path) {
-                Ok(h) if h.seq == s && h.chain_id == *id => return (h.last_txn(), h.last_time_us),
-                Ok(_) => broken.push(format!("{key}: the header names another bundle")),
+            match super::read_placed_header(&self.store.path(&key), &key, id, s) {
+                Ok(h) => return (h.last_txn(), h.last_time_us),
                 Err(e) => broken.push(format!("bundle {s} is damaged: {e}")),
             }
             seq = Some(s - 1);
         }
-        (base.txn, gen_time(base))
+        (base.txn, base.state_time_us().unwrap_or(0))
     }
 }
 

@@ -151,12 +151,6 @@ pub struct CompactReport {
     pub stale_temps_removed: usize,
 }
 
-fn time_us(s: &str) -> Option<i64> {
-    s.parse::<jiff::Timestamp>()
-        .ok()
-        .map(jiff::Timestamp::as_microsecond)
-}
-
 /// Compact `set`: build a new generation if a trigger fires, then apply retention.
 ///
 /// # Errors
@@ -244,7 +238,10 @@ fn due(
         .map(|(b, _)| b.size)
         .sum();
     let count = plan.bundles.len() as u64;
-    let age = time_us(&plan.base.state_time).map_or(0, |t| (now.as_microsecond() - t) / 1_000_000);
+    let age = plan
+        .base
+        .state_time_us()
+        .map_or(0, |t| (now.as_microsecond() - t) / 1_000_000);
     let image = plan.base.image.size.max(1);
     let fired = policy.force
         || bytes.saturating_mul(100) >= image.saturating_mul(policy.trigger_bytes_pct)
@@ -436,7 +433,7 @@ fn plan_retention(inv: &Inventory, p: &CompactPolicy, now: jiff::Timestamp) -> V
             .generations
             .iter()
             .filter_map(|g| g.manifest.as_ref().ok())
-            .map(|m| (m.seq, time_us(&m.state_time).unwrap_or(i64::MAX), m))
+            .map(|m| (m.seq, m.state_time_us().unwrap_or(i64::MAX), m))
             .collect();
         let end_time = c
             .bundles

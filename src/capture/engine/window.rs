@@ -167,9 +167,7 @@ impl Capturer {
                 || (self.pin.full
                     && self.pin.salts == self.cur.salts
                     && self.pin.mx == self.cur.frame));
-        let same = p2.salts == self.cur.salts || follows_empty;
-        let safe = same && (!p2.full || follows_empty || self.cur.frame >= p2.mx);
-        if !safe {
+        if !self.may_take(&p2, follows_empty) {
             debug(|| {
                 format!(
                     "advance refused: pin {:08x}/{} full {} vs cursor {:08x}/{}",
@@ -196,10 +194,19 @@ impl Capturer {
         let Some(p2) = begin_pinned(&self.readers[spare], &self.shm, &p)? else {
             return Ok(());
         };
-        if p2.salts != self.cur.salts || (p2.full && self.cur.frame < p2.mx) {
+        if !self.may_take(&p2, false) {
             return end_read(&self.readers[spare], &p);
         }
         self.take_pin(spare, p2)
+    }
+
+    /// Whether the new pin `p2` may replace the active one with capture at its cursor: it is in
+    /// our cycle (or the WAL restarted empty at it, `follows_empty`), and if it may be on the
+    /// fully backfilled WAL, everything up to it is captured (the WAL may restart at it as soon
+    /// as the old pin is gone).
+    fn may_take(&self, p2: &Pin, follows_empty: bool) -> bool {
+        let same = p2.salts == self.cur.salts || follows_empty;
+        same && (!p2.full || follows_empty || self.cur.frame >= p2.mx)
     }
 
     /// The spare reader's new pin `p2` replaces the active one.
