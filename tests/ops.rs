@@ -490,3 +490,84 @@ fn protector_from_config_follows_patterns_and_restores() {
         assert_eq!(n, 50, "{name}");
     }
 }
+
+/// An application watching its protector: the observer hears the chain start, every sealed
+/// bundle and the stop, in order and with the statistics after each; a database that cannot
+/// be protected fails `start` with its name, and runs the `on_error` hook with it.
+#[test]
+fn protector_observer_hears_events_and_on_error_runs() {
+    use std::sync::{Arc, Mutex};
+    use walbundle::capture::engine::{CaptureStats, Event};
+    use walbundle::ops::protect::{Observer, Protector};
+
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<(String, u64)>>);
+    impl Observer for Heard {
+        fn event(&self, db: &str, e: &Event, st: &CaptureStats) {
+            let kind = serde_json::to_value(e).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(db.ends_with("app.db"), "{db}");
+            self.0.lock().unwrap().push((kind, st.sealed_txn));
+        }
+    }
+    let t = Tmp::new();
+    let db = t.mkdir("app").join("app.db");
+    let dest = t.mkdir("backups");
+    let app = rusqlite::Connection::open(&db).unwrap();
+    app.pragma_update(None, "journal_mode", "WAL").unwrap();
+    app.execute_batch("CREATE TABLE notes(n INTEGER)").unwrap();
+    let heard = Arc::new(Heard::default());
+    let p = Protector::builder()
+        .database(&db, &dest)
+        .interval(Duration::from_millis(100))
+        .observer(Arc::clone(&heard) as Arc<dyn Observer>)
+        .start()
+        .unwrap();
+    for n in 0..20 {
+        app.execute("INSERT INTO notes VALUES (?1)", [n]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let stats = p.stop().unwrap();
+    let heard = heard.0.lock().unwrap().clone();
+    let kinds: Vec<&str> = heard.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"chain_started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"stopped"), "{kinds:?}");
+    assert!(kinds.contains(&"bundle"), "{kinds:?}");
+    let sealed: Vec<u64> = heard.iter().map(|(_, n)| *n).collect();
+    assert!(sealed.windows(2).all(|w| w[0] <= w[1]), "{sealed:?}");
+    assert_eq!(*sealed.last().unwrap(), stats[0].1.sealed_txn);
+    assert!(stats[0].1.sealed_txn >= 20, "{:?}", stats[0].1);
+
+    // A rollback-journal database cannot be captured: it is named in `errors` and the
+    // `on_error` hook runs with it (capture retries it with backoff) ...
+    let legacy = t.mkdir("legacy").join("old.db");
+    rusqlite::Connection::open(&legacy)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    let marker = t.path("hook.txt");
+    let hook = format!("echo \"$WALBUNDLE_DB\" > {}", marker.display());
+    let p = Protector::builder()
+        .database(&legacy, &dest)
+        .on_error(&hook)
+        .start()
+        .unwrap();
+    wait_for("the on_error hook", 10, || {
+        std::fs::read_to_string(&marker).is_ok_and(|s| s.contains("old.db"))
+    });
+    let errors = p.errors();
+    assert!(errors.keys().any(|k| k.ends_with("old.db")), "{errors:?}");
+    p.stop().unwrap();
+    // ... and with fail_fast, the first failure ends the run and `wait` returns it.
+    let err = Protector::builder()
+        .database(&legacy, &dest)
+        .fail_fast(true)
+        .start()
+        .unwrap()
+        .wait()
+        .expect_err("the run ends with the failure");
+    assert!(err.to_string().contains("old.db"), "{err}");
+}

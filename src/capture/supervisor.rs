@@ -1,5 +1,6 @@
-//! Running capture: one database until a stop signal, or many in one process on a few threads,
-//! each failing database retried with backoff without disturbing the others.
+//! Running capture: many databases (or one) in one process on a few threads, each failing
+//! database retried with backoff without disturbing the others, until a stop flag is set.
+//! [`crate::ops::protect::Protector`] is the front door.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use crate::chain::BackupSet;
 use crate::error::{Error, Result};
 use crate::sqlite::source::SourceDb;
 
-/// Route SIGTERM and SIGINT to a stop flag for [`run`] and [`run_many`] and return it: what a
+/// Route SIGTERM and SIGINT to a stop flag for [`run_many`] and return it: what a
 /// command-line program wants. A library embedding capture passes its own flag instead and
 /// keeps its own signal handling.
 pub fn stop_on_signals() -> &'static AtomicBool {
@@ -26,51 +27,6 @@ pub fn stop_on_signals() -> &'static AtomicBool {
 /// The system call's error.
 pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     crate::sys::raise_open_files_limit()
-}
-
-/// Capture `src` into `set` until `stop` is set (or once, with `once`), calling `on_event`
-/// for every event ([`stop_on_signals`] gives a flag that SIGTERM and SIGINT set).
-///
-/// # Errors
-/// Start-up failures; persistent failures during the run.
-pub fn run(
-    src: SourceDb,
-    set: BackupSet,
-    opts: CaptureOptions,
-    once: bool,
-    stop: &AtomicBool,
-    mut on_event: impl FnMut(&Event, &CaptureStats),
-) -> Result<CaptureStats> {
-    let poll = opts.poll;
-    let set_dir = set.dir().to_path_buf();
-    let db = src.path.display().to_string();
-    let mut cap =
-        Capturer::start(src, set, opts).inspect_err(|e| failing(&set_dir, &db, None, e))?;
-    for e in cap.take_events() {
-        on_event(&e, &cap.stats);
-    }
-    let mut body = || -> Result<()> {
-        if !once {
-            while !stop.load(Ordering::SeqCst) {
-                cap.step()?;
-                cap.write_heartbeat("running", false);
-                for e in cap.take_events() {
-                    on_event(&e, &cap.stats);
-                }
-                std::thread::sleep(poll);
-            }
-        }
-        cap.flush()
-    };
-    let res = body();
-    match &res {
-        Ok(()) => cap.write_heartbeat("stopped", true),
-        Err(e) => failing(&set_dir, &db, Some(&cap), e),
-    }
-    for e in cap.take_events() {
-        on_event(&e, &cap.stats);
-    }
-    res.map(|()| cap.stats.clone())
 }
 
 /// Record a failure in the set's heartbeat (state "failing"), keeping what is known.
@@ -144,7 +100,7 @@ pub fn run_many(
     discover: Option<&Discover<'_>>,
     stop: &AtomicBool,
     on_event: &(dyn Fn(&str, &Event, &CaptureStats) + Sync),
-    on_error: &(dyn Fn(&str, &Error) + Sync),
+    on_error: &(dyn Fn(&str, Error) + Sync),
 ) -> Result<Vec<(String, CaptureStats)>> {
     let threads = if discover.is_some() && !once {
         threads.max(1)
@@ -224,9 +180,13 @@ fn drive(
     slot: &mut Slot,
     finishing: bool,
     on_event: &(dyn Fn(&str, &Event, &CaptureStats) + Sync),
-    on_error: &(dyn Fn(&str, &Error) + Sync),
+    on_error: &(dyn Fn(&str, Error) + Sync),
 ) {
     if slot.cap.is_none() {
+        if finishing && slot.failures > 0 {
+            slot.spec = None; // stopping: no more retries of a failing database
+            return;
+        }
         if Instant::now() < slot.retry_at {
             return;
         }
@@ -243,7 +203,7 @@ fn drive(
             }
             Err(e) => {
                 failing(spec.set.dir(), &slot.name, None, &e);
-                on_error(&slot.name, &e);
+                on_error(&slot.name, e);
                 slot.failures += 1;
                 slot.retry_at = Instant::now() + backoff(slot.failures);
                 slot.spec = Some(spec);
@@ -265,7 +225,7 @@ fn drive(
     }
     if let Err(e) = res {
         failing(cap.set().dir(), &slot.name, Some(cap), &e);
-        on_error(&slot.name, &e);
+        on_error(&slot.name, e);
         slot.failures += 1;
         slot.retry_at = Instant::now() + backoff(slot.failures);
         slot.cap = None; // restart it from what the set holds

@@ -29,7 +29,7 @@ use crate::bundle::wbb::read_bundle;
 use crate::chain::layout::{IMAGE_FILE, MANIFEST_FILE, generation_dir};
 use crate::chain::{BackupSet, ChainInventory, Inventory};
 use crate::error::{Error, IoContext, Result};
-use crate::progress::Progress;
+use crate::progress::{Progress, human_bytes};
 use crate::replay::{CheckLevel, RestorePlan, Target, TempFile, integrity_check, replay_into};
 
 /// When to build a new generation (any trigger fires it), and what history to keep.
@@ -149,6 +149,57 @@ pub struct CompactReport {
     pub retired_bytes: u64,
     /// Temporaries of dead processes removed.
     pub stale_temps_removed: usize,
+}
+
+impl CompactReport {
+    /// The report in a few lines (what `walbundle compact` prints).
+    pub fn describe(&self) -> String {
+        let would = if self.dry_run { "would " } else { "" };
+        let mut s = String::new();
+        match (&self.created, &self.skipped) {
+            (Some(g), _) => s.push_str(&format!(
+                "{would}create generation {}\n  txn {} ({}), replayed from generation {} + {} bundles ({}){}\n",
+                g.path,
+                g.txn,
+                g.state_time,
+                g.from_seq,
+                g.bundles_replayed,
+                human_bytes(g.bundle_bytes),
+                if self.dry_run {
+                    String::new()
+                } else {
+                    format!(", image {}", human_bytes(g.image_size))
+                }
+            )),
+            (None, Some(why)) => s.push_str(&format!("no new generation: {why}\n")),
+            (None, None) => {}
+        }
+        for x in &self.retired {
+            s.push_str(&format!(
+                "{would}retire {} {} ({}): {}\n",
+                x.kind,
+                x.path,
+                human_bytes(x.bytes),
+                x.reason
+            ));
+        }
+        if self.retired.is_empty() {
+            s.push_str("retention: nothing to retire\n");
+        } else {
+            s.push_str(&format!(
+                "retention: {} item(s), {} {would}freed\n",
+                self.retired.len(),
+                human_bytes(self.retired_bytes)
+            ));
+        }
+        if self.stale_temps_removed > 0 {
+            s.push_str(&format!(
+                "removed {} temporaries left by interrupted runs\n",
+                self.stale_temps_removed
+            ));
+        }
+        s
+    }
 }
 
 /// Compact `set`: build a new generation if a trigger fires, then apply retention.

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::capture::snapshot::{SnapshotOptions, SnapshotReport, snapshot};
 use crate::compact::retention::{self, RetentionPolicy, Retire};
-use crate::progress::Progress;
+use crate::progress::{Progress, human_bytes};
 use crate::sqlite::source::{SourceDb, guard_destination};
 use crate::{BackupSet, Result};
 
@@ -32,6 +32,38 @@ pub struct BackupReport {
     pub snapshot: SnapshotReport,
     /// Chains retention retired.
     pub retired: Vec<Retire>,
+}
+
+impl BackupReport {
+    /// The report in a few lines (what `walbundle snapshot` prints).
+    pub fn describe(&self) -> String {
+        let (r, m) = (&self.snapshot, &self.snapshot.manifest);
+        let pct = if m.image.raw_size > 0 {
+            100.0 * m.image.size as f64 / m.image.raw_size as f64
+        } else {
+            0.0
+        };
+        let mut s = format!(
+            "generation {}\n  txn {}, {} pages x {} B = {}, stored {} ({pct:.0}%)\n  \
+             read {} ms (no lock taken), verified in {} ms ({} check)\n",
+            r.generation_dir.display(),
+            m.txn,
+            m.page_count,
+            m.page_size,
+            human_bytes(m.image.raw_size),
+            human_bytes(m.image.size),
+            r.read_ms,
+            r.verify_ms,
+            m.check,
+        );
+        for x in &self.retired {
+            s.push_str(&format!(
+                "retired chain {} ({}): {}\n",
+                x.chain_id, x.state_time, x.reason
+            ));
+        }
+        s
+    }
 }
 
 /// Snapshot the database `db` into its set under `dest` (created if needed, its writer lock

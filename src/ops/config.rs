@@ -29,6 +29,7 @@ use crate::{Error, Result};
 /// How a database is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Mode {
     /// Continuous capture (`capture --config`).
     Capture,

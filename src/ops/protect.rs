@@ -46,50 +46,127 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::health::{self, Row};
+use super::health::{self, Row, SetsHandle};
 use super::sources::{ConfigSources, Defaults, Note};
-use crate::capture::engine::{CaptureOptions, CaptureStats};
+use crate::capture::engine::{CaptureOptions, CaptureStats, Event};
 use crate::capture::supervisor::{self, CaptureSpec};
 use crate::chain::BackupSet;
 use crate::{Error, Result};
 
+/// What a running [`Protector`] tells the application as it happens, on its capture threads.
+/// Every method has an empty default: implement what you log or act on.
+pub trait Observer: Send + Sync {
+    /// A capture event of `db` (a chain started, a bundle sealed, stopped), with the
+    /// database's statistics after it. [`Event::describe`] gives the CLI's log line.
+    fn event(&self, db: &str, event: &Event, stats: &CaptureStats) {
+        let _ = (db, event, stats);
+    }
+    /// Capture of `db` into the set folder `set` failed; it is retried with backoff.
+    fn error(&self, db: &str, set: &Path, error: &Error) {
+        let _ = (db, set, error);
+    }
+    /// What a look at the config found besides databases to capture (a second name of one
+    /// file, a database that matched later, one that cannot be captured).
+    fn note(&self, note: &Note) {
+        let _ = note;
+    }
+}
+
+struct Silent;
+impl Observer for Silent {}
+
 /// What to protect and how; [`Self::start`] begins.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProtectorBuilder {
     dbs: Vec<(PathBuf, PathBuf, Option<String>)>,
+    config: Option<(PathBuf, Defaults)>,
     opts: CaptureOptions,
-    threads: usize,
+    threads: Option<usize>,
     allow_inside_source: bool,
+    once: bool,
+    fail_fast: bool,
+    stop: Stop,
+    observer: Arc<dyn Observer>,
+    on_error: Option<String>,
+    metrics: (Option<String>, Option<PathBuf>),
+}
+
+/// The flag that ends a run: the protector's own, or the process's signal flag.
+#[derive(Clone)]
+enum Stop {
+    Own(Arc<AtomicBool>),
+    Signals(&'static AtomicBool),
+}
+
+impl Stop {
+    fn flag(&self) -> &AtomicBool {
+        match self {
+            Self::Own(f) => f,
+            Self::Signals(f) => f,
+        }
+    }
 }
 
 /// Databases under continuous capture on background threads of this process.
 pub struct Protector {
-    stop: Arc<AtomicBool>,
+    stop: Stop,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<Result<FinalStats>>>,
+    /// The metrics endpoint and file writer, if asked for; they end with the run.
+    metrics: Option<health::MetricsGuard>,
 }
 
 /// Each database's final statistics, by path.
 pub type FinalStats = Vec<(String, CaptureStats)>;
 
-#[derive(Default)]
 struct Shared {
-    stats: Mutex<BTreeMap<String, CaptureStats>>,
-    errors: Mutex<BTreeMap<String, String>>,
+    stats: std::sync::Mutex<BTreeMap<String, CaptureStats>>,
+    errors: std::sync::Mutex<BTreeMap<String, String>>,
     /// (database, set folder) of everything captured, growing as a config's patterns match.
-    sets: Mutex<Vec<(PathBuf, PathBuf)>>,
+    sets: SetsHandle,
+    observer: Arc<dyn Observer>,
+    /// With `fail_fast`: the first failure, which ends the run.
+    fatal: Option<std::sync::Mutex<Option<Error>>>,
+    /// The user's command run at every failure.
+    on_error: Option<String>,
 }
 
 impl Shared {
-    fn error(&self, db: &str, e: &str) {
+    fn set_of(&self, db: &str) -> PathBuf {
+        self.sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(d, _)| d.display().to_string() == db)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    }
+
+    fn error(&self, db: &str, e: Error) {
         self.errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(db.to_string(), e.to_string());
+        let set = self.set_of(db);
+        self.observer.error(db, &set, &e);
+        let set = set.display().to_string();
+        super::hook::on_error(
+            self.on_error.as_deref(),
+            "capture",
+            db,
+            &set,
+            &e.to_string(),
+        );
+        if let Some(fatal) = &self.fatal {
+            fatal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(e);
+        }
     }
 
     fn add(&self, specs: &[CaptureSpec]) {
@@ -105,35 +182,46 @@ impl Shared {
 
     fn notes(&self, notes: Vec<Note>) {
         for n in notes {
-            if let Note::Failed { db, error, .. } = n {
-                self.error(&db.display().to_string(), &error.to_string());
+            if let Note::Failed { db, set, error } = &n {
+                let (db, set) = (db.display().to_string(), set.display().to_string());
+                self.errors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(db.clone(), error.to_string());
+                let hook = self.on_error.as_deref();
+                super::hook::on_error(hook, "capture", &db, &set, &error.to_string());
             }
+            self.observer.note(&n);
         }
     }
 }
 
 impl Protector {
-    /// Nothing yet: add databases with [`ProtectorBuilder::database`].
+    /// Nothing yet: add databases with [`ProtectorBuilder::database`] or a config with
+    /// [`ProtectorBuilder::config`].
     pub fn builder() -> ProtectorBuilder {
         ProtectorBuilder {
             dbs: Vec::new(),
+            config: None,
             opts: CaptureOptions::default(),
-            threads: 1,
+            threads: None,
             allow_inside_source: false,
+            once: false,
+            fail_fast: false,
+            stop: Stop::Own(Arc::default()),
+            observer: Arc::new(Silent),
+            on_error: None,
+            metrics: (None, None),
         }
     }
 
-    /// Protect every capture-mode database the TOML config at `path` names (the format
-    /// `walbundle capture --config` reads), matching its patterns again every `rescan` so
-    /// databases created later join. `defaults` supplies what the config's tables leave open.
+    /// Protect every capture-mode database the TOML config at `path` names: shorthand for
+    /// `Protector::builder().config(path, defaults).start()`.
     ///
     /// # Errors
     /// The config cannot be read or resolved, or a database it names now cannot be captured.
     pub fn from_config(path: &Path, defaults: Defaults) -> Result<Self> {
-        let sources = Arc::new(ConfigSources::load(path, defaults)?);
-        let (specs, notes) = sources.scan(true)?;
-        let threads = sources.config().threads.unwrap_or(4);
-        spawn(specs, threads, Some(sources), notes)
+        Self::builder().config(path, defaults).start()
     }
 
     /// The newest statistics of each database (as of its last event: a bundle sealed, a chain
@@ -153,6 +241,12 @@ impl Protector {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The (database, set folder) pairs under capture, shared with
+    /// [`health::serve_metrics`] (it grows as a config's patterns match).
+    pub fn sets(&self) -> SetsHandle {
+        Arc::clone(&self.shared.sets)
     }
 
     /// Each database's health, as `walbundle status` judges a capture (heartbeat fresh, no
@@ -179,9 +273,29 @@ impl Protector {
     ///
     /// # Errors
     /// If the capture threads could not run.
-    pub fn stop(mut self) -> Result<FinalStats> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take().map(JoinHandle::join) {
+    pub fn stop(self) -> Result<FinalStats> {
+        self.stop.flag().store(true, Ordering::SeqCst);
+        self.wait()
+    }
+
+    /// Wait until capture ends by itself (after one pass with [`ProtectorBuilder::once`], or
+    /// when the signal flag of [`ProtectorBuilder::stop_on_signals`] is set) and return each
+    /// database's final statistics.
+    ///
+    /// # Errors
+    /// If the capture threads could not run.
+    pub fn wait(mut self) -> Result<FinalStats> {
+        let ran = self.thread.take().map(JoinHandle::join);
+        drop(self.metrics.take());
+        let fatal = self
+            .shared
+            .fatal
+            .as_ref()
+            .and_then(|f| f.lock().unwrap_or_else(PoisonError::into_inner).take());
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        match ran {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(Error::new(
                 crate::ErrorKind::Io,
@@ -195,7 +309,7 @@ impl Protector {
 impl Drop for Protector {
     /// Dropping stops capture as [`Protector::stop`] does (its result is lost).
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.flag().store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -227,6 +341,16 @@ impl ProtectorBuilder {
         self
     }
 
+    /// Also protect every capture-mode database the TOML config at `path` names (the format
+    /// `walbundle capture --config` reads), matching its patterns again every `rescan` so
+    /// databases created later join. `defaults` supplies what the config's tables leave open;
+    /// the config's `threads` applies unless [`Self::threads`] is given.
+    #[must_use]
+    pub fn config(mut self, path: impl AsRef<Path>, defaults: Defaults) -> Self {
+        self.config = Some((path.as_ref().to_path_buf(), defaults));
+        self
+    }
+
     /// The longest a commit waits to be sealed into a bundle (default 1 s).
     #[must_use]
     pub fn interval(mut self, d: Duration) -> Self {
@@ -234,17 +358,18 @@ impl ProtectorBuilder {
         self
     }
 
-    /// Every capture option at once.
+    /// Every capture option at once (for databases added with [`Self::database`]).
     #[must_use]
     pub fn options(mut self, opts: CaptureOptions) -> Self {
         self.opts = opts;
         self
     }
 
-    /// Capture threads for all databases (default 1; each thread serves its share in turn).
+    /// Capture threads for all databases (default 1, or the config's `threads`, else 4, with a
+    /// config; each thread serves its share in turn).
     #[must_use]
     pub fn threads(mut self, n: usize) -> Self {
-        self.threads = n.max(1);
+        self.threads = Some(n.max(1));
         self
     }
 
@@ -256,14 +381,65 @@ impl ProtectorBuilder {
         self
     }
 
+    /// Capture what is committed now, seal it and end (see [`Protector::wait`]).
+    #[must_use]
+    pub fn once(mut self, yes: bool) -> Self {
+        self.once = yes;
+        self
+    }
+
+    /// End the whole run at the first failure of any database (after sealing what the others
+    /// hold) and have [`Protector::wait`] return that error, instead of retrying with backoff:
+    /// what `walbundle capture DB` does for its one database.
+    #[must_use]
+    pub fn fail_fast(mut self, yes: bool) -> Self {
+        self.fail_fast = yes;
+        self
+    }
+
+    /// End the run when the process gets SIGTERM or SIGINT (installs the handlers): what a
+    /// program whose main job is capture wants. An application with signal handling of its
+    /// own calls [`Protector::stop`] instead.
+    #[must_use]
+    pub fn stop_on_signals(mut self) -> Self {
+        self.stop = Stop::Signals(supervisor::stop_on_signals());
+        self
+    }
+
+    /// Run this shell command at every failure of a database (environment: `WALBUNDLE_DB`,
+    /// `WALBUNDLE_SET`, `WALBUNDLE_COMMAND`, `WALBUNDLE_ERROR`; see [`super::hook`]). Default: a
+    /// config's `on_error`, else none.
+    #[must_use]
+    pub fn on_error(mut self, cmd: impl Into<String>) -> Self {
+        self.on_error = Some(cmd.into());
+        self
+    }
+
+    /// Serve Prometheus metrics of every protected set while the run lasts: over HTTP on the
+    /// loopback address `addr` (e.g. `127.0.0.1:9717`), and/or rewritten to `file` every few
+    /// seconds (node_exporter's textfile collector).
+    #[must_use]
+    pub fn metrics(mut self, addr: Option<String>, file: Option<PathBuf>) -> Self {
+        self.metrics = (addr, file);
+        self
+    }
+
+    /// Tell `observer` every event, failure and config note as it happens.
+    #[must_use]
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
     /// Open every database and set (creating sets as needed, refusing a set another writer
     /// holds), then capture on background threads. The first snapshot of a new set is taken
-    /// there; a database that fails later is retried with backoff and named in
-    /// [`Protector::errors`].
+    /// there; a database that fails later is retried with backoff, told to the observer and
+    /// named in [`Protector::errors`].
     ///
     /// # Errors
     /// A database that cannot be located or is not a SQLite file, a destination inside its
-    /// folder, a set that backs up another database or is held by another writer.
+    /// folder, a set that backs up another database or is held by another writer; a config
+    /// that cannot be read or resolved.
     pub fn start(self) -> Result<Protector> {
         let mut specs = Vec::new();
         for (db, dest, name) in &self.dbs {
@@ -273,12 +449,62 @@ impl ProtectorBuilder {
                 name.as_deref(),
                 self.allow_inside_source,
                 self.opts.clone(),
-            )?;
+            )
             // Fail now if another writer holds the set; capture takes the lock itself.
-            BackupSet::open(spec.set.dir())?.lock_writer()?;
-            specs.push(spec);
+            .and_then(|spec| BackupSet::open(spec.set.dir())?.lock_writer().map(|_| spec));
+            match spec {
+                Ok(spec) => specs.push(spec),
+                Err(e) => {
+                    let (db, err) = (db.display().to_string(), e.to_string());
+                    super::hook::on_error(self.on_error.as_deref(), "capture", &db, "", &err);
+                    return Err(e);
+                }
+            }
         }
-        spawn(specs, self.threads, None, Vec::new())
+        let config = match &self.config {
+            Some((path, defaults)) => Some(ConfigSources::load(path, defaults.clone())?),
+            None => None,
+        };
+        let on_error = self
+            .on_error
+            .clone()
+            .or_else(|| config.as_ref().and_then(|c| c.config().on_error.clone()));
+        let shared = Arc::new(Shared {
+            stats: std::sync::Mutex::default(),
+            errors: std::sync::Mutex::default(),
+            sets: Arc::default(),
+            observer: Arc::clone(&self.observer),
+            fatal: self.fail_fast.then(std::sync::Mutex::default),
+            on_error,
+        });
+        let mut threads = self.threads.unwrap_or(1);
+        let sources = match config {
+            Some(sources) => {
+                let (found, notes) = sources.scan(true)?;
+                shared.notes(notes);
+                specs.extend(found);
+                threads = self.threads.or(sources.config().threads).unwrap_or(4);
+                Some(sources)
+            }
+            None => None,
+        };
+        shared.add(&specs);
+        let (addr, file) = &self.metrics;
+        let metrics = health::serve_metrics(addr.as_deref(), file.as_deref(), &shared.sets)?;
+        let thread = spawn(
+            specs,
+            threads,
+            sources,
+            self.once,
+            self.stop.clone(),
+            &shared,
+        )?;
+        Ok(Protector {
+            stop: self.stop,
+            shared,
+            thread: Some(thread),
+            metrics,
+        })
     }
 }
 
@@ -286,59 +512,56 @@ impl ProtectorBuilder {
 fn spawn(
     specs: Vec<CaptureSpec>,
     threads: usize,
-    sources: Option<Arc<ConfigSources>>,
-    notes: Vec<Note>,
-) -> Result<Protector> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let shared = Arc::new(Shared::default());
-    shared.add(&specs);
-    shared.notes(notes);
-    let thread = {
-        let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
-        std::thread::Builder::new()
-            .name("walbundle-capture".into())
-            .spawn(move || {
-                let find = || -> Vec<CaptureSpec> {
-                    let Some(src) = &sources else {
-                        return Vec::new();
-                    };
-                    match src.scan(false) {
-                        Ok((specs, notes)) => {
-                            shared.add(&specs);
-                            shared.notes(notes);
-                            specs
-                        }
-                        Err(e) => {
-                            shared.error("config", &e.to_string());
-                            Vec::new()
-                        }
-                    }
+    sources: Option<ConfigSources>,
+    once: bool,
+    stop: Stop,
+    shared: &Arc<Shared>,
+) -> Result<JoinHandle<Result<FinalStats>>> {
+    let shared = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name("walbundle-capture".into())
+        .spawn(move || {
+            let find = || -> Vec<CaptureSpec> {
+                let Some(src) = &sources else {
+                    return Vec::new();
                 };
-                let discover = sources.as_ref().map(|s| supervisor::Discover {
-                    every: s.rescan(),
-                    find: &find,
-                });
-                supervisor::run_many(
-                    specs,
-                    threads,
-                    false,
-                    discover.as_ref(),
-                    &stop,
-                    &|db, _, st| {
-                        shared
-                            .stats
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(db.to_string(), st.clone());
-                    },
-                    &|db, e| shared.error(db, &e.to_string()),
-                )
-            })
-            .map_err(|e| Error::io(Path::new("walbundle-capture"), "starting a thread", e))?
-    };
-    Ok(Protector {
-        stop,
-        shared,
-        thread: Some(thread),
-    })
+                match src.scan(false) {
+                    Ok((specs, notes)) => {
+                        shared.add(&specs);
+                        shared.notes(notes);
+                        specs
+                    }
+                    Err(e) => {
+                        shared.error("config", e);
+                        Vec::new()
+                    }
+                }
+            };
+            let discover = sources.as_ref().map(|s| supervisor::Discover {
+                every: s.rescan(),
+                find: &find,
+            });
+            supervisor::run_many(
+                specs,
+                threads,
+                once,
+                discover.as_ref(),
+                stop.flag(),
+                &|db, e, st| {
+                    shared
+                        .stats
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(db.to_string(), st.clone());
+                    shared.observer.event(db, e, st);
+                },
+                &|db, e| {
+                    shared.error(db, e);
+                    if shared.fatal.is_some() {
+                        stop.flag().store(true, Ordering::SeqCst);
+                    }
+                },
+            )
+        })
+        .map_err(|e| Error::io(Path::new("walbundle-capture"), "starting a thread", e))
 }

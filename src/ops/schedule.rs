@@ -13,6 +13,7 @@ use crate::{Error, Result};
 
 /// Where a schedule lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// systemd if its user manager answers, else cron.
@@ -67,6 +68,26 @@ pub struct InstallReport {
     pub changed: bool,
     /// Things the user should know (lingering off, no database in this mode yet).
     pub warnings: Vec<String>,
+}
+
+impl InstallReport {
+    /// The report as one line (what `walbundle schedule install` prints).
+    pub fn describe(&self) -> String {
+        let what = if self.files.is_empty() {
+            &self.crontab_lines
+        } else {
+            &self.files
+        };
+        let backend = serde_json::to_value(self.backend)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        format!(
+            "schedule {} installed ({backend}): {}",
+            self.name,
+            what.join(", ")
+        )
+    }
 }
 
 const TAG: &str = "# walbundle:";

@@ -46,6 +46,25 @@ pub enum Note {
     },
 }
 
+impl Note {
+    /// The note as a log line (what `walbundle capture --config` prints).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::SameFile { db, first } => format!(
+                "{}: the same database file as {}; captured once, under the first name",
+                db.display(),
+                first.display()
+            ),
+            Self::Matched { db, set } => format!(
+                "{}: new database matched; capturing into {}",
+                db.display(),
+                set.display()
+            ),
+            Self::Failed { db, error, .. } => format!("{}: {error}", db.display()),
+        }
+    }
+}
+
 /// Per-database overrides the config's tables may not set, and what to start from.
 #[derive(Debug, Clone)]
 pub struct Defaults {

@@ -29,6 +29,7 @@ use crate::store::{TEMP_PREFIX, sync_dir};
 
 /// Which SQLite check proves a materialised database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum CheckLevel {
     /// `PRAGMA integrity_check`: every page, index and constraint.
@@ -210,6 +211,37 @@ fn in_use(out: &Path) -> Error {
     Error::refused("is open in another process (it holds SQLite locks on it)")
         .at(out)
         .hint("stop the application that uses this database, then restore again")
+}
+
+/// [`restore`], and with `until_break`, when a bundle of the plan turns out damaged while it
+/// is replayed, once more up to the last transaction before that bundle (the plan returned
+/// then says why in `partial`).
+///
+/// # Errors
+/// As [`restore`]; without `until_break`, or when the damage is not inside a planned bundle,
+/// the first failure.
+pub fn restore_until_break(
+    plan: RestorePlan,
+    opts: &RestoreOptions,
+    until_break: bool,
+    progress: &dyn Progress,
+) -> Result<(RestorePlan, RestoreReport)> {
+    match restore(&plan, opts, progress) {
+        Err(e) if until_break && e.kind() == crate::ErrorKind::Corrupt => {
+            let failed = e
+                .path()
+                .and_then(|p| plan.bundles.iter().find(|b| b.path == p))
+                .map(|b| b.seq);
+            match failed.and_then(|seq| plan.cut_before(seq, e.to_string())) {
+                Some(shorter) => {
+                    let r = restore(&shorter, opts, progress)?;
+                    Ok((shorter, r))
+                }
+                None => Err(e),
+            }
+        }
+        other => other.map(|r| (plan, r)),
+    }
 }
 
 /// Execute `plan`: stage beside `opts.out`, verify, publish atomically.

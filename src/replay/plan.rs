@@ -2,7 +2,7 @@
 //! target. A plan never reaches across a missing or unreadable link: if the target lies beyond
 //! one, planning fails, naming the first bad link and the newest point that *can* be restored.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -504,5 +504,38 @@ impl RestorePlan {
         p.stop = Stop::Txn(last);
         p.partial = Some(why);
         Some(p)
+    }
+
+    /// What restoring this plan to `out` would do, in a few lines (`restore --dry-run`).
+    pub fn describe(&self, out: &Path) -> String {
+        let stop = match self.stop {
+            Stop::Txn(n) => format!("txn {n}"),
+            Stop::TimeUs(t) => format!(
+                "the last txn captured at or before {}",
+                jiff::Timestamp::from_microsecond(t)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            ),
+        };
+        let mut s = format!(
+            "would restore {stop} to {}\n  base: chain {} generation {} (txn {}, {})\n",
+            out.display(),
+            self.chain_id,
+            self.generation_seq,
+            self.base_txn,
+            self.base_time
+        );
+        match (self.bundles.first(), self.bundles.last()) {
+            (Some(f), Some(l)) => s.push_str(&format!(
+                "  then {} bundle(s): seq {}..={} (txn {}..={})\n",
+                self.bundles.len(),
+                f.seq,
+                l.seq,
+                f.txns.0,
+                l.txns.1
+            )),
+            _ => s.push_str("  no bundles\n"),
+        }
+        s
     }
 }

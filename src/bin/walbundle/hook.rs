@@ -1,35 +1,38 @@
-//! `--on-error CMD`: a user hook run (by `sh -c`) whenever a command fails for a database, with
-//! `WALBUNDLE_DB`, `WALBUNDLE_SET`, `WALBUNDLE_COMMAND` and `WALBUNDLE_ERROR` in its environment.
-//! It runs in the background; its own failure is reported on stderr and never changes walbundle's
-//! exit status.
+//! Commands over every database of a config, each failure handed to the `on_error` hook
+//! ([`walbundle::ops::hook`]).
 
-use std::process::{Command, Stdio};
+use std::path::Path;
 
-/// Run `cmd` for a failure of `command` on `db` (set `set`).
-pub fn on_error(cmd: Option<&str>, command: &str, db: &str, set: &str, error: &str) {
-    let Some(cmd) = cmd.filter(|c| !c.trim().is_empty()) else {
-        return;
-    };
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("WALBUNDLE_DB", db)
-        .env("WALBUNDLE_SET", set)
-        .env("WALBUNDLE_COMMAND", command)
-        .env("WALBUNDLE_ERROR", error)
-        .stdin(Stdio::null())
-        .spawn();
-    match child {
-        Ok(mut c) => {
-            // Reap it without blocking the caller.
-            std::thread::spawn(move || {
-                if let Ok(st) = c.wait()
-                    && !st.success()
-                {
-                    eprintln!("walbundle: warning: --on-error hook exited with {st}");
-                }
-            });
+use walbundle::Result;
+use walbundle::ops::config::{Config, Resolved};
+pub use walbundle::ops::hook::on_error;
+
+use crate::ui;
+
+/// Run `one` for every database the config at `path` names (with `dest` for entries without
+/// one): a failure is printed and handed to the hook (`cli_hook`, else the config's
+/// `on_error`) and does not stop the others. Exit 2 if any failed.
+pub fn each_database(
+    path: &Path,
+    dest: Option<&Path>,
+    command: &str,
+    cli_hook: &Option<String>,
+    json: bool,
+    mut one: impl FnMut(&Resolved) -> Result<()>,
+) -> Result<u8> {
+    let cfg = Config::load(path)?;
+    let hook = cli_hook.clone().or_else(|| cfg.on_error.clone());
+    let mut failed = 0;
+    for r in cfg.resolve(path, dest)? {
+        if let Err(e) = one(&r) {
+            failed += 1;
+            ui::print_error(&e, json);
+            let (db, set) = (
+                r.db.display().to_string(),
+                r.set_dir().display().to_string(),
+            );
+            on_error(hook.as_deref(), command, &db, &set, &e.to_string());
         }
-        Err(e) => eprintln!("walbundle: warning: could not run the --on-error hook: {e}"),
     }
+    Ok(if failed > 0 { 2 } else { 0 })
 }

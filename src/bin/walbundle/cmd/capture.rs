@@ -1,6 +1,8 @@
 //! `walbundle capture DB --dest DIR`: continuous capture until SIGTERM/SIGINT, or `--once`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use walbundle::capture::engine::{self, CaptureOptions, Event};
@@ -11,6 +13,8 @@ use crate::cmd::snapshot::require_dest;
 use crate::{Common, DestArgs};
 use crate::{hook, ui};
 use walbundle::ops::config;
+use walbundle::ops::protect::{Observer, Protector};
+use walbundle::ops::sources::{Defaults, Note};
 
 /// Arguments of `capture`.
 #[derive(Debug, clap::Args)]
@@ -99,119 +103,35 @@ fn print_event(json: bool, quiet: bool, db: &str, e: &Event, st: &engine::Captur
     }
 }
 
-fn run_config(a: &Args, path: &std::path::Path) -> Result<u8> {
-    use walbundle::ops::sources::{ConfigSources, Defaults, Note};
-    let sources = ConfigSources::load(
-        path,
-        Defaults {
-            opts: options(a, a.interval, a.max_wal_mib, a.max_bundle_mib),
-            dest: a.dest.dest.clone(),
-            allow_inside_source: a.dest.allow_inside_source,
-        },
-    )?;
-    let cfg = sources.config();
-    let on_error_cmd = a.on_error.clone().or_else(|| cfg.on_error.clone());
-    let sets: walbundle::ops::health::SetsHandle = std::sync::Arc::default();
-    let report = |notes: Vec<Note>| {
-        for n in notes {
-            match n {
-                Note::SameFile { db, first } => ui::log(
-                    a.common.quiet,
-                    &format!(
-                        "{}: the same database file as {}; captured once, under the first name",
-                        db.display(),
-                        first.display()
-                    ),
-                ),
-                Note::Matched { db, set } => ui::log(
-                    a.common.quiet,
-                    &format!(
-                        "{}: new database matched; capturing into {}",
-                        db.display(),
-                        set.display()
-                    ),
-                ),
-                Note::Failed { db, set, error } => {
-                    eprintln!("walbundle: error: {}: {error}", db.display());
-                    hook::on_error(
-                        on_error_cmd.as_deref(),
-                        "capture",
-                        &db.display().to_string(),
-                        &set.display().to_string(),
-                        &error.to_string(),
-                    );
-                }
-            }
-        }
-    };
-    let remember = |specs: &[supervisor::CaptureSpec]| {
-        sets.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(
-                specs
-                    .iter()
-                    .map(|s| (s.src.path.clone(), s.set.dir().to_path_buf())),
-            );
-    };
-    let (specs, notes) = sources.scan(true)?;
-    report(notes);
-    remember(&specs);
-    let find = || -> Vec<supervisor::CaptureSpec> {
-        let Ok((specs, notes)) = sources.scan(false) else {
-            return Vec::new();
-        };
-        report(notes);
-        remember(&specs);
-        specs
-    };
-    let discover = supervisor::Discover {
-        every: sources.rescan(),
-        find: &find,
-    };
-    let threads = a.threads.or(cfg.threads).unwrap_or(4);
-    let (json, quiet) = (a.common.json, a.common.quiet);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let metrics = walbundle::ops::health::serve_metrics(
-        a.metrics.as_deref(),
-        a.metrics_file.as_deref(),
-        &sets,
-    )?;
-    let results = supervisor::run_many(
-        specs,
-        threads,
-        a.once,
-        Some(&discover),
-        supervisor::stop_on_signals(),
-        &|db, e, st| print_event(json, quiet, db, e, st),
-        &|db, e| {
-            failed.store(true, std::sync::atomic::Ordering::SeqCst);
-            eprintln!("walbundle: error: {db}: {e}");
-            let set = sets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .find(|(d, _)| d.display().to_string() == db)
-                .map(|(_, s)| s.display().to_string())
-                .unwrap_or_default();
-            hook::on_error(on_error_cmd.as_deref(), "capture", db, &set, &e.to_string());
-        },
-    )?;
-    drop(metrics);
-    if json {
-        let all: Vec<_> = results
-            .iter()
-            .map(|(db, st)| serde_json::json!({ "db": db, "stats": st }))
-            .collect();
-        ui::out(&format!(
-            "{}\n",
-            serde_json::json!({ "event": "stopped", "databases": all })
-        ));
+/// What the CLI prints as capture goes.
+struct Cli {
+    json: bool,
+    quiet: bool,
+    /// Print each failure here (config mode); a single database's ends the run and is printed
+    /// by `main`.
+    print_errors: bool,
+    failed: AtomicBool,
+}
+
+impl Observer for Cli {
+    fn event(&self, db: &str, e: &Event, st: &engine::CaptureStats) {
+        print_event(self.json, self.quiet, db, e, st);
     }
-    Ok(if failed.load(std::sync::atomic::Ordering::SeqCst) {
-        2
-    } else {
-        0
-    })
+
+    fn error(&self, db: &str, _set: &Path, e: &Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        if self.print_errors {
+            eprintln!("walbundle: error: {db}: {e}");
+        }
+    }
+
+    fn note(&self, n: &Note) {
+        if matches!(n, Note::Failed { .. }) {
+            eprintln!("walbundle: error: {}", n.describe());
+        } else {
+            ui::log(self.quiet, &n.describe());
+        }
+    }
 }
 
 pub fn run(a: Args) -> Result<u8> {
@@ -222,61 +142,61 @@ pub fn run(a: Args) -> Result<u8> {
             &format!("could not raise the open-files limit: {e}"),
         );
     }
-    if let Some(cfg) = a.config.clone() {
-        return run_config(&a, &cfg);
-    }
-    let Some(db) = a.db.clone() else {
-        return Err(Error::usage("name a database, or --config FILE"));
-    };
-    let hook = |e: walbundle::Error, set_dir: &str| {
-        hook::on_error(
-            a.on_error.as_deref(),
-            "capture",
-            &db.display().to_string(),
-            set_dir,
-            &e.to_string(),
-        );
-        e
-    };
-    let dest = require_dest(&a.dest).map_err(|e| hook(e, ""))?;
+    let cli = Arc::new(Cli {
+        json: a.common.json,
+        quiet: a.common.quiet,
+        print_errors: a.config.is_some(),
+        failed: AtomicBool::new(false),
+    });
     let opts = options(&a, a.interval, a.max_wal_mib, a.max_bundle_mib);
-    let supervisor::CaptureSpec { src, set, opts } = walbundle::ops::sources::capture_spec(
-        &db,
-        &dest,
-        a.dest.name.as_deref(),
-        a.dest.allow_inside_source,
-        opts,
-    )
-    .map_err(|e| hook(e, ""))?;
-    let set_dir = set.dir().display().to_string();
-    let sets = std::sync::Arc::new(std::sync::Mutex::new(vec![(
-        src.path.clone(),
-        set.dir().to_path_buf(),
-    )]));
-    let metrics = walbundle::ops::health::serve_metrics(
-        a.metrics.as_deref(),
-        a.metrics_file.as_deref(),
-        &sets,
-    )?;
-    let (json, quiet) = (a.common.json, a.common.quiet);
-    let dbs = src.path.display().to_string();
-    let stats = supervisor::run(
-        src,
-        set,
-        opts,
-        a.once,
-        supervisor::stop_on_signals(),
-        |e, st| print_event(json, quiet, &dbs, e, st),
-    )
-    .map_err(|e| hook(e, &set_dir))?;
-    drop(metrics);
-    if json {
-        ui::out(&format!(
-            "{}\n",
-            serde_json::json!({ "event": "stopped", "db": dbs, "stats": stats })
-        ));
-    } else if !quiet {
-        ui::log(false, &format!("{dbs}: {}", stats.describe()));
+    let mut b = Protector::builder()
+        .once(a.once)
+        .stop_on_signals()
+        .observer(Arc::clone(&cli) as Arc<dyn Observer>)
+        .metrics(a.metrics.clone(), a.metrics_file.clone())
+        .allow_inside_source(a.dest.allow_inside_source);
+    if let Some(cmd) = &a.on_error {
+        b = b.on_error(cmd);
     }
-    Ok(0)
+    if let Some(n) = a.threads {
+        b = b.threads(n);
+    }
+    b = match (&a.config, &a.db, &a.dest.name) {
+        // Many databases: a failing one is retried with backoff (exit 2 at the end).
+        (Some(path), _, _) => b.config(
+            path,
+            Defaults {
+                opts,
+                dest: a.dest.dest.clone(),
+                allow_inside_source: a.dest.allow_inside_source,
+            },
+        ),
+        // One database: its first failure ends the run (exit 2, after the --on-error hook).
+        (None, Some(db), name) => {
+            let dest = require_dest(&a.dest).inspect_err(|e| {
+                let db = db.display().to_string();
+                hook::on_error(a.on_error.as_deref(), "capture", &db, "", &e.to_string());
+            })?;
+            let b = b.options(opts).fail_fast(true);
+            match name {
+                Some(name) => b.database_named(db, &dest, name),
+                None => b.database(db, &dest),
+            }
+        }
+        (None, None, _) => return Err(Error::usage("name a database, or --config FILE")),
+    };
+    let results = b.start()?.wait()?;
+    if cli.json && a.config.is_some() {
+        let all: Vec<_> = results
+            .iter()
+            .map(|(db, st)| serde_json::json!({ "db": db, "stats": st }))
+            .collect();
+        let all = serde_json::json!({ "event": "stopped", "databases": all });
+        ui::out(&format!("{all}\n"));
+    }
+    Ok(if cli.failed.load(Ordering::SeqCst) {
+        2
+    } else {
+        0
+    })
 }

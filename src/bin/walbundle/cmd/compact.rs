@@ -7,8 +7,8 @@ use walbundle::compact::{CompactOptions, CompactPolicy, compact};
 use walbundle::replay::plan::parse_duration;
 use walbundle::{BackupSet, Result};
 
-use crate::ui;
 use crate::{Check, Common};
+use crate::{hook, ui};
 
 /// Arguments of `compact`.
 #[derive(Debug, clap::Args)]
@@ -83,42 +83,23 @@ pub struct Args {
 pub fn run(a: Args) -> Result<u8> {
     let Some(path) = a.config.clone() else {
         let set = a.set.clone().unwrap_or_default();
-        return one(&a, &set, a.retain_days.unwrap_or(7)).inspect_err(|e| {
-            crate::hook::on_error(
-                a.on_error.as_deref(),
-                "compact",
-                "",
-                &set.display().to_string(),
-                &e.to_string(),
-            );
-        });
+        let days = a.retain_days.unwrap_or(7);
+        one(&a, &set, days).inspect_err(|e| {
+            let set = set.display().to_string();
+            hook::on_error(a.on_error.as_deref(), "compact", "", &set, &e.to_string());
+        })?;
+        return Ok(0);
     };
-    let cfg = walbundle::ops::config::Config::load(&path)?;
-    let hook = a.on_error.clone().or_else(|| cfg.on_error.clone());
-    let mut failed = 0;
-    for r in cfg.resolve(&path, None)? {
+    hook::each_database(&path, None, "compact", &a.on_error, a.common.json, |r| {
         let set = r.set_dir();
         if !set.join("walbundle-set.json").exists() {
-            continue; // nothing backed up yet
+            return Ok(()); // nothing backed up yet
         }
-        let days = a.retain_days.or(r.entry.retain_days).unwrap_or(7);
-        if let Err(e) = one(&a, &set, days) {
-            failed += 1;
-            let msg = e.to_string();
-            ui::print_error(&e, a.common.json);
-            crate::hook::on_error(
-                hook.as_deref(),
-                "compact",
-                &r.db.display().to_string(),
-                &set.display().to_string(),
-                &msg,
-            );
-        }
-    }
-    Ok(if failed > 0 { 2 } else { 0 })
+        one(&a, &set, a.retain_days.or(r.entry.retain_days).unwrap_or(7))
+    })
 }
 
-fn one(a: &Args, set_dir: &std::path::Path, retain_days: u64) -> Result<u8> {
+fn one(a: &Args, set_dir: &std::path::Path, retain_days: u64) -> Result<()> {
     let mut set = BackupSet::open(set_dir)?;
     let opts = CompactOptions {
         policy: CompactPolicy {
@@ -140,53 +121,8 @@ fn one(a: &Args, set_dir: &std::path::Path, retain_days: u64) -> Result<u8> {
     let r = compact(&mut set, &opts, &bar)?;
     if a.common.json {
         ui::json(&serde_json::json!({ "ok": true, "compact": r }));
-        return Ok(0);
+    } else if !a.common.quiet {
+        ui::out(&r.describe());
     }
-    if a.common.quiet {
-        return Ok(0);
-    }
-    let would = if r.dry_run { "would " } else { "" };
-    match (&r.created, &r.skipped) {
-        (Some(g), _) => ui::out(&format!(
-            "{would}create generation {}\n  txn {} ({}), replayed from generation {} + {} bundles ({}){}\n",
-            g.path,
-            g.txn,
-            g.state_time,
-            g.from_seq,
-            g.bundles_replayed,
-            ui::bytes(g.bundle_bytes),
-            if r.dry_run {
-                String::new()
-            } else {
-                format!(", image {}", ui::bytes(g.image_size))
-            }
-        )),
-        (None, Some(why)) => ui::out(&format!("no new generation: {why}\n")),
-        (None, None) => {}
-    }
-    for x in &r.retired {
-        ui::out(&format!(
-            "{would}retire {} {} ({}): {}\n",
-            x.kind,
-            x.path,
-            ui::bytes(x.bytes),
-            x.reason
-        ));
-    }
-    if r.retired.is_empty() {
-        ui::out("retention: nothing to retire\n");
-    } else {
-        ui::out(&format!(
-            "retention: {} item(s), {} {would}freed\n",
-            r.retired.len(),
-            ui::bytes(r.retired_bytes)
-        ));
-    }
-    if r.stale_temps_removed > 0 {
-        ui::out(&format!(
-            "removed {} temporaries left by interrupted runs\n",
-            r.stale_temps_removed
-        ));
-    }
-    Ok(0)
+    Ok(())
 }

@@ -8,17 +8,6 @@ use walbundle::{BackupSet, Result};
 use crate::Common;
 use crate::ui;
 
-/// SQLite check of the restored database.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum RestoreCheck {
-    /// `PRAGMA integrity_check`.
-    Full,
-    /// `PRAGMA quick_check`.
-    Quick,
-    /// Hashes and state checksums only.
-    None,
-}
-
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -38,7 +27,7 @@ pub struct Args {
     pub force: bool,
     /// SQLite check of the restored database before it is published.
     #[arg(long, value_enum, default_value = "full")]
-    pub check: RestoreCheck,
+    pub check: CheckLevel,
     /// Restore the last transaction captured at or before TIME: RFC 3339 (any offset, any
     /// fraction of a second) or relative to now (-30s, -10m, -2h, -1d).
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
@@ -65,71 +54,22 @@ pub fn run(a: Args) -> Result<u8> {
         (None, Some(n)) => Target::Txn(n),
         (None, None) => Target::Latest,
     };
-    let mut plan = replay::plan::plan_with(&set, &target, a.until_break)?;
+    let plan = replay::plan::plan_with(&set, &target, a.until_break)?;
     if a.dry_run {
         if a.common.json {
             ui::json(&serde_json::json!({ "ok": true, "dry_run": true, "plan": plan }));
         } else {
-            let stop = match plan.stop {
-                replay::Stop::Txn(n) => format!("txn {n}"),
-                replay::Stop::TimeUs(t) => format!(
-                    "the last txn captured at or before {}",
-                    jiff::Timestamp::from_microsecond(t)
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
-                ),
-            };
-            let mut s = format!(
-                "would restore {stop} to {}\n  base: chain {} generation {} (txn {}, {})\n",
-                a.out.display(),
-                plan.chain_id,
-                plan.generation_seq,
-                plan.base_txn,
-                plan.base_time
-            );
-            match (plan.bundles.first(), plan.bundles.last()) {
-                (Some(f), Some(l)) => s.push_str(&format!(
-                    "  then {} bundle(s): seq {}..={} (txn {}..={})\n",
-                    plan.bundles.len(),
-                    f.seq,
-                    l.seq,
-                    f.txns.0,
-                    l.txns.1
-                )),
-                _ => s.push_str("  no bundles\n"),
-            }
-            ui::out(&s);
+            ui::out(&plan.describe(&a.out));
         }
         return Ok(0);
     }
-    let check = match a.check {
-        RestoreCheck::Full => CheckLevel::Full,
-        RestoreCheck::Quick => CheckLevel::Quick,
-        RestoreCheck::None => CheckLevel::None,
-    };
     let opts = RestoreOptions {
         out: a.out.clone(),
         force: a.force,
-        check,
+        check: a.check,
     };
     let bar = ui::Bar::new(!a.common.json && !a.common.quiet);
-    let r = match replay::restore(&plan, &opts, &bar) {
-        // --until-break: a bundle failed while replaying; stop before it and try once more.
-        Err(e) if a.until_break && e.kind() == walbundle::ErrorKind::Corrupt => {
-            let failed = e
-                .path()
-                .and_then(|p| plan.bundles.iter().find(|b| b.path == p))
-                .map(|b| b.seq);
-            match failed.and_then(|seq| plan.cut_before(seq, e.to_string())) {
-                Some(shorter) => {
-                    plan = shorter;
-                    replay::restore(&plan, &opts, &bar)?
-                }
-                None => return Err(e),
-            }
-        }
-        other => other?,
-    };
+    let (plan, r) = replay::restore_until_break(plan, &opts, a.until_break, &bar)?;
     if let Some(why) = &plan.partial {
         eprintln!(
             "walbundle: PARTIAL RESTORE (--until-break): {} holds txn {} only, the last verified point \

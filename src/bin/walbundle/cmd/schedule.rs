@@ -42,19 +42,6 @@ pub enum Action {
     Remove(RemoveArgs),
 }
 
-/// Where a schedule lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// systemd if its user manager answers, else cron.
-    Auto,
-    /// systemd user units.
-    Systemd,
-    /// The user's crontab.
-    Cron,
-    /// A launchd agent (macOS).
-    Launchd,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
     /// Schedule name (letters, digits, `-`, `_`): units are `walbundle-NAME.*`.
@@ -66,12 +53,12 @@ pub struct InstallArgs {
     /// capture (continuous, plus hourly compaction) or snapshot (periodic snapshot +
     /// compaction).
     #[arg(long, value_enum, default_value = "capture")]
-    pub mode: ModeArg,
+    pub mode: Mode,
     /// Snapshot mode: how often (e.g. 30m, 1h, 1d).
     #[arg(long, default_value = "1h", value_parser = config::duration)]
     pub every: Duration,
     #[arg(long, value_enum, default_value = "auto")]
-    pub backend: Backend,
+    pub backend: sched::Backend,
     /// Write units (or the launchd plist) into this folder instead of the user's default.
     #[arg(long, value_name = "DIR")]
     pub unit_dir: Option<PathBuf>,
@@ -80,12 +67,6 @@ pub struct InstallArgs {
     pub no_start: bool,
     #[command(flatten)]
     pub common: Common,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModeArg {
-    Capture,
-    Snapshot,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,17 +108,9 @@ fn install(a: InstallArgs) -> Result<u8> {
     let r = sched::install(&InstallOptions {
         name: a.name,
         config: a.config,
-        mode: match a.mode {
-            ModeArg::Capture => Mode::Capture,
-            ModeArg::Snapshot => Mode::Snapshot,
-        },
+        mode: a.mode,
         every: a.every,
-        backend: match a.backend {
-            Backend::Auto => sched::Backend::Auto,
-            Backend::Systemd => sched::Backend::Systemd,
-            Backend::Cron => sched::Backend::Cron,
-            Backend::Launchd => sched::Backend::Launchd,
-        },
+        backend: a.backend,
         unit_dir: a.unit_dir,
         no_start: a.no_start,
         exe,
@@ -145,20 +118,7 @@ fn install(a: InstallArgs) -> Result<u8> {
     if a.common.json {
         ui::json(&serde_json::to_value(&r).unwrap_or_default());
     } else if !a.common.quiet {
-        let what = if r.files.is_empty() {
-            &r.crontab_lines
-        } else {
-            &r.files
-        };
-        ui::out(&format!(
-            "schedule {} installed ({}): {}\n",
-            r.name,
-            serde_json::to_value(r.backend)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            what.join(", ")
-        ));
+        ui::out(&format!("{}\n", r.describe()));
     }
     for w in &r.warnings {
         eprintln!("walbundle: warning: {w}");

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use walbundle::compact::retention::RetentionPolicy;
-use walbundle::ops::backup::{BackupOptions, BackupReport, snapshot_database};
+use walbundle::ops::backup::{BackupOptions, snapshot_database};
 use walbundle::{Error, Result, SnapshotOptions};
 
-use crate::ui;
 use crate::{Check, Common, DestArgs};
+use crate::{hook, ui};
 
 /// Arguments of `snapshot`.
 #[derive(Debug, clap::Args)]
@@ -73,31 +73,16 @@ pub fn run(a: Args) -> Result<u8> {
             return Err(Error::usage("name a database, or --config FILE"));
         };
         let dest = require_dest(&a.dest)?;
-        let name = a.dest.name.clone();
-        return one(
-            &a,
-            &db,
-            &dest,
-            name,
-            a.dest.allow_inside_source,
-            a.keep,
-            a.retain_days,
-        )
-        .inspect_err(|e| {
-            crate::hook::on_error(
-                a.on_error.as_deref(),
-                "snapshot",
-                &db.display().to_string(),
-                "",
-                &e.to_string(),
-            );
-        });
+        let (name, inside) = (a.dest.name.clone(), a.dest.allow_inside_source);
+        one(&a, &db, &dest, name, inside, a.keep, a.retain_days).inspect_err(|e| {
+            let db = db.display().to_string();
+            hook::on_error(a.on_error.as_deref(), "snapshot", &db, "", &e.to_string());
+        })?;
+        return Ok(0);
     };
-    let cfg = walbundle::ops::config::Config::load(&path)?;
-    let hook = a.on_error.clone().or_else(|| cfg.on_error.clone());
-    let mut failed = 0;
-    for r in cfg.resolve(&path, a.dest.dest.as_deref())? {
-        let res = one(
+    let dest = a.dest.dest.as_deref();
+    hook::each_database(&path, dest, "snapshot", &a.on_error, a.common.json, |r| {
+        one(
             &a,
             &r.db,
             &r.dest,
@@ -105,21 +90,8 @@ pub fn run(a: Args) -> Result<u8> {
             r.allow_inside_source || a.dest.allow_inside_source,
             a.keep.or(r.entry.keep),
             a.retain_days.or(r.entry.retain_days),
-        );
-        if let Err(e) = res {
-            failed += 1;
-            let msg = e.to_string();
-            ui::print_error(&e, a.common.json);
-            crate::hook::on_error(
-                hook.as_deref(),
-                "snapshot",
-                &r.db.display().to_string(),
-                &r.set_dir().display().to_string(),
-                &msg,
-            );
-        }
-    }
-    Ok(if failed > 0 { 2 } else { 0 })
+        )
+    })
 }
 
 /// Snapshot `db` into its set under `dest`, then retention.
@@ -131,7 +103,7 @@ fn one(
     allow_inside_source: bool,
     keep: Option<u64>,
     retain_days: Option<u64>,
-) -> Result<u8> {
+) -> Result<()> {
     let opts = BackupOptions {
         name,
         allow_inside_source,
@@ -149,38 +121,13 @@ fn one(
         },
     };
     let bar = ui::Bar::new(!a.common.json && !a.common.quiet);
-    let BackupReport {
-        snapshot: report,
-        retired,
-    } = snapshot_database(db, dest, &opts, &bar)?;
-    let m = &report.manifest;
+    let report = snapshot_database(db, dest, &opts, &bar)?;
     if a.common.json {
-        ui::json(&serde_json::json!({ "ok": true, "snapshot": report, "retired": retired }));
+        ui::json(
+            &serde_json::json!({ "ok": true, "snapshot": report.snapshot, "retired": report.retired }),
+        );
     } else if !a.common.quiet {
-        let pct = if m.image.raw_size > 0 {
-            100.0 * m.image.size as f64 / m.image.raw_size as f64
-        } else {
-            0.0
-        };
-        ui::out(&format!(
-            "generation {}\n  txn {}, {} pages x {} B = {}, stored {} ({pct:.0}%)\n  \
-             read {} ms (no lock taken), verified in {} ms ({} check)\n",
-            report.generation_dir.display(),
-            m.txn,
-            m.page_count,
-            m.page_size,
-            ui::bytes(m.image.raw_size),
-            ui::bytes(m.image.size),
-            report.read_ms,
-            report.verify_ms,
-            m.check,
-        ));
-        for r in &retired {
-            ui::out(&format!(
-                "retired chain {} ({}): {}\n",
-                r.chain_id, r.state_time, r.reason
-            ));
-        }
+        ui::out(&report.describe());
     }
-    Ok(0)
+    Ok(())
 }
