@@ -159,7 +159,9 @@ pub fn begin_pinned(conn: &Connection, shm: &Shm, db: &Path) -> Result<Option<Pi
     for attempt in 0..PIN_ATTEMPTS {
         let h1 = shm.header()?;
         begin_read(conn, db)?;
-        let h2 = shm.header()?;
+        let h2 = shm.header().inspect_err(|_| {
+            let _ = end_read(conn, db);
+        })?;
         if let (Some(a), Some(b)) = (h1, h2)
             && a.salts == b.salts
             && a.mx_frame == b.mx_frame

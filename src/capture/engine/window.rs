@@ -188,9 +188,15 @@ impl Capturer {
     /// first: safe when the new pin is in our cycle and not on the fully backfilled WAL (any
     /// such pin keeps the WAL from restarting, so every frame of the cycle stays readable), or
     /// when capture already holds everything up to it.
+    ///
+    /// Not while [`Self::advance`] catches up: its new pin is then on the spare reader already
+    /// (it takes over when the scan ends), and the spare has no second transaction to give.
     pub(super) fn move_mark(&mut self) -> Result<()> {
         let p = self.src.path.clone();
         let spare = 1 - self.active;
+        if !self.readers[spare].is_autocommit() {
+            return Ok(());
+        }
         let Some(p2) = begin_pinned(&self.readers[spare], &self.shm, &p)? else {
             return Ok(());
         };
