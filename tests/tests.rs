@@ -18,4 +18,5 @@ mod ops;
 mod resources;
 mod retention;
 mod snapshot;
+mod store;
 mod torture;

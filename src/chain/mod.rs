@@ -44,6 +44,7 @@ impl BackupSet {
     /// # Errors
     /// `Io` if the folder is missing or unreadable; `Corrupt` if its set record is damaged.
     pub fn open(dir: &Path) -> Result<Self> {
+        let dir = &crate::store::Location::require_local(dir)?;
         let md = std::fs::metadata(dir).ctx(dir, "opening backup set")?;
         if !md.is_dir() {
             return Err(Error::usage("is not a folder; a backup set is a folder").at(dir));
@@ -80,6 +81,7 @@ impl BackupSet {
     /// `Refused` if the set exists for a different database, or the folder exists and is not a
     /// set; `Io` if the destination cannot be created.
     pub fn open_or_create(dest: &Path, name: &str, source: &SourceIdentity) -> Result<Self> {
+        let dest = &crate::store::Location::require_local(dest)?;
         layout::check_set_name(name).map_err(Error::usage)?;
         let dir = set_dir(dest, name);
         let store = LocalStore::new(&dir, layout::is_own_name);

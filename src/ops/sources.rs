@@ -122,6 +122,7 @@ pub fn capture_spec(
 ) -> Result<CaptureSpec> {
     let src = SourceDb::locate(db)?;
     src.read_header()?;
+    let dest = &crate::store::Location::require_local(dest)?;
     guard_destination(&src, dest, allow_inside_source)?;
     let name = name.map_or_else(|| src.default_set_name(), str::to_string);
     let set = BackupSet::open_or_create(dest, &name, &src.identity())?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod rig;
+pub mod s3;
 pub mod synth;
 
 use std::ffi::OsStr;
