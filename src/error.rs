@@ -56,6 +56,19 @@ impl Error {
         }
     }
 
+    /// This error, naming `to` where it named `from` (an object read through a temporary
+    /// download names the object).
+    #[must_use]
+    pub fn relocated(mut self, from: &Path, to: &Path) -> Self {
+        if self.path.as_deref() == Some(from) {
+            self.path = Some(to.to_path_buf());
+        }
+        self.message = self
+            .message
+            .replace(&from.display().to_string(), &to.display().to_string());
+        self
+    }
+
     /// An I/O error on `path` while doing `action` ("reading", "creating", ...).
     pub fn io(path: impl AsRef<Path>, action: &str, err: io::Error) -> Self {
         let hint = match err.kind() {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::bundle::image::file_sha256;
+use crate::bundle::image::HashingReader;
 use crate::chain::BackupSet;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
@@ -164,7 +164,10 @@ fn verify_bundles(
                 prev = None;
             }
             expect = b.seq + 1;
-            let bun = match wbb::read_bundle(&b.path) {
+            let bun = match crate::store::local_copy(set.objects().as_ref(), &b.key)
+                .map_err(|e| missing(e, &b.path, "bundle file is missing"))
+                .and_then(|c| wbb::read_bundle(&c.path).map_err(|e| c.relocate(e)))
+            {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
                     r.problems.push(problem(&e));
@@ -329,17 +332,22 @@ pub fn verify(
                 Err(e) => return Err(Error::new(e.kind(), e.to_string())),
             };
             let checked = if opts.deep {
-                check_generation(&g.image_path, m, &scratch, opts.check, progress)
+                crate::store::local_copy(set.objects().as_ref(), &g.image_key)
+                    .and_then(|c| {
+                        check_generation(&c.path, m, &scratch, opts.check, progress)
+                            .map_err(|e| c.relocate(e))
+                    })
                     .map(|s| (s.size, s.sha256))
             } else {
-                file_sha256(&g.image_path).map_err(|e| {
-                    if e.io_kind() == Some(std::io::ErrorKind::NotFound) {
-                        Error::corrupt(&g.image_path, "image file is missing")
-                    } else {
-                        e
-                    }
-                })
-            };
+                set.objects()
+                    .reader(&g.image_key)
+                    .and_then(|r| {
+                        HashingReader::new(std::io::BufReader::with_capacity(1 << 20, r))
+                            .drain()
+                            .map_err(|e| Error::io(&g.image_path, "reading", e))
+                    })
+            }
+            .map_err(|e| missing(e, &g.image_path, "image file is missing"));
             match checked {
                 Ok((size, sha)) => {
                     r.files_checked += 1;
@@ -372,14 +380,47 @@ pub fn verify(
         });
     }
     let bad: std::collections::HashSet<&str> = r.problems.iter().map(|p| p.path.as_str()).collect();
-    r.newest = inv
-        .valid_generations()
-        .filter(|(_, g, _)| !bad.contains(g.image_path.display().to_string().as_str()))
-        .max_by(|a, b| (a.2.txn, &a.0.id).cmp(&(b.2.txn, &b.0.id)))
-        .map(|(c, _, m)| Point {
-            chain_id: c.id.clone(),
-            txn: m.txn,
-            state_time: m.state_time.clone(),
+    // The newest point: the end of each extent's run of bundles up to the first one found
+    // damaged, from a base whose image is intact.
+    r.newest = crate::replay::plan::extents(&inv)
+        .iter()
+        .filter(|ext| {
+            ext.chain.generations.iter().any(|g| {
+                g.seq == ext.base.seq
+                    && !bad.contains(g.image_path.display().to_string().as_str())
+            })
+        })
+        .map(|ext| {
+            let good = ext
+                .run
+                .iter()
+                .take_while(|(b, _)| !bad.contains(b.path.display().to_string().as_str()))
+                .last();
+            let (txn, time) = good.map_or_else(
+                || (ext.base.txn, ext.base.state_time.clone()),
+                |(_, h)| {
+                    let t = jiff::Timestamp::from_microsecond(h.last_time_us)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    (h.last_txn(), t)
+                },
+            );
+            (txn, ext.chain.id.clone(), time)
+        })
+        .max()
+        .map(|(txn, chain_id, state_time)| Point {
+            chain_id,
+            txn,
+            state_time,
         });
     Ok(r)
+}
+
+/// A missing artifact is damage to the set (a problem to report), not a failure to run.
+fn missing(e: Error, at: &std::path::Path, what: &str) -> Error {
+    if e.io_kind() == Some(std::io::ErrorKind::NotFound) {
+        Error::corrupt(at, what)
+    } else {
+        e
+    }
 }

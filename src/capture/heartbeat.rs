@@ -56,6 +56,9 @@ pub struct Heartbeat {
     pub last_error_us: i64,
     /// Errors this run.
     pub errors: u64,
+    /// Requests this run sent to the set's store, by kind.
+    #[serde(default)]
+    pub requests: crate::store::Requests,
 }
 
 impl Heartbeat {
@@ -70,11 +73,17 @@ impl Heartbeat {
     }
 }
 
-/// Write `hb` into `set_dir` (best effort: a status file must never stop a capture).
+/// Write `hb` for the set at `set_dir` (best effort: a status file must never stop a capture).
+/// It lives in the set's folder, or for a set in an object store on this machine
+/// ([`crate::chain::state_dir_of`]): never an object rewritten every second.
 pub fn write(set_dir: &Path, hb: &Heartbeat) {
     let Ok(bytes) = serde_json::to_vec_pretty(hb) else {
         return;
     };
+    let set_dir = &crate::chain::state_dir_of(set_dir);
+    if !set_dir.is_dir() {
+        let _ = std::fs::create_dir_all(set_dir);
+    }
     let tmp = set_dir.join(crate::store::temp_key_name(FILE));
     if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, set_dir.join(FILE)).is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -83,7 +92,7 @@ pub fn write(set_dir: &Path, hb: &Heartbeat) {
 
 /// Read the heartbeat of the set at `set_dir`, if there is a readable one.
 pub fn read(set_dir: &Path) -> Option<Heartbeat> {
-    let f = std::fs::File::open(set_dir.join(FILE)).ok()?;
+    let f = std::fs::File::open(crate::chain::state_dir_of(set_dir).join(FILE)).ok()?;
     let mut s = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 16), &mut s).ok()?;
     serde_json::from_str(&s).ok()

@@ -266,7 +266,7 @@ pub fn snapshot_with(
         keep_pin,
         terms,
     } = conns;
-    let stale = set.store().clean_stale_temps("")?;
+    let stale = set.clean_stale_temps([])?;
     let inv = set.inventory()?;
     let previous_chain = inv.chains.last().map(|c| c.id.clone());
     let txn = inv.max_txn() + 1;
@@ -287,7 +287,7 @@ pub fn snapshot_with(
     let chain_id = new_chain_id(state_time);
     // The whole new chain folder is staged and appears in one rename.
     let gen_name = generation_dir(0);
-    let mut staged = set.store().stage_dir(&chain_id)?;
+    let mut staged = set.stage(&chain_id)?;
     staged.mkdir(&gen_name)?;
     let image_file = staged.create_file(&format!("{gen_name}/{IMAGE_FILE}"))?;
     let image_path = image_file.path().to_path_buf();
@@ -365,8 +365,8 @@ pub fn snapshot_with(
         &format!("{gen_name}/{MANIFEST_FILE}"),
         &manifest.to_sealed_bytes(),
     )?;
-    let generation_dir = staged.final_path().join(&gen_name);
-    staged.publish()?;
+    let generation_dir = set.objects().location(&format!("{chain_id}/{gen_name}"));
+    set.publish(staged, &chain_id)?;
     Ok(SnapshotReport {
         manifest,
         generation_dir,

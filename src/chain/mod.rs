@@ -10,14 +10,55 @@ pub mod summary;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::bundle::manifest::{
     GenerationManifest, MANIFEST_VERSION, MAX_MANIFEST_BYTES, SET_FORMAT, Sealed, SetRecord,
     SourceIdentity,
 };
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::store::LocalStore;
+use crate::store::{LocalStore, Location, Store};
 use layout::{IMAGE_FILE, MANIFEST_FILE, SET_FILE};
+
+/// [`BackupSet::state_dir`] of the set at `dir` (a folder, or an object-store URL).
+pub fn state_dir_of(dir: &Path) -> PathBuf {
+    if matches!(Location::parse(dir), Ok(Location::Local(_)) | Err(_)) {
+        return dir.to_path_buf();
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    let url = dir.to_string_lossy().replace("://", "/");
+    base.join("walbundle/sets").join(url)
+}
+
+fn not_a_set(dir: &Path) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("has no {SET_FILE}: it is not a walbundle backup set (or its set record was lost)"),
+    )
+    .at(dir)
+    .hint("point at DEST/<name>, the set `walbundle snapshot` reported")
+}
+
+/// The object store behind `loc` (configured from the standard AWS environment).
+fn object_store(loc: &Location) -> Result<Arc<dyn Store>> {
+    match loc {
+        Location::Local(p) => Ok(Arc::new(LocalStore::new(p, layout::is_own_name))),
+        #[cfg(feature = "s3")]
+        Location::S3 { bucket, prefix } => {
+            let cfg = crate::store::s3::S3Config::from_env()?;
+            Ok(Arc::new(crate::store::s3::S3Store::new(bucket, prefix, cfg)?))
+        }
+        #[cfg(not(feature = "s3"))]
+        other => Err(Error::usage(format!(
+            "{}: this build of walbundle has no object-store support (cargo feature `s3`)",
+            other.display()
+        ))),
+    }
+}
 
 /// The folder of set `name` under destination `dest`.
 pub fn set_dir(dest: &Path, name: &str) -> PathBuf {
@@ -32,7 +73,12 @@ pub fn tool_version() -> String {
 /// An opened backup set.
 #[derive(Debug)]
 pub struct BackupSet {
-    store: LocalStore,
+    /// Every read and write of the set's artifacts goes through this.
+    objects: Arc<dyn Store>,
+    /// The same set as a folder, for a local set (staging, locks, the heartbeat).
+    local: Option<LocalStore>,
+    /// The folder, or the object-store URL (`s3://bucket/prefix`) as a path, for messages.
+    dir: PathBuf,
     record: SetRecord,
     lock: Option<File>,
     maintenance: Option<File>,
@@ -44,7 +90,45 @@ impl BackupSet {
     /// # Errors
     /// `Io` if the folder is missing or unreadable; `Corrupt` if its set record is damaged.
     pub fn open(dir: &Path) -> Result<Self> {
-        let dir = &crate::store::Location::require_local(dir)?;
+        let loc = Location::parse(dir)?;
+        if let Location::Local(dir) = &loc {
+            return Self::open_local(dir);
+        }
+        let objects = object_store(&loc)?;
+        let shown = PathBuf::from(loc.display());
+        let bytes = match objects.get(SET_FILE, MAX_MANIFEST_BYTES) {
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
+                return Err(not_a_set(&shown));
+            }
+            other => other?,
+        };
+        let record = SetRecord::from_sealed_bytes(&objects.location(SET_FILE), &bytes)?;
+        Self::with_record(objects, None, shown, record)
+    }
+
+    fn with_record(
+        objects: Arc<dyn Store>,
+        local: Option<LocalStore>,
+        dir: PathBuf,
+        record: SetRecord,
+    ) -> Result<Self> {
+        if record.set_id.len() != 32 || !record.set_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::corrupt(
+                objects.location(SET_FILE),
+                "field `set_id` is not 32 hex digits",
+            ));
+        }
+        Ok(Self {
+            objects,
+            local,
+            dir,
+            record,
+            lock: None,
+            maintenance: None,
+        })
+    }
+
+    fn open_local(dir: &Path) -> Result<Self> {
         let md = std::fs::metadata(dir).ctx(dir, "opening backup set")?;
         if !md.is_dir() {
             return Err(Error::usage("is not a folder; a backup set is a folder").at(dir));
@@ -52,27 +136,12 @@ impl BackupSet {
         let store = LocalStore::new(dir, layout::is_own_name);
         let rec_path = store.path(SET_FILE);
         if !rec_path.exists() {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!("has no {SET_FILE}: it is not a walbundle backup set (or its set record was lost)"),
-            )
-            .at(dir)
-            .hint("point at DEST/<name>, the folder `walbundle snapshot` reported"));
+            return Err(not_a_set(dir));
         }
         let bytes = store.read_bounded(SET_FILE, MAX_MANIFEST_BYTES)?;
         let record = SetRecord::from_sealed_bytes(&rec_path, &bytes)?;
-        if record.set_id.len() != 32 || !record.set_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::corrupt(
-                &rec_path,
-                "field `set_id` is not 32 hex digits",
-            ));
-        }
-        Ok(Self {
-            store,
-            record,
-            lock: None,
-            maintenance: None,
-        })
+        let objects: Arc<dyn Store> = Arc::new(store.clone());
+        Self::with_record(objects, Some(store), dir.to_path_buf(), record)
     }
 
     /// Open the set `name` under `dest` for `source`, creating it if it does not exist.
@@ -81,11 +150,21 @@ impl BackupSet {
     /// `Refused` if the set exists for a different database, or the folder exists and is not a
     /// set; `Io` if the destination cannot be created.
     pub fn open_or_create(dest: &Path, name: &str, source: &SourceIdentity) -> Result<Self> {
-        let dest = &crate::store::Location::require_local(dest)?;
         layout::check_set_name(name).map_err(Error::usage)?;
-        let dir = set_dir(dest, name);
-        let store = LocalStore::new(&dir, layout::is_own_name);
-        if store.path(SET_FILE).exists() {
+        let loc = Location::parse(dest)?.join(name);
+        let dir = PathBuf::from(loc.display());
+        let (objects, local): (Arc<dyn Store>, Option<LocalStore>) = match &loc {
+            Location::Local(dir) => {
+                let store = LocalStore::new(dir, layout::is_own_name);
+                (Arc::new(store.clone()), Some(store))
+            }
+            other => (object_store(other)?, None),
+        };
+        let exists = match &local {
+            Some(store) => store.path(SET_FILE).exists(),
+            None => !objects.list(SET_FILE, None)?.is_empty(),
+        };
+        if exists {
             let set = Self::open(&dir)?;
             if &set.record.source != source {
                 return Err(Error::refused(format!(
@@ -100,10 +179,14 @@ impl BackupSet {
             }
             return Ok(set);
         }
-        if dir.exists() {
-            let non_empty = std::fs::read_dir(&dir)
+        let non_empty = match &local {
+            Some(_) if dir.exists() => std::fs::read_dir(&dir)
                 .ctx(&dir, "listing")?
-                .any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.')));
+                .any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))),
+            Some(_) => false,
+            None => !objects.list("", None)?.is_empty(),
+        };
+        {
             if non_empty {
                 return Err(Error::refused(
                     "exists and is not a walbundle backup set; refusing to write into it",
@@ -112,7 +195,9 @@ impl BackupSet {
                 .hint("choose another set name with --name, or another --dest"));
             }
         }
-        store.ensure_root()?;
+        if let Some(store) = &local {
+            store.ensure_root()?;
+        }
         let record = SetRecord {
             format: SET_FORMAT.into(),
             version: MANIFEST_VERSION,
@@ -123,20 +208,24 @@ impl BackupSet {
             tool: tool_version(),
             self_sha256: String::new(),
         };
-        match store.put_new(SET_FILE, &record.to_sealed_bytes()) {
-            Ok(()) => Ok(Self {
-                store,
-                record,
-                lock: None,
-                maintenance: None,
-            }),
+        match objects.put_new(SET_FILE, &record.to_sealed_bytes()) {
+            Ok(()) => Self::with_record(objects, local, dir, record),
             // Another process created it first: use theirs if it is for the same source.
             Err(e) if e.kind() == ErrorKind::Refused => Self::open_or_create(dest, name, source),
             Err(e) => Err(e),
         }
     }
 
-    /// Take the set's writer lock (one snapshotter or capturer at a time), or refuse.
+    /// Where this host keeps the set's locks and capture's heartbeat: the set's folder, or for
+    /// a set in an object store a folder of this machine's (`$XDG_STATE_HOME/walbundle/sets/…`,
+    /// else `~/.local/state/walbundle/sets/…`), so nothing is rewritten in the bucket while idle.
+    pub fn state_dir(&self) -> PathBuf {
+        state_dir_of(&self.dir)
+    }
+
+    /// Take the set's writer lock (one snapshotter or capturer at a time), or refuse. For a set
+    /// in an object store the lock is this host's; two hosts writing one set are caught by
+    /// put-if-absent (the second finds its names taken).
     ///
     /// # Errors
     /// `Busy` if another process holds it.
@@ -144,14 +233,15 @@ impl BackupSet {
         if self.lock.is_some() {
             return Ok(());
         }
-        let dir = self.store.root();
+        let dir = &self.state_dir();
+        crate::store::ensure_dir_durable(dir)?;
         let f = File::open(dir).ctx(dir, "opening set folder for locking")?;
         if !crate::sys::try_flock_exclusive(&f).ctx(dir, "locking set")? {
             return Err(Error::new(
                 ErrorKind::Busy,
                 "another walbundle process is writing to this set (snapshot or capture)",
             )
-            .at(dir)
+            .at(&self.dir)
             .hint("wait for it to finish; a running `capture` already keeps the set current"));
         }
         self.lock = Some(f);
@@ -170,7 +260,9 @@ impl BackupSet {
         if self.maintenance.is_some() {
             return Ok(());
         }
-        let path = self.store.path(layout::MAINTENANCE_LOCK);
+        let state = self.state_dir();
+        crate::store::ensure_dir_durable(&state)?;
+        let path = state.join(layout::MAINTENANCE_LOCK);
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -193,7 +285,7 @@ impl BackupSet {
                     }
                 ),
             )
-            .at(self.store.root())
+            .at(&self.dir)
             .hint("wait for it to finish; the lock is released as soon as that process exits"));
         }
         let note = format!(
@@ -209,14 +301,129 @@ impl BackupSet {
         Ok(())
     }
 
-    /// The set's folder.
+    /// The set's folder, or its object-store URL (`s3://bucket/prefix/name`) as a path.
     pub fn dir(&self) -> &Path {
-        self.store.root()
+        &self.dir
     }
 
-    /// The store holding the set's files.
-    pub fn store(&self) -> &LocalStore {
-        &self.store
+    /// Every artifact of the set is read and written through this.
+    pub fn objects(&self) -> &Arc<dyn Store> {
+        &self.objects
+    }
+
+    /// Whether the set lives in an object store.
+    pub fn is_remote(&self) -> bool {
+        self.local.is_none()
+    }
+
+    /// The set as a local folder, for what needs one (staging in place, stale temporaries).
+    ///
+    /// # Errors
+    /// `Usage` for a set in an object store, naming `what` cannot run there yet.
+    pub fn store(&self) -> Result<&LocalStore> {
+        self.local.as_ref().ok_or_else(|| {
+            Error::usage(
+                "this needs a set in a local or mounted folder; it does not run on object-store \
+                 sets yet",
+            )
+            .at(&self.dir)
+        })
+    }
+
+    /// A new temporary file for what will be published as `dir_key/final_name` with
+    /// [`Self::publish_file`]: in the set's folder (the same file system, for a rename), or in
+    /// the system temp folder for a set in an object store.
+    ///
+    /// # Errors
+    /// `Io` naming the folder.
+    pub fn temp_file(&self, dir_key: &str, final_name: &str) -> Result<(PathBuf, File)> {
+        if let Some(l) = &self.local {
+            return l.temp_file(dir_key, final_name);
+        }
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        let path = std::env::temp_dir().join(format!(
+            "{}upload-{}-{:016x}-{final_name}",
+            crate::store::TEMP_PREFIX,
+            std::process::id(),
+            u64::from_le_bytes(r)
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(&path, "creating temporary file")?;
+        Ok((path, f))
+    }
+
+    /// Publish the temporary file `tmp` of [`Self::temp_file`] (written and fsynced) as `key`:
+    /// a rename without replace, or one put-if-absent upload. The temporary is gone afterwards.
+    ///
+    /// # Errors
+    /// `Refused` if `key` holds other bytes; `Io` otherwise.
+    pub fn publish_file(&self, tmp: &Path, key: &str) -> Result<()> {
+        if let Some(l) = &self.local {
+            return l.publish_temp(tmp, key);
+        }
+        let res = self.objects.put_new_file(key, tmp);
+        let _ = std::fs::remove_file(tmp);
+        res
+    }
+
+    /// Remove temporaries that dead writers left in the set's folder and in `chains`; none
+    /// exist in an object store (an upload is one request). Returns how many were removed.
+    ///
+    /// # Errors
+    /// `Io` if a folder cannot be listed.
+    pub fn clean_stale_temps<'a>(&self, chains: impl IntoIterator<Item = &'a str>) -> Result<usize> {
+        let Some(l) = &self.local else {
+            return Ok(0);
+        };
+        let mut n = l.clean_stale_temps("")?;
+        for c in chains {
+            n += l.clean_stale_temps(c)?;
+        }
+        Ok(n)
+    }
+
+    /// Stage the folder `key` of the set (a new chain, a generation): in place in a local set,
+    /// in the system temp folder for a set in an object store. [`Self::publish`] makes it
+    /// appear.
+    ///
+    /// # Errors
+    /// `Io` for the staging folder.
+    pub fn stage(&self, key: &str) -> Result<crate::store::StagedDir> {
+        if let Some(l) = &self.local {
+            return l.stage_dir(key);
+        }
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        let scratch = std::env::temp_dir().join(format!(
+            "{}stage-{}-{:016x}",
+            crate::store::TEMP_PREFIX,
+            std::process::id(),
+            u64::from_le_bytes(r)
+        ));
+        LocalStore::new(&scratch, layout::is_own_name).stage_dir(key)
+    }
+
+    /// Publish a group staged by [`Self::stage`] as `key`: one rename into place in a folder;
+    /// in an object store, its files one by one with its manifests written last.
+    ///
+    /// # Errors
+    /// `Refused` if `key` exists (a lost race); `Io` otherwise. Nothing of the group is
+    /// visible then.
+    pub fn publish(&self, staged: crate::store::StagedDir, key: &str) -> Result<()> {
+        if self.local.is_some() {
+            return staged.publish();
+        }
+        let root = staged.final_path().parent().map(Path::to_path_buf);
+        let res = staged.publish_to(self.objects.as_ref(), key, MANIFEST_FILE);
+        if let Some(root) = root {
+            let _ = std::fs::remove_dir_all(root);
+        }
+        res
     }
 
     /// The set record.
@@ -225,64 +432,86 @@ impl BackupSet {
     }
 
     /// Scan the set: chains, generations (manifests parsed, errors kept), and unrelated files.
+    /// One listing of the whole set (one LIST per 1,000 objects on an object store).
     ///
     /// # Errors
-    /// `Io` if a folder cannot be listed. Damaged manifests are not errors here: they are
+    /// `Io` if the set cannot be listed. Damaged manifests are not errors here: they are
     /// recorded in the inventory for `verify` and `list` to report.
     pub fn inventory(&self) -> Result<Inventory> {
         let mut inv = Inventory::default();
-        for ent in self.store.list("")? {
-            if layout::is_set_file(&ent.name) {
-                continue;
+        let mut chains: std::collections::BTreeMap<String, Vec<(String, u64)>> =
+            std::collections::BTreeMap::new();
+        for o in self.objects.list("", None)? {
+            match o.key.split_once('/') {
+                None if layout::is_set_file(&o.key) => {}
+                Some((first, rest)) if layout::is_chain_id(first) => chains
+                    .entry(first.to_string())
+                    .or_default()
+                    .push((rest.to_string(), o.size)),
+                None => inv.unrelated.push(o.key),
+                Some((first, _)) => {
+                    if inv.unrelated.last().map(String::as_str) != Some(first) {
+                        inv.unrelated.push(first.to_string());
+                    }
+                }
             }
-            if !(ent.is_dir && layout::is_chain_id(&ent.name)) {
-                inv.unrelated.push(ent.name);
-                continue;
-            }
-            inv.chains.push(self.chain_inventory(&ent.name)?);
+        }
+        for (id, entries) in chains {
+            inv.chains.push(self.chain_inventory(&id, entries)?);
         }
         Ok(inv)
     }
 
-    fn chain_inventory(&self, id: &str) -> Result<ChainInventory> {
+    fn chain_inventory(&self, id: &str, entries: Vec<(String, u64)>) -> Result<ChainInventory> {
         let mut chain = ChainInventory {
             id: id.to_string(),
             ..Default::default()
         };
-        for ent in self.store.list(id)? {
-            let key = format!("{id}/{}", ent.name);
-            if let Some(seq) =
-                crate::bundle::wbb::parse_file_name(&ent.name).filter(|_| !ent.is_dir)
-            {
-                let path = self.store.path(&key);
-                let header = read_placed_header(&path, &key, id, seq);
+        // Generation folders seen, and whether each has its manifest.
+        let mut gens: std::collections::BTreeMap<u64, bool> = std::collections::BTreeMap::new();
+        for (rest, size) in entries {
+            let key = format!("{id}/{rest}");
+            if let Some(seq) = crate::bundle::wbb::parse_file_name(&rest) {
+                let header = read_placed_header(self.objects.as_ref(), &key, id, seq);
                 chain.bundles.push(BundleEntry {
                     seq,
+                    path: self.objects.location(&key),
                     key,
-                    path,
-                    size: ent.size,
+                    size,
                     header,
                 });
                 continue;
             }
-            match layout::parse_generation_dir(&ent.name) {
-                Some(seq) if ent.is_dir => {
-                    chain
-                        .generations
-                        .push(self.generation_entry(id, seq, &key)?);
+            let (first, file) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+            match layout::parse_generation_dir(first) {
+                Some(seq) if !file.is_empty() => {
+                    *gens.entry(seq).or_default() |= file == MANIFEST_FILE;
                 }
-                _ => chain.unrelated.push(key),
+                _ => {
+                    let foreign = format!("{id}/{first}");
+                    if chain.unrelated.last() != Some(&foreign) {
+                        chain.unrelated.push(foreign);
+                    }
+                }
             }
         }
-        chain.generations.sort_by_key(|g| g.seq);
+        for (seq, has_manifest) in gens {
+            // In an object store a generation is published by its manifest, written last: an
+            // image no manifest names is an upload that never finished, not a generation.
+            if !has_manifest && self.is_remote() {
+                continue;
+            }
+            let key = format!("{id}/{}", layout::generation_dir(seq));
+            chain.generations.push(self.generation_entry(id, seq, &key)?);
+        }
         chain.bundles.sort_by_key(|b| b.seq);
         Ok(chain)
     }
 
     fn generation_entry(&self, chain: &str, seq: u64, key: &str) -> Result<GenerationEntry> {
         let mkey = format!("{key}/{MANIFEST_FILE}");
-        let mpath = self.store.path(&mkey);
-        let manifest = match self.store.read_bounded(&mkey, MAX_MANIFEST_BYTES) {
+        let mpath = self.objects.location(&mkey);
+        let manifest = match self.objects.get(&mkey, MAX_MANIFEST_BYTES) {
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
                 Err(Error::corrupt(&mpath, "manifest is missing"))
             }
@@ -310,11 +539,13 @@ impl BackupSet {
                 Ok(m)
             }),
         };
+        let image_key = format!("{key}/{IMAGE_FILE}");
         Ok(GenerationEntry {
             seq,
             key: key.to_string(),
             manifest,
-            image_path: self.store.path(&format!("{key}/{IMAGE_FILE}")),
+            image_path: self.objects.location(&image_key),
+            image_key,
         })
     }
 }
@@ -409,19 +640,21 @@ pub struct BundleEntry {
     pub header: Result<crate::bundle::wbb::BundleHeader>,
 }
 
-/// The header of the bundle file at `path` (store key `key`), which must say it is bundle `seq`
-/// of chain `id`: a bundle under another bundle's name (copied, swapped, from another chain) is
-/// damaged here, not a link that happens to look valid.
+/// The header of the bundle at store key `key`, which must say it is bundle `seq` of chain
+/// `id`: a bundle under another bundle's name (copied, swapped, from another chain) is damaged
+/// here, not a link that happens to look valid.
 fn read_placed_header(
-    path: &Path,
+    store: &dyn Store,
     key: &str,
     id: &str,
     seq: u64,
 ) -> Result<crate::bundle::wbb::BundleHeader> {
-    let h = read_bundle_header(path)?;
+    let path = store.location(key);
+    let b = store.get_range(key, 0, crate::bundle::wbb::HEADER_LEN as u64)?;
+    let h = crate::bundle::wbb::BundleHeader::decode(&path, &b)?;
     if h.seq != seq || h.chain_id != id {
         return Err(Error::corrupt(
-            path,
+            &path,
             format!(
                 "header says chain {} bundle {}, but the file is {key}: moved or copied",
                 h.chain_id, h.seq
@@ -429,20 +662,6 @@ fn read_placed_header(
         ));
     }
     Ok(h)
-}
-
-fn read_bundle_header(path: &Path) -> Result<crate::bundle::wbb::BundleHeader> {
-    use std::io::Read;
-    let mut f = File::open(path).ctx(path, "opening bundle")?;
-    let mut b = vec![0u8; crate::bundle::wbb::HEADER_LEN];
-    let mut n = 0;
-    while n < b.len() {
-        match f.read(&mut b[n..]).ctx(path, "reading bundle header")? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    crate::bundle::wbb::BundleHeader::decode(path, &b[..n])
 }
 
 /// One generation folder.
@@ -454,6 +673,8 @@ pub struct GenerationEntry {
     pub key: String,
     /// The parsed manifest, or why it could not be used.
     pub manifest: Result<GenerationManifest>,
-    /// Path of its image file.
+    /// Path of its image file (its location, for an object store).
     pub image_path: PathBuf,
+    /// Its image's key in the store.
+    pub image_key: String,
 }

@@ -51,7 +51,7 @@ impl BackupSet {
     pub fn summary(&self) -> Result<SetSummary> {
         let mut out = SetSummary::default();
         let mut newest: Option<(u64, i64)> = None; // (txn, time)
-        for (name, is_dir) in self.store.list_names("")? {
+        for (name, is_dir) in self.store()?.list_names("")? {
             if !(is_dir && layout::is_chain_id(&name)) {
                 continue;
             }
@@ -94,7 +94,7 @@ impl BackupSet {
             ..Default::default()
         };
         let mut bundle_seqs = Vec::new();
-        for (name, is_dir) in self.store.list_names(id)? {
+        for (name, is_dir) in self.store()?.list_names(id)? {
             if let Some(seq) = crate::bundle::wbb::parse_file_name(&name).filter(|_| !is_dir) {
                 bundle_seqs.push(seq);
             } else if let Some(seq) = layout::parse_generation_dir(&name).filter(|_| is_dir) {
@@ -153,7 +153,7 @@ impl BackupSet {
         let mut seq = last;
         while let Some(s) = seq.filter(|&s| s > base.seq) {
             let key = format!("{id}/{}", crate::bundle::wbb::file_name(s));
-            match super::read_placed_header(&self.store.path(&key), &key, id, s) {
+            match super::read_placed_header(self.objects.as_ref(), &key, id, s) {
                 Ok(h) => return (h.last_txn(), h.last_time_us),
                 Err(e) => broken.push(format!("bundle {s} is damaged: {e}")),
             }

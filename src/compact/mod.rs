@@ -215,11 +215,11 @@ pub fn compact(
     set.lock_maintenance()?;
     let mut stale = 0;
     if !opts.dry_run {
-        stale += set.store().clean_stale_temps("")?;
+        stale += set.store()?.clean_stale_temps("")?;
         // Chain folders by name: no need to read every bundle header for this.
-        for c in set.store().list("")? {
+        for c in set.store()?.list("")? {
             if c.is_dir && crate::chain::layout::is_chain_id(&c.name) {
-                stale += set.store().clean_stale_temps(&c.name)?;
+                stale += set.store()?.clean_stale_temps(&c.name)?;
             }
         }
     }
@@ -307,7 +307,7 @@ fn due(
         )));
     }
     let gen_path = set
-        .store()
+        .store()?
         .path(&format!("{}/{}", ext.chain.id, generation_dir(last.seq)));
     let g = NewGeneration {
         chain_id: ext.chain.id.clone(),
@@ -338,7 +338,7 @@ fn build(
         .filter(|b| b.seq == g.seq)
         .ok_or_else(|| Error::corrupt(set.dir(), "the set changed while compacting"))?
         .clone();
-    let chain_dir = set.store().path(&g.chain_id);
+    let chain_dir = set.store()?.path(&g.chain_id);
     // 1. Replay into a scratch database beside the chain (checked link by link).
     let (scratch, mut f) = TempFile::create_in(&chain_dir, "compact.db")?;
     let reached = replay_into(plan, &mut f, scratch.path(), progress)
@@ -351,7 +351,7 @@ fn build(
     // 3. Encode the image into the staged generation folder, hashing what is read.
     let ps = plan.page_size;
     let key = format!("{}/{}", g.chain_id, generation_dir(g.seq));
-    let staged = set.store().stage_dir(&key)?;
+    let staged = set.store()?.stage_dir(&key)?;
     let image_file = staged.create_file(IMAGE_FILE)?;
     let image_path = image_file.path().to_path_buf();
     let mut enc = ImageEncoder::new(image_file, opts.level, opts.workers, ps, reached.page_count)
@@ -570,7 +570,7 @@ fn chain_path(c: &ChainInventory) -> String {
 /// Carry out `plan` in order: whole chains, then per chain its old generations (oldest first),
 /// then its bundles in ascending order.
 fn apply_retention(set: &BackupSet, plan: &[RetirePlan]) -> Result<()> {
-    let store = set.store();
+    let store = set.store()?;
     for (_, a) in plan {
         match a {
             Action::Chain(id) => retention::retire_dir(store, "", id)?,

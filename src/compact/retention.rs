@@ -98,7 +98,7 @@ pub fn plan(inv: &Inventory, policy: &RetentionPolicy, now: jiff::Timestamp) -> 
 /// `Io` if a deletion fails; what was already retired stays retired, the rest is untouched.
 pub fn apply(set: &BackupSet, chains: &[Retire]) -> Result<()> {
     for r in chains {
-        retire_dir(set.store(), "", &r.chain_id)?;
+        retire_dir(set.store()?, "", &r.chain_id)?;
     }
     Ok(())
 }

@@ -79,8 +79,9 @@ pub fn snapshot_database(
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
     let src = SourceDb::locate(db)?;
-    let dest = &crate::store::Location::require_local(dest)?;
-    guard_destination(&src, dest, opts.allow_inside_source)?;
+    if let crate::store::Location::Local(dir) = crate::store::Location::parse(dest)? {
+        guard_destination(&src, &dir, opts.allow_inside_source)?;
+    }
     src.read_header()?;
     let name = opts.name.clone().unwrap_or_else(|| src.default_set_name());
     let mut set = BackupSet::open_or_create(dest, &name, &src.identity())?;

@@ -122,8 +122,9 @@ pub fn capture_spec(
 ) -> Result<CaptureSpec> {
     let src = SourceDb::locate(db)?;
     src.read_header()?;
-    let dest = &crate::store::Location::require_local(dest)?;
-    guard_destination(&src, dest, allow_inside_source)?;
+    if let crate::store::Location::Local(dir) = crate::store::Location::parse(dest)? {
+        guard_destination(&src, &dir, allow_inside_source)?;
+    }
     let name = name.map_or_else(|| src.default_set_name(), str::to_string);
     let set = BackupSet::open_or_create(dest, &name, &src.identity())?;
     Ok(CaptureSpec { src, set, opts })

@@ -15,6 +15,7 @@ use super::plan::{RestorePlan, Stop};
 use crate::bundle::checksum::{StateChecksum, page_term, term_or_zero};
 use crate::bundle::image::decode_image;
 use crate::bundle::wbb::{self, read_bundle};
+use crate::store::local_copy;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 
@@ -107,15 +108,17 @@ pub fn replay_into(
     progress.begin("restoring", m.image.raw_size);
     {
         let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
+        let image = local_copy(plan.objects.as_ref(), &plan.image_key)?;
         decode_image(
-            &plan.image,
+            &image.path,
             m,
             |pgno, page| {
                 terms.push(term_or_zero(ps, pgno, page));
                 w.write_all(page).ctx(out_path, "writing")
             },
             |n| progress.advance(n),
-        )?;
+        )
+        .map_err(|e| image.relocate(e))?;
         w.flush().ctx(out_path, "writing")?;
     }
     progress.end();
@@ -134,7 +137,8 @@ pub fn replay_into(
             break;
         }
         let path = &pb.path;
-        let b = read_bundle(path)?;
+        let copy = local_copy(plan.objects.as_ref(), &pb.key)?;
+        let b = read_bundle(&copy.path).map_err(|e| copy.relocate(e))?;
         let h = &b.header;
         let link = |what: String| Error::corrupt(path, what);
         if h.set_id != set_id {

@@ -3,6 +3,7 @@
 //! one, planning fails, naming the first bad link and the newest point that *can* be restored.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -37,8 +38,11 @@ pub enum Stop {
 pub struct PlannedBundle {
     /// Sequence.
     pub seq: u64,
-    /// File.
+    /// File (its location, in an object store).
     pub path: PathBuf,
+    /// Its key in the set's store.
+    #[serde(skip)]
+    pub key: String,
     /// Transactions it holds.
     pub txns: (u64, u64),
 }
@@ -60,6 +64,12 @@ pub struct RestorePlan {
     pub page_size: u32,
     /// Image of the base.
     pub image: PathBuf,
+    /// Its key in the set's store.
+    #[serde(skip)]
+    pub image_key: String,
+    /// The set's store, which every artifact is read through.
+    #[serde(skip)]
+    pub(crate) objects: Arc<dyn crate::store::Store>,
     /// Bundles to replay, in order.
     pub bundles: Vec<PlannedBundle>,
     /// Where to stop.
@@ -334,6 +344,7 @@ pub fn plan_with(set: &BackupSet, target: &Target, until_break: bool) -> Result<
         bundles.push(PlannedBundle {
             seq: b.seq,
             path: b.path.clone(),
+            key: b.key.clone(),
             txns: (h.first_txn, h.last_txn()),
         });
     }
@@ -396,6 +407,7 @@ fn shortcut(mut plan: RestorePlan, ext: &ChainExtent<'_>) -> RestorePlan {
         plan.base_time = m.state_time.clone();
         plan.page_size = m.page_size;
         plan.image = g.image_path.clone();
+        plan.image_key = g.image_key.clone();
         plan.base = m.clone();
         plan.bundles.retain(|b| b.seq > m.seq);
     }
@@ -417,12 +429,15 @@ pub fn plan_extent(set: &BackupSet, ext: &ChainExtent<'_>) -> Option<RestorePlan
         base_time: ext.base.state_time.clone(),
         page_size: ext.base.page_size,
         image: base_gen.image_path.clone(),
+        image_key: base_gen.image_key.clone(),
+        objects: Arc::clone(set.objects()),
         bundles: ext
             .run
             .iter()
             .map(|(b, h)| PlannedBundle {
                 seq: b.seq,
                 path: b.path.clone(),
+                key: b.key.clone(),
                 txns: (h.first_txn, h.last_txn()),
             })
             .collect(),

@@ -491,6 +491,10 @@ impl Store for LocalStore {
     fn requests(&self) -> Requests {
         self.counts.snapshot()
     }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
+    }
 }
 
 /// Create `dir` and missing parents, fsyncing the parent of every folder created.
@@ -569,6 +573,35 @@ impl StagedDir {
     /// Where the folder will appear.
     pub fn final_path(&self) -> &Path {
         &self.final_path
+    }
+
+    /// Publish what is staged into an object store under `key` instead of renaming it: every
+    /// file, manifests (`manifest_name`) last, each put-if-absent — a reader ignores an image no
+    /// manifest names, so the group becomes visible when its manifests are. The staging folder
+    /// is removed afterwards either way.
+    ///
+    /// # Errors
+    /// As [`Store::put_new_file`].
+    pub fn publish_to(self, store: &dyn Store, key: &str, manifest_name: &str) -> Result<()> {
+        let mut files = Vec::new();
+        let mut stack = vec![(self.tmp.clone(), key.to_string())];
+        while let Some((dir, k)) = stack.pop() {
+            for ent in fs::read_dir(&dir).ctx(&dir, "listing")? {
+                let ent = ent.ctx(&dir, "listing")?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let sub = format!("{k}/{name}");
+                if ent.file_type().ctx(ent.path(), "reading metadata")?.is_dir() {
+                    stack.push((ent.path(), sub));
+                } else {
+                    files.push((name == manifest_name, sub, ent.path()));
+                }
+            }
+        }
+        files.sort();
+        for (_, k, path) in &files {
+            store.put_new_file(k, path)?;
+        }
+        Ok(())
     }
 
     /// fsync the staged folder, rename it into place (never over an existing one), fsync the

@@ -60,8 +60,8 @@ impl Location {
         }
     }
 
-    /// The folder, if this is a local location; an object-store URL is refused for now, with
-    /// an error naming it (object-store sets are not wired into the commands yet).
+    /// The folder, if this is a local location; an object-store URL is refused, naming it, by
+    /// what does not run on object stores yet (capture, compaction).
     ///
     /// # Errors
     /// `Usage` for an unknown scheme; `Refused` for an object store.
@@ -69,11 +69,11 @@ impl Location {
         match Self::parse(given)? {
             Self::Local(p) => Ok(p),
             other => Err(Error::refused(format!(
-                "{}: object-store destinations are not supported by this build yet; nothing was \
-                 written (and no local folder named after the URL was created)",
+                "{}: continuous capture and compaction into an object store are not supported \
+                 yet (snapshot, list, verify and restore are); nothing was written",
                 other.display()
             ))
-            .hint("use a local or mounted folder as the destination for now")),
+            .hint("capture into a local or mounted folder, or take scheduled snapshots into the bucket")),
         }
     }
 

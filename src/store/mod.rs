@@ -152,4 +152,75 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Requests sent so far, by kind.
     fn requests(&self) -> Requests;
+
+    /// The file that holds `key`, when the store is a folder (readers then read it in place).
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        let _ = key;
+        None
+    }
+}
+
+/// A local file holding an object: the file itself in a local folder, else a temporary download
+/// (removed on drop). Readers that need a file (seeking, reading twice) use it; errors that name
+/// the download are turned back into the object's location by [`LocalCopy::relocate`].
+#[derive(Debug)]
+pub struct LocalCopy {
+    /// The file to read.
+    pub path: PathBuf,
+    /// Where the object is, for messages.
+    pub location: PathBuf,
+    temporary: bool,
+}
+
+impl LocalCopy {
+    /// `e`, naming the object's location instead of the download.
+    pub fn relocate(&self, e: crate::Error) -> crate::Error {
+        if self.temporary {
+            e.relocated(&self.path, &self.location)
+        } else {
+            e
+        }
+    }
+}
+
+impl Drop for LocalCopy {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `key` of `store` as a local file: the object's own file when the store is a folder, else a download into the system temp folder, streamed (memory stays one buffer).
+///
+/// # Errors
+/// The object cannot be read; `Io` for the temporary file.
+pub fn local_copy(store: &dyn Store, key: &str) -> Result<LocalCopy> {
+    let location = store.location(key);
+    if let Some(path) = store.local_path(key) {
+        return Ok(LocalCopy {
+            path,
+            location,
+            temporary: false,
+        });
+    }
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    let name = key.rsplit('/').next().unwrap_or("object");
+    let path = std::env::temp_dir().join(format!(
+        "{TEMP_PREFIX}fetch-{}-{:016x}-{name}",
+        std::process::id(),
+        u64::from_le_bytes(r)
+    ));
+    let copy = LocalCopy {
+        path,
+        location,
+        temporary: true,
+    };
+    let mut from = store.reader(key)?;
+    let mut to = std::fs::File::create(&copy.path)
+        .map_err(|e| crate::Error::io(&copy.path, "creating a temporary download", e))?;
+    std::io::copy(&mut from, &mut to)
+        .map_err(|e| crate::Error::io(&copy.location, "downloading", e))?;
+    Ok(copy)
 }

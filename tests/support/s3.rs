@@ -21,13 +21,18 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh")
 }
 
-/// Four consecutive free loopback ports (SeaweedFS's s3, master, volume and filer).
+/// Four consecutive free loopback ports (SeaweedFS's s3, master, volume and filer), and the
+/// gRPC ports SeaweedFS puts 10,000 above the last three.
 fn free_ports() -> u16 {
     for _ in 0..200 {
         let mut r = [0u8; 2];
         getrandom::fill(&mut r).unwrap();
         let base = 20_000 + u16::from_le_bytes(r) % 30_000;
-        if (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        let ports = (0..4).chain(10_001..10_004);
+        if ports
+            .into_iter()
+            .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
             return base;
         }
     }
@@ -73,12 +78,16 @@ impl S3Server {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "starting SeaweedFS failed: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("logs/weed.out")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "starting SeaweedFS on port {} failed: {text}{}\nweed.out (last lines, newest first):\n{}",
+                self.port,
+                String::from_utf8_lossy(&out.stderr),
+                tail.join("\n")
+            );
+        }
         let pid = text
             .split_whitespace()
             .find_map(|w| w.strip_prefix("S3_PID="))

@@ -105,6 +105,9 @@ impl Default for CaptureOptions {
 /// Running totals, exported in logs and `--json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CaptureStats {
+    /// Requests sent to the set's store this run, by kind (PUT, GET, LIST, HEAD, DELETE).
+    #[serde(default)]
+    pub requests: crate::store::Requests,
     /// Bundles published.
     pub bundles: u64,
     /// Transactions captured.
@@ -396,12 +399,9 @@ impl Capturer {
     pub fn start(src: SourceDb, mut set: BackupSet, opts: CaptureOptions) -> Result<Self> {
         set.lock_writer()?;
         // Bundles a killed capture was writing are hidden temporaries: remove them.
-        set.store().clean_stale_temps("")?;
         // One scan of the set serves start-up (listings skip temporaries, so it stays valid).
         let inv = set.inventory()?;
-        for chain in &inv.chains {
-            set.store().clean_stale_temps(&chain.id)?;
-        }
+        set.clean_stale_temps(inv.chains.iter().map(|c| c.id.as_str()))?;
         // No header check with a descriptor of our own here: this process may already hold
         // SQLite connections to the database (closing any descriptor drops their POSIX locks).
         // Callers check the header before any connection exists; SQLite refuses a non-database.
@@ -537,6 +537,7 @@ impl Capturer {
             last_error: String::new(),
             last_error_us: 0,
             errors: 0,
+            requests: self.set.objects().requests(),
         }
     }
 
@@ -567,6 +568,8 @@ impl Capturer {
         if let Err(g) = self.capture_new()? {
             return self.new_chain(g);
         }
-        self.seal()
+        self.seal()?;
+        self.stats.requests = self.set.objects().requests();
+        Ok(())
     }
 }

@@ -304,7 +304,7 @@ impl Capturer {
         let wp = self.src.wal_path();
         if self.pending.is_none() {
             let name = wbb::file_name(self.cur.next_seq);
-            let (tmp, mut f) = self.set.store().temp_file(&self.cur.chain_id, &name)?;
+            let (tmp, mut f) = self.set.temp_file(&self.cur.chain_id, &name)?;
             std::io::Write::write_all(&mut f, &[0u8; wbb::HEADER_LEN])
                 .ctx(&tmp, "writing bundle")?;
             let body = BodyEncoder::to_writer(

@@ -8,13 +8,18 @@ use super::*;
 
 impl Capturer {
     /// The cursor of the newest chain that has a WAL position, if the set has one.
-    pub(super) fn chain_end(inv: &crate::chain::Inventory) -> Result<Option<Cursor>> {
+    pub(super) fn chain_end(
+        inv: &crate::chain::Inventory,
+        objects: &dyn crate::store::Store,
+    ) -> Result<Option<Cursor>> {
         let mut best: Option<(u64, Cursor)> = None;
         for chain in &inv.chains {
             let Some(base) = chain.base() else { continue };
             let Some(wal) = base.wal else { continue };
             let cur = if let Some(last) = chain.bundles.last() {
-                let b = match wbb::read_bundle(&last.path) {
+                let b = match crate::store::local_copy(objects, &last.key)
+                    .and_then(|c| wbb::read_bundle(&c.path).map_err(|e| c.relocate(e)))
+                {
                     Ok(b) => b,
                     Err(e) if e.kind() == ErrorKind::Corrupt => continue,
                     Err(e) => return Err(e),
@@ -45,7 +50,7 @@ impl Capturer {
 
     /// Try to continue the newest chain. `Ok(Err(gap))` when continuity cannot be proven.
     pub(super) fn resume(&mut self, inv: &crate::chain::Inventory) -> Result<Step> {
-        let Some(cur) = Self::chain_end(inv)? else {
+        let Some(cur) = Self::chain_end(inv, self.set.objects().as_ref())? else {
             return Ok(Err(Gap::new("first capture of this database")));
         };
         if inv.max_txn() >= cur.next_txn {

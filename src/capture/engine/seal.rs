@@ -32,7 +32,7 @@ impl Capturer {
         let (first, last) = (header.first_txn, header.last_txn());
         let frames = (header.first_frame, header.last_frame);
         let key = format!("{}/{}", self.cur.chain_id, wbb::file_name(seq));
-        self.set.store().publish_temp(&tmp, &key)?;
+        self.set.publish_file(&tmp, &key)?;
         let bytes_len = len;
         self.cur.next_seq = seq + 1;
         self.cur.prev_digest = digest;
@@ -42,6 +42,7 @@ impl Capturer {
         self.stats.sealed_txn = last;
         self.stats.last_seal_us = now_us();
         self.stats.bundles += 1;
+        self.stats.requests = self.set.objects().requests();
         self.stats.bundle_bytes += bytes_len;
         self.events.push(Event::Bundle {
             chain_id: self.cur.chain_id.clone(),
