@@ -6,7 +6,8 @@
 #                                           127.0.0.1), wait until it answers, and print the
 #                                           environment to eval (S3_PID and the AWS_* variables)
 # The bucket is created by walbundle's test support (or `aws s3 mb`); credentials are the fixed
-# test pair below. Stop it with: kill "$S3_PID".
+# test pair below. Stop it with: kill "$S3_PID". Its Iceberg and Lance listeners (fixed ports
+# 8181 and 9101 by default) are off, so several servers run side by side.
 set -euo pipefail
 home="${WALBUNDLE_S3_HOME:-$HOME/.cache/walbundle-s3}"
 weed="$home/bin/weed"
@@ -23,6 +24,7 @@ JSON
 "$weed" -logdir="$dir/logs" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
   -master.port=$((port + 1)) -volume.port=$((port + 2)) -filer.port=$((port + 3)) \
   -master.telemetry=false -s3 -s3.port="$port" -s3.config="$dir/identities.json" \
+  -s3.port.iceberg=0 -s3.port.lance=0 \
   >"$dir/logs/weed.out" 2>&1 &
 pid=$!
 python3 - "$port" <<'PY' || { kill -9 $pid 2>/dev/null; echo "s3-server: SeaweedFS did not answer; see $dir/logs" >&2; exit 1; }

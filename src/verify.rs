@@ -339,13 +339,11 @@ pub fn verify(
                     })
                     .map(|s| (s.size, s.sha256))
             } else {
-                set.objects()
-                    .reader(&g.image_key)
-                    .and_then(|r| {
-                        HashingReader::new(std::io::BufReader::with_capacity(1 << 20, r))
-                            .drain()
-                            .map_err(|e| Error::io(&g.image_path, "reading", e))
-                    })
+                set.objects().reader(&g.image_key).and_then(|r| {
+                    HashingReader::new(std::io::BufReader::with_capacity(1 << 20, r))
+                        .drain()
+                        .map_err(|e| Error::io(&g.image_path, "reading", e))
+                })
             }
             .map_err(|e| missing(e, &g.image_path, "image file is missing"));
             match checked {
@@ -386,8 +384,7 @@ pub fn verify(
         .iter()
         .filter(|ext| {
             ext.chain.generations.iter().any(|g| {
-                g.seq == ext.base.seq
-                    && !bad.contains(g.image_path.display().to_string().as_str())
+                g.seq == ext.base.seq && !bad.contains(g.image_path.display().to_string().as_str())
             })
         })
         .map(|ext| {

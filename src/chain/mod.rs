@@ -50,7 +50,9 @@ fn object_store(loc: &Location) -> Result<Arc<dyn Store>> {
         #[cfg(feature = "s3")]
         Location::S3 { bucket, prefix } => {
             let cfg = crate::store::s3::S3Config::from_env()?;
-            Ok(Arc::new(crate::store::s3::S3Store::new(bucket, prefix, cfg)?))
+            Ok(Arc::new(crate::store::s3::S3Store::new(
+                bucket, prefix, cfg,
+            )?))
         }
         #[cfg(not(feature = "s3"))]
         other => Err(Error::usage(format!(
@@ -358,7 +360,8 @@ impl BackupSet {
     }
 
     /// Publish the temporary file `tmp` of [`Self::temp_file`] (written and fsynced) as `key`:
-    /// a rename without replace, or one put-if-absent upload. The temporary is gone afterwards.
+    /// a rename without replace, or one put-if-absent upload. The temporary is gone afterwards,
+    /// except after an `Io` failure of an object store (unreachable: try again later).
     ///
     /// # Errors
     /// `Refused` if `key` holds other bytes; `Io` otherwise.
@@ -367,7 +370,10 @@ impl BackupSet {
             return l.publish_temp(tmp, key);
         }
         let res = self.objects.put_new_file(key, tmp);
-        let _ = std::fs::remove_file(tmp);
+        // An unreachable store (`Io`) leaves the file for the next try.
+        if !matches!(&res, Err(e) if e.kind() == ErrorKind::Io) {
+            let _ = std::fs::remove_file(tmp);
+        }
         res
     }
 
@@ -376,7 +382,10 @@ impl BackupSet {
     ///
     /// # Errors
     /// `Io` if a folder cannot be listed.
-    pub fn clean_stale_temps<'a>(&self, chains: impl IntoIterator<Item = &'a str>) -> Result<usize> {
+    pub fn clean_stale_temps<'a>(
+        &self,
+        chains: impl IntoIterator<Item = &'a str>,
+    ) -> Result<usize> {
         let Some(l) = &self.local else {
             return Ok(0);
         };
@@ -502,7 +511,9 @@ impl BackupSet {
                 continue;
             }
             let key = format!("{id}/{}", layout::generation_dir(seq));
-            chain.generations.push(self.generation_entry(id, seq, &key)?);
+            chain
+                .generations
+                .push(self.generation_entry(id, seq, &key)?);
         }
         chain.bundles.sort_by_key(|b| b.seq);
         Ok(chain)

@@ -44,6 +44,31 @@ pub struct SetSummary {
 }
 
 impl BackupSet {
+    /// The names one level inside folder `dir` of the set (`""`: its root) and whether each is
+    /// a folder, sorted: a directory read for a local set, one listing by prefix otherwise.
+    fn names(&self, dir: &str) -> Result<Vec<(String, bool)>> {
+        if let Ok(local) = self.store() {
+            return local.list_names(dir);
+        }
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let mut out: Vec<(String, bool)> = Vec::new();
+        for o in self.objects().list(&prefix, None)? {
+            let rest = &o.key[prefix.len()..];
+            let (name, is_dir) = match rest.split_once('/') {
+                Some((first, _)) => (first, true),
+                None => (rest, false),
+            };
+            if out.last().is_none_or(|(n, _)| n != name) {
+                out.push((name.to_string(), is_dir));
+            }
+        }
+        Ok(out)
+    }
+
     /// Summarize the set without reading every bundle (see the module docs).
     ///
     /// # Errors
@@ -51,7 +76,7 @@ impl BackupSet {
     pub fn summary(&self) -> Result<SetSummary> {
         let mut out = SetSummary::default();
         let mut newest: Option<(u64, i64)> = None; // (txn, time)
-        for (name, is_dir) in self.store()?.list_names("")? {
+        for (name, is_dir) in self.names("")? {
             if !(is_dir && layout::is_chain_id(&name)) {
                 continue;
             }
@@ -94,7 +119,7 @@ impl BackupSet {
             ..Default::default()
         };
         let mut bundle_seqs = Vec::new();
-        for (name, is_dir) in self.store()?.list_names(id)? {
+        for (name, is_dir) in self.names(id)? {
             if let Some(seq) = crate::bundle::wbb::parse_file_name(&name).filter(|_| !is_dir) {
                 bundle_seqs.push(seq);
             } else if let Some(seq) = layout::parse_generation_dir(&name).filter(|_| is_dir) {

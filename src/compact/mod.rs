@@ -214,12 +214,14 @@ pub fn compact(
 ) -> Result<CompactReport> {
     set.lock_maintenance()?;
     let mut stale = 0;
-    if !opts.dry_run {
-        stale += set.store()?.clean_stale_temps("")?;
+    if let Ok(local) = set.store()
+        && !opts.dry_run
+    {
+        stale += local.clean_stale_temps("")?;
         // Chain folders by name: no need to read every bundle header for this.
-        for c in set.store()?.list("")? {
+        for c in local.list("")? {
             if c.is_dir && crate::chain::layout::is_chain_id(&c.name) {
-                stale += set.store()?.clean_stale_temps(&c.name)?;
+                stale += local.clean_stale_temps(&c.name)?;
             }
         }
     }
@@ -306,9 +308,9 @@ fn due(
             plan.generation_seq
         )));
     }
-    let gen_path = set
-        .store()?
-        .path(&format!("{}/{}", ext.chain.id, generation_dir(last.seq)));
+    let gen_path =
+        set.objects()
+            .location(&format!("{}/{}", ext.chain.id, generation_dir(last.seq)));
     let g = NewGeneration {
         chain_id: ext.chain.id.clone(),
         seq: last.seq,
@@ -338,8 +340,12 @@ fn build(
         .filter(|b| b.seq == g.seq)
         .ok_or_else(|| Error::corrupt(set.dir(), "the set changed while compacting"))?
         .clone();
-    let chain_dir = set.store()?.path(&g.chain_id);
-    // 1. Replay into a scratch database beside the chain (checked link by link).
+    let chain_dir = match set.store() {
+        Ok(local) => local.path(&g.chain_id),
+        Err(_) => std::env::temp_dir(),
+    };
+    // 1. Replay into a scratch database beside the chain (checked link by link; for a set in
+    // an object store, in the system temp folder).
     let (scratch, mut f) = TempFile::create_in(&chain_dir, "compact.db")?;
     let reached = replay_into(plan, &mut f, scratch.path(), progress)
         .map_err(|e| e.context("replaying the history to compact"))?;
@@ -351,7 +357,7 @@ fn build(
     // 3. Encode the image into the staged generation folder, hashing what is read.
     let ps = plan.page_size;
     let key = format!("{}/{}", g.chain_id, generation_dir(g.seq));
-    let staged = set.store()?.stage_dir(&key)?;
+    let staged = set.stage(&key)?;
     let image_file = staged.create_file(IMAGE_FILE)?;
     let image_path = image_file.path().to_path_buf();
     let mut enc = ImageEncoder::new(image_file, opts.level, opts.workers, ps, reached.page_count)
@@ -393,7 +399,8 @@ fn build(
             "the new image does not decode to the replayed state; nothing was published",
         ));
     }
-    let b = read_bundle(&last.path)?;
+    let copy = crate::store::local_copy(set.objects().as_ref(), &last.key)?;
+    let b = read_bundle(&copy.path).map_err(|e| copy.relocate(e))?;
     let h = &b.header;
     if h.state_after != want_state.0
         || h.page_count_after != reached.page_count
@@ -436,7 +443,7 @@ fn build(
     };
     staged.write_file(MANIFEST_FILE, &manifest.to_sealed_bytes())?;
     crate::fault::pause_point("compact:staged");
-    staged.publish()?;
+    set.publish(staged, &key)?;
     crate::fault::pause_point("compact:published");
     drop(scratch);
     g.image_size = summary.size;
@@ -570,7 +577,16 @@ fn chain_path(c: &ChainInventory) -> String {
 /// Carry out `plan` in order: whole chains, then per chain its old generations (oldest first),
 /// then its bundles in ascending order.
 fn apply_retention(set: &BackupSet, plan: &[RetirePlan]) -> Result<()> {
-    let store = set.store()?;
+    let Ok(store) = set.store() else {
+        for (_, a) in plan {
+            match a {
+                Action::Chain(id) => retention::retire_objects(set, id)?,
+                Action::Generation(key) => retention::retire_objects(set, key)?,
+                Action::Bundle(key) => set.objects().delete(key)?,
+            }
+        }
+        return Ok(());
+    };
     for (_, a) in plan {
         match a {
             Action::Chain(id) => retention::retire_dir(store, "", id)?,

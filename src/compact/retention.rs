@@ -98,7 +98,45 @@ pub fn plan(inv: &Inventory, policy: &RetentionPolicy, now: jiff::Timestamp) -> 
 /// `Io` if a deletion fails; what was already retired stays retired, the rest is untouched.
 pub fn apply(set: &BackupSet, chains: &[Retire]) -> Result<()> {
     for r in chains {
-        retire_dir(set.store()?, "", &r.chain_id)?;
+        match set.store() {
+            Ok(local) => retire_dir(local, "", &r.chain_id)?,
+            Err(_) => retire_objects(set, &r.chain_id)?,
+        }
+    }
+    Ok(())
+}
+
+/// Retire everything walbundle wrote under `prefix` (a chain, or a generation `chain/gen-…`) in
+/// a set in an object store, where nothing can be renamed away in one step. The order keeps
+/// what remains valid at every point a crash may stop it: bundles newest first (the chain
+/// only gets shorter), then each generation's manifest before its image (an image no manifest
+/// names is ignored), newest generation first.
+///
+/// # Errors
+/// `Io` if a listing or deletion fails; what was deleted stays deleted.
+pub(crate) fn retire_objects(set: &BackupSet, prefix: &str) -> Result<()> {
+    use crate::chain::layout;
+    let mut keys: Vec<(u8, std::cmp::Reverse<String>)> = Vec::new();
+    for o in set.objects().list(&format!("{prefix}/"), None)? {
+        let name = o.key.rsplit('/').next().unwrap_or_default();
+        if !layout::is_own_name(name) {
+            continue; // someone else's: left alone
+        }
+        let rank = if crate::bundle::wbb::parse_file_name(name).is_some() {
+            0
+        } else if name == layout::MANIFEST_FILE {
+            1
+        } else {
+            2
+        };
+        keys.push((rank, std::cmp::Reverse(o.key)));
+    }
+    keys.sort();
+    // Per generation, its manifest (rank 1) must go before its image (rank 2): sorting by rank
+    // does that for every generation at once, newest keys first within a rank.
+    for (_, std::cmp::Reverse(key)) in keys {
+        set.objects().delete(&key)?;
+        crate::fault::pause_point("retire:object");
     }
     Ok(())
 }

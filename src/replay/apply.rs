@@ -15,9 +15,9 @@ use super::plan::{RestorePlan, Stop};
 use crate::bundle::checksum::{StateChecksum, page_term, term_or_zero};
 use crate::bundle::image::decode_image;
 use crate::bundle::wbb::{self, read_bundle};
-use crate::store::local_copy;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
+use crate::store::local_copy;
 
 /// What replay reached.
 #[derive(Debug, Clone, Serialize)]

@@ -590,7 +590,11 @@ impl StagedDir {
                 let ent = ent.ctx(&dir, "listing")?;
                 let name = ent.file_name().to_string_lossy().into_owned();
                 let sub = format!("{k}/{name}");
-                if ent.file_type().ctx(ent.path(), "reading metadata")?.is_dir() {
+                if ent
+                    .file_type()
+                    .ctx(ent.path(), "reading metadata")?
+                    .is_dir()
+                {
                     stack.push((ent.path(), sub));
                 } else {
                     files.push((name == manifest_name, sub, ent.path()));

@@ -153,6 +153,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Requests sent so far, by kind.
     fn requests(&self) -> Requests;
 
+    /// Tries per request from now on (object stores: at least 1; a folder ignores it). Capture
+    /// lowers it so that an unreachable store never stalls its loop; it retries at every poll.
+    fn set_patience(&self, attempts: u32) {
+        let _ = attempts;
+    }
+
     /// The file that holds `key`, when the store is a folder (readers then read it in place).
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         let _ = key;

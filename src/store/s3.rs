@@ -205,6 +205,8 @@ impl S3Config {
 
 /// A bucket and a key prefix in it, as a [`Store`].
 pub struct S3Store {
+    /// Tries per request (0: the config's).
+    patience: std::sync::atomic::AtomicU32,
     bucket: Bucket,
     /// `""` or `prefix/`.
     prefix: String,
@@ -262,6 +264,7 @@ impl S3Store {
             .into();
         let prefix = prefix.trim_matches('/');
         Ok(Self {
+            patience: std::sync::atomic::AtomicU32::new(0),
             bucket: b,
             prefix: if prefix.is_empty() {
                 String::new()
@@ -365,7 +368,11 @@ impl S3Store {
         kind: Kind,
         mut attempt: impl FnMut() -> Result<Outcome<T>>,
     ) -> Result<T> {
-        let retry = self.config.retry;
+        let mut retry = self.config.retry;
+        let patience = self.patience.load(std::sync::atomic::Ordering::Relaxed);
+        if patience > 0 {
+            retry.attempts = patience;
+        }
         let mut last = String::new();
         for n in 0..retry.attempts.max(1) {
             if n > 0 {
@@ -800,5 +807,10 @@ impl Store for S3Store {
 
     fn requests(&self) -> Requests {
         self.counts.snapshot()
+    }
+
+    fn set_patience(&self, attempts: u32) {
+        self.patience
+            .store(attempts.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -269,6 +269,11 @@ pub struct Capturer {
     /// The wal-index header seen by the last `capture_new`.
     last_shm: Option<ShmHeader>,
     pending: Option<Pending>,
+    /// Bundles sealed into local files whose publication an unreachable object store refused
+    /// so far, oldest first; published in order at every step.
+    unpublished: std::collections::VecDeque<seal::Sealed>,
+    /// Since when the object store has refused publication (a warning was given).
+    store_down_since: Option<Instant>,
     /// Where capture has been unable to move past committed frames, and since when.
     stuck: Option<((u32, u32), u32, Instant)>,
     /// A committed frame whose header was zeroed: seen once at (salts, frame); a second sighting
@@ -398,6 +403,7 @@ impl Capturer {
     /// anything a snapshot can fail with.
     pub fn start(src: SourceDb, mut set: BackupSet, opts: CaptureOptions) -> Result<Self> {
         set.lock_writer()?;
+        set.objects().set_patience(CAPTURE_PATIENCE);
         // Bundles a killed capture was writing are hidden temporaries: remove them.
         // One scan of the set serves start-up (listings skip temporaries, so it stays valid).
         let inv = set.inventory()?;
@@ -439,6 +445,8 @@ impl Capturer {
             terms: Vec::new(),
             last_shm: None,
             pending: None,
+            unpublished: std::collections::VecDeque::new(),
+            store_down_since: None,
             stuck: None,
             zeroed: None,
             last_seal: Instant::now(),
@@ -489,6 +497,7 @@ impl Capturer {
     }
 
     fn step_inner(&mut self) -> Result<()> {
+        self.publish_sealed()?;
         if let Err(g) = self.capture_new()? {
             return self.new_chain(g);
         }
@@ -569,7 +578,29 @@ impl Capturer {
             return self.new_chain(g);
         }
         self.seal()?;
+        // Stopping: the store gets its full patience for what still waits.
+        self.set.objects().set_patience(0);
+        self.publish_sealed()?;
+        self.set.objects().set_patience(CAPTURE_PATIENCE);
         self.stats.requests = self.set.objects().requests();
+        if let Some(s) = self.unpublished.front() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{} sealed bundle(s) from txn {} on could not be published: the store does \
+                     not answer; they are lost with this process, the WAL still holds them if \
+                     the application has not restarted it",
+                    self.unpublished.len(),
+                    s.txns.0
+                ),
+            )
+            .at(self.set.objects().location(&s.key))
+            .hint("start capture again once the store answers; it resumes from the set"));
+        }
         Ok(())
     }
 }
+
+/// Tries per request to an object store in the capture loop (the loop itself retries at every
+/// poll, so a store that does not answer never stalls reading commits).
+const CAPTURE_PATIENCE: u32 = 2;

@@ -29,30 +29,88 @@ impl Capturer {
             }
         };
         let seq = header.seq;
-        let (first, last) = (header.first_txn, header.last_txn());
-        let frames = (header.first_frame, header.last_frame);
         let key = format!("{}/{}", self.cur.chain_id, wbb::file_name(seq));
-        self.set.publish_file(&tmp, &key)?;
-        let bytes_len = len;
+        // The chain continues from this bundle now; publication may wait for the store.
         self.cur.next_seq = seq + 1;
         self.cur.prev_digest = digest;
         self.last_seal = Instant::now();
-        self.stats.seal_max_us = self.stats.seal_max_us.max(us(t0.elapsed()));
-        debug(|| format!("seal {seq}: {} us, {len} bytes", us(t0.elapsed())));
-        self.stats.sealed_txn = last;
-        self.stats.last_seal_us = now_us();
-        self.stats.bundles += 1;
-        self.stats.requests = self.set.objects().requests();
-        self.stats.bundle_bytes += bytes_len;
-        self.events.push(Event::Bundle {
+        self.unpublished.push_back(Sealed {
+            tmp,
+            key,
             chain_id: self.cur.chain_id.clone(),
             seq,
-            txns: (first, last),
-            bytes: bytes_len,
-            frames,
+            txns: (header.first_txn, header.last_txn()),
+            frames: (header.first_frame, header.last_frame),
+            len,
+            started: t0,
         });
+        self.publish_sealed()
+    }
+
+    /// Publish the sealed bundles in order. An object store that cannot be reached leaves them
+    /// queued (their files stay on this machine) and capture goes on reading commits; while any
+    /// wait, the read mark holds the WAL (up to `max_wal_bytes`), so a capture killed meanwhile
+    /// resumes from the WAL.
+    pub(super) fn publish_sealed(&mut self) -> Result<()> {
+        while let Some(s) = self.unpublished.front() {
+            match self.set.publish_file(&s.tmp, &s.key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Io && self.set.is_remote() => {
+                    if self.store_down_since.is_none() {
+                        self.store_down_since = Some(Instant::now());
+                        self.events.push(Event::Warning {
+                            message: format!(
+                                "cannot publish bundle {} ({e}); it waits on this machine and \
+                                 capture goes on; retrying every poll",
+                                s.seq
+                            ),
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            let Some(s) = self.unpublished.pop_front() else {
+                break;
+            };
+            if let Some(since) = self.store_down_since.take() {
+                self.events.push(Event::Warning {
+                    message: format!(
+                        "the store answers again after {:.1} s; the bundles that waited are published",
+                        since.elapsed().as_secs_f64()
+                    ),
+                });
+            }
+            let took = us(s.started.elapsed());
+            self.stats.seal_max_us = self.stats.seal_max_us.max(took);
+            debug(|| format!("seal {}: {took} us, {} bytes", s.seq, s.len));
+            self.stats.sealed_txn = s.txns.1;
+            self.stats.last_seal_us = now_us();
+            self.stats.bundles += 1;
+            self.stats.bundle_bytes += s.len;
+            self.stats.requests = self.set.objects().requests();
+            self.events.push(Event::Bundle {
+                chain_id: s.chain_id,
+                seq: s.seq,
+                txns: s.txns,
+                bytes: s.len,
+                frames: s.frames,
+            });
+        }
         Ok(())
     }
+}
+
+/// A bundle sealed into a local file, to be published as `key`.
+pub(super) struct Sealed {
+    pub(super) tmp: std::path::PathBuf,
+    pub(super) key: String,
+    pub(super) chain_id: String,
+    pub(super) seq: u64,
+    pub(super) txns: (u64, u64),
+    pub(super) frames: (u32, u32),
+    pub(super) len: u64,
+    pub(super) started: Instant,
 }
 
 /// A bundle being filled: streamed into a temporary file in the chain folder, so memory does

@@ -26,6 +26,14 @@ impl Capturer {
         let Some(h) = self.last_shm else {
             return Ok(());
         };
+        // Bundles wait for an unreachable store: hold the WAL (the application's checkpoints
+        // cannot restart it past the mark) until they are published, up to `max_wal_bytes`.
+        let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
+        if !self.unpublished.is_empty()
+            && u64::from(h.mx_frame) * frame_bytes <= self.opts.max_wal_bytes
+        {
+            return Ok(());
+        }
         if self.can_free(&h) {
             return self.advance();
         }
