@@ -14,6 +14,7 @@ mod fuzz_seeds;
 mod golden;
 mod layers;
 mod model;
+mod object_store;
 mod ops;
 mod resources;
 mod retention;

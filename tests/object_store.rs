@@ -1,0 +1,259 @@
+//! Every command against a real S3-compatible server (SeaweedFS on loopback, started by the
+//! test): snapshot, capture through `kill -9`s and a server crash, list, verify --deep, restore
+//! (newest and at a transaction), compact, status, a config mixing local and s3:// sets, and
+//! hostile bucket contents refused with the key named.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use walbundle::store::Store;
+
+use crate::support::rig::{Rig, stop_capture};
+use crate::support::s3::S3Server;
+use crate::support::*;
+
+fn wb_s3(server: &S3Server, args: &[&str]) -> Out {
+    let mut c = Command::new(bin());
+    c.args(args).env_remove("WALBUNDLE_DEST");
+    for (k, v) in server.env() {
+        c.env(k, v);
+    }
+    run(c)
+}
+
+fn objects_under(server: &S3Server, prefix: &str) -> Vec<String> {
+    server
+        .store(prefix)
+        .list("", None)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+#[test]
+fn every_command_on_s3_through_kills_and_a_server_crash() {
+    let mut r = Rig::new(500);
+    let mut server = S3Server::start(&r.t.mkdir("s3"), "walbundle-e2e");
+    let env = server.env();
+    let dest = format!("s3://{}/backups", server.bucket);
+    let set = format!("{dest}/app");
+    let cwd = r.t.mkdir("cwd");
+
+    let mut snap = Command::new(bin());
+    snap.args(["snapshot", s(&r.db), "--dest", &dest])
+        .current_dir(&cwd);
+    for (k, v) in &env {
+        snap.env(k, v);
+    }
+    run(snap).ok();
+    assert!(
+        !cwd.join("s3:").exists(),
+        "an s3:// destination was taken for a local folder"
+    );
+
+    let spawn = |r: &Rig| {
+        let mut c = Command::new(bin());
+        c.args(["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"])
+            .env_remove("WALBUNDLE_DEST")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(r.t.path("capture.log"))
+                    .unwrap(),
+            );
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let mut cap = spawn(&r);
+    let mut w = r.spawn_writer(&[
+        "--txns".into(),
+        "1500".into(),
+        "--rate".into(),
+        "150".into(),
+        "--large-every".into(),
+        "400".into(),
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    cap.kill().unwrap(); // kill -9
+    cap.wait().unwrap();
+    cap = spawn(&r);
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill(); // the store crashes while capture runs
+    std::thread::sleep(Duration::from_secs(3));
+    server.up();
+    std::thread::sleep(Duration::from_secs(2));
+    cap.kill().unwrap();
+    cap.wait().unwrap();
+    cap = spawn(&r);
+    assert!(w.wait().unwrap().success(), "writer failed");
+    std::thread::sleep(Duration::from_secs(3));
+    stop_capture(&mut cap);
+    let committed = r.committed();
+    assert_eq!(committed, 1500);
+
+    let keys = objects_under(&server, "backups/app");
+    assert!(keys.iter().any(|k| k.ends_with(".wbb")), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.contains(".wbtmp-")),
+        "a temporary reached the bucket: {keys:?}"
+    );
+    wb_s3(&server, &["verify", &set, "--deep"]).ok();
+    let listing = wb_s3(&server, &["list", &set, "--json"]).ok().json();
+    assert!(listing["chains"].as_array().is_some_and(|c| !c.is_empty()));
+
+    let out = r.t.path("newest.db");
+    wb_s3(&server, &["restore", &set, "--out", s(&out)]).ok();
+    assert_eq!(
+        check_prefix(&out),
+        committed,
+        "the newest restore lost commits"
+    );
+    let mid = r.t.path("mid.db");
+    let j = wb_s3(
+        &server,
+        &["restore", &set, "--out", s(&mid), "--txn", "1000", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(j["restore"]["reached"]["txn"], 1000, "{j}");
+    let at = check_prefix(&mid);
+    assert!(
+        at > 0 && at < committed,
+        "--txn 1000 gave {at} of {committed}"
+    );
+
+    let c = wb_s3(&server, &["compact", &set, "--force", "--json"])
+        .ok()
+        .json();
+    assert!(c["compact"]["created"].is_object(), "{c}");
+    let after = r.t.path("after-compact.db");
+    wb_s3(&server, &["restore", &set, "--out", s(&after)]).ok();
+    assert_eq!(check_prefix(&after), committed);
+    wb_s3(&server, &["verify", &set]).ok();
+    let st = wb_s3(&server, &["status", &set, "--json"]);
+    assert!(st.stdout.contains("app"), "{}{}", st.stdout, st.stderr);
+}
+
+#[test]
+fn hostile_bucket_contents_are_refused_naming_the_key() {
+    let r = Rig::new(300);
+    let server = S3Server::start(&r.t.mkdir("s3"), "walbundle-hostile");
+    let dest = format!("s3://{}/b", server.bucket);
+    let set = format!("{dest}/app");
+    let mut c = Command::new(bin());
+    c.args(["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(r.t.path("capture.log")).unwrap());
+    for (k, v) in server.env() {
+        c.env(k, v);
+    }
+    let mut cap = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        r.write(&["--txns", "40"]);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    stop_capture(&mut cap);
+    wb_s3(&server, &["verify", &set, "--deep"]).ok();
+    let store = server.store("b/app");
+    let bundles: Vec<String> = objects_under(&server, "b/app")
+        .into_iter()
+        .filter(|k| k.ends_with(".wbb"))
+        .collect();
+    assert!(bundles.len() >= 2, "{bundles:?}");
+
+    // A foreign object under our prefix: listed as someone else's, never deleted or trusted.
+    store.put_new("notes.txt", b"not walbundle's").unwrap();
+    let v = wb_s3(&server, &["verify", &set]);
+    v.ok();
+
+    // A truncated bundle (same key, fewer bytes: a store or a person replaced it).
+    let victim = &bundles[0];
+    let bytes = store.get(victim, 1 << 30).unwrap();
+    store.delete(victim).unwrap();
+    store.put_new(victim, &bytes[..bytes.len() / 2]).unwrap();
+    let v = wb_s3(&server, &["verify", &set]);
+    v.code(1);
+    let said = format!("{}{}", v.stdout, v.stderr);
+    assert!(said.contains(victim.as_str()), "{said}");
+    let e = wb_s3(&server, &["restore", &set, "--out", s(&r.t.path("x.db"))]);
+    assert_ne!(e.code, 0, "a restore through a truncated bundle succeeded");
+    assert!(
+        e.stderr.contains(victim.as_str()),
+        "the error does not name {victim}: {}",
+        e.stderr
+    );
+
+    // Replaced with other bytes of the same length.
+    let mut other = bytes.clone();
+    let n = other.len();
+    other[n - 40] ^= 0xff;
+    store.delete(victim).unwrap();
+    store.put_new(victim, &other).unwrap();
+    let v = wb_s3(&server, &["verify", &set]);
+    v.code(1);
+    let said = format!("{}{}", v.stdout, v.stderr);
+    assert!(said.contains(victim.as_str()), "{said}");
+    assert!(
+        objects_under(&server, "b/app").contains(&"notes.txt".to_string()),
+        "the foreign object was touched"
+    );
+}
+
+#[test]
+fn config_mixes_local_and_s3_destinations() {
+    let r = Rig::new(200);
+    let server = S3Server::start(&r.t.mkdir("s3"), "walbundle-mixed");
+    let other = r.t.mkdir("src2").join("notes.db");
+    init_db(&other, 100, 4096, "wal");
+    let local = r.t.mkdir("local-backups");
+    let cfg = r.t.path("walbundle.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "interval = \"200ms\"\n\n[[database]]\npath = {:?}\ndest = \"s3://{}/cfg\"\n\n[[database]]\npath = {:?}\ndest = {:?}\n",
+            s(&r.db),
+            server.bucket,
+            s(&other),
+            s(&local)
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(bin());
+    c.args(["capture", "--config", s(&cfg)])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(r.t.path("capture.log")).unwrap());
+    for (k, v) in server.env() {
+        c.env(k, v);
+    }
+    let mut cap = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    r.write(&["--txns", "80", "--rate", "0"]);
+    let mut w2 = spawn_writer(&other, &r.t.path("notes.tsv"), &["--txns", "50"]);
+    assert!(w2.wait().unwrap().success());
+    std::thread::sleep(Duration::from_secs(2));
+    stop_capture(&mut cap);
+    let a = r.t.path("a.db");
+    let b = r.t.path("b.db");
+    wb_s3(
+        &server,
+        &[
+            "restore",
+            &format!("s3://{}/cfg/app", server.bucket),
+            "--out",
+            s(&a),
+        ],
+    )
+    .ok();
+    wb(["restore", s(&local.join("notes")), "--out", s(&b)]).ok();
+    assert_eq!(check_prefix(&a), r.committed());
+    assert_eq!(
+        check_prefix(&b),
+        committed(&r.t.path("notes.tsv")).len() as u64
+    );
+}
