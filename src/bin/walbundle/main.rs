@@ -99,8 +99,9 @@ struct Common {
 /// Where a set lives: a destination folder and the set name.
 #[derive(Debug, Clone, clap::Args)]
 struct DestArgs {
-    /// Destination folder holding one backup set per database.
-    #[arg(long, env = "WALBUNDLE_DEST", value_name = "DIR")]
+    /// Destination holding one backup set per database: a folder, or s3://BUCKET/PREFIX (an
+    /// S3-compatible store; endpoint and credentials from the AWS_* environment).
+    #[arg(long, env = "WALBUNDLE_DEST", value_name = "DIR|URL")]
     dest: Option<PathBuf>,
     /// Set name (default: the database file's stem, e.g. `app` for app.db).
     #[arg(long)]

@@ -32,7 +32,7 @@ use crate::{hook, ui};
     walbundle compact /mnt/backup/app --force --retain-days 30 --keep-generations 3"
 )]
 pub struct Args {
-    /// The backup set folder (DEST/<name>).
+    /// The backup set: DEST/<name>, a folder or s3://BUCKET/PREFIX/<name>.
     #[arg(required_unless_present = "config", conflicts_with = "config")]
     pub set: Option<PathBuf>,
     /// Compact every set of the databases a TOML config names (their `retain_days` applies

@@ -12,7 +12,7 @@ use crate::ui;
 /// Arguments of `list`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The backup set folder (DEST/<name>).
+    /// The backup set: DEST/<name>, a folder or s3://BUCKET/PREFIX/<name>.
     pub set: PathBuf,
     #[command(flatten)]
     pub common: Common,

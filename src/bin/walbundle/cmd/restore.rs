@@ -17,7 +17,7 @@ use crate::ui;
     old files aside (kept, named in the output) — and never while a process has them open."
 )]
 pub struct Args {
-    /// The backup set folder (DEST/<name>).
+    /// The backup set: DEST/<name>, a folder or s3://BUCKET/PREFIX/<name>.
     pub set: PathBuf,
     /// Where to create the restored database.
     #[arg(long, value_name = "PATH")]

@@ -27,7 +27,7 @@ use walbundle::ops::health::{self, Row};
     a gap in the names). Damage inside a file is what `walbundle verify` finds."
 )]
 pub struct Args {
-    /// A backup set folder (DEST/<name>).
+    /// A backup set: DEST/<name>, a folder or s3://BUCKET/PREFIX/<name>.
     #[arg(required_unless_present = "config", conflicts_with = "config")]
     pub set: Option<PathBuf>,
     /// Every database a TOML config names.

@@ -17,7 +17,7 @@ use crate::{Check, Common};
     Exit status: 0 intact, 1 problems found (each named), 2 could not run."
 )]
 pub struct Args {
-    /// The backup set folder (DEST/<name>).
+    /// The backup set: DEST/<name>, a folder or s3://BUCKET/PREFIX/<name>.
     pub set: PathBuf,
     /// Decompress every image and check it with SQLite.
     #[arg(long)]
