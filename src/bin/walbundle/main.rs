@@ -7,6 +7,7 @@
 //! and what to do; with `--json`, stdout also carries `{"ok": false, "error": {...}}`.
 
 mod cmd;
+mod events;
 mod hook;
 mod ui;
 

@@ -1,20 +1,20 @@
 //! `walbundle capture DB --dest DIR`: continuous capture until SIGTERM/SIGINT, or `--once`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use walbundle::capture::engine::{self, CaptureOptions, Event};
+use walbundle::capture::engine::CaptureOptions;
 use walbundle::capture::supervisor;
 use walbundle::{Error, Result};
 
 use crate::cmd::snapshot::require_dest;
+use crate::events::CaptureLog;
 use crate::{Common, DestArgs};
 use crate::{hook, ui};
 use walbundle::ops::config;
-use walbundle::ops::protect::{Observer, Protector};
-use walbundle::ops::sources::{Defaults, Note};
+use walbundle::ops::protect::Protector;
+use walbundle::ops::sources::Defaults;
 
 /// Arguments of `capture`.
 #[derive(Debug, clap::Args)]
@@ -89,51 +89,6 @@ fn options(a: &Args, interval: Duration, max_wal_mib: u64, max_bundle_mib: u64) 
     walbundle::ops::sources::options_with(&base, interval, max_wal_mib, max_bundle_mib)
 }
 
-fn print_event(json: bool, quiet: bool, db: &str, e: &Event, st: &engine::CaptureStats) {
-    if json {
-        let mut v = serde_json::to_value(e).unwrap_or_default();
-        v["db"] = serde_json::Value::String(db.to_string());
-        v["pin_moves"] = st.pin_moves.into();
-        v["step_aside_max_us"] = st.step_aside_max_us.into();
-        ui::out(&format!("{v}\n"));
-        return;
-    }
-    if !quiet && let Some(line) = e.describe() {
-        ui::log(false, &format!("{db}: {line}"));
-    }
-}
-
-/// What the CLI prints as capture goes.
-struct Cli {
-    json: bool,
-    quiet: bool,
-    /// Print each failure here (config mode); a single database's ends the run and is printed
-    /// by `main`.
-    print_errors: bool,
-    failed: AtomicBool,
-}
-
-impl Observer for Cli {
-    fn event(&self, db: &str, e: &Event, st: &engine::CaptureStats) {
-        print_event(self.json, self.quiet, db, e, st);
-    }
-
-    fn error(&self, db: &str, _set: &Path, e: &Error) {
-        self.failed.store(true, Ordering::SeqCst);
-        if self.print_errors {
-            eprintln!("walbundle: error: {db}: {e}");
-        }
-    }
-
-    fn note(&self, n: &Note) {
-        if matches!(n, Note::Failed { .. }) {
-            eprintln!("walbundle: error: {}", n.describe());
-        } else {
-            ui::log(self.quiet, &n.describe());
-        }
-    }
-}
-
 pub fn run(a: Args) -> Result<u8> {
     // A few descriptors per database: lift the soft limit to the hard one, as Go programs do.
     if let Err(e) = supervisor::raise_open_files_limit() {
@@ -142,17 +97,16 @@ pub fn run(a: Args) -> Result<u8> {
             &format!("could not raise the open-files limit: {e}"),
         );
     }
-    let cli = Arc::new(Cli {
-        json: a.common.json,
-        quiet: a.common.quiet,
-        print_errors: a.config.is_some(),
-        failed: AtomicBool::new(false),
-    });
+    let cli = Arc::new(CaptureLog::new(
+        a.common.json,
+        a.common.quiet,
+        a.config.is_some(),
+    ));
     let opts = options(&a, a.interval, a.max_wal_mib, a.max_bundle_mib);
     let mut b = Protector::builder()
         .once(a.once)
         .stop_on_signals()
-        .observer(Arc::clone(&cli) as Arc<dyn Observer>)
+        .observer(Arc::clone(&cli) as Arc<dyn walbundle::ops::protect::Observer>)
         .metrics(a.metrics.clone(), a.metrics_file.clone())
         .allow_inside_source(a.dest.allow_inside_source);
     if let Some(cmd) = &a.on_error {
@@ -186,7 +140,7 @@ pub fn run(a: Args) -> Result<u8> {
         (None, None, _) => return Err(Error::usage("name a database, or --config FILE")),
     };
     let results = b.start()?.wait()?;
-    if cli.json && a.config.is_some() {
+    if a.common.json && a.config.is_some() {
         let all: Vec<_> = results
             .iter()
             .map(|(db, st)| serde_json::json!({ "db": db, "stats": st }))
@@ -194,9 +148,5 @@ pub fn run(a: Args) -> Result<u8> {
         let all = serde_json::json!({ "event": "stopped", "databases": all });
         ui::out(&format!("{all}\n"));
     }
-    Ok(if cli.failed.load(Ordering::SeqCst) {
-        2
-    } else {
-        0
-    })
+    Ok(if cli.failed() { 2 } else { 0 })
 }
