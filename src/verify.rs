@@ -380,8 +380,11 @@ pub fn verify(
     let bad: std::collections::HashSet<&str> = r.problems.iter().map(|p| p.path.as_str()).collect();
     // The newest point: the end of each extent's run of bundles up to the first one found
     // damaged, from a base whose image is intact.
-    r.newest = crate::replay::plan::extents(&inv)
+    let exts = crate::replay::plan::extents(&inv);
+    let newest_chain = crate::replay::plan::newest_extent(&exts).map(|e| e.chain.id.clone());
+    r.newest = exts
         .iter()
+        .filter(|ext| Some(&ext.chain.id) == newest_chain.as_ref())
         .filter(|ext| {
             ext.chain.generations.iter().any(|g| {
                 g.seq == ext.base.seq && !bad.contains(g.image_path.display().to_string().as_str())

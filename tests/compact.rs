@@ -616,9 +616,7 @@ fn status_summary_agrees_with_the_full_inventory() {
             .iter()
             .map(walbundle::replay::plan::ChainExtent::end_txn)
             .max();
-        let newest = ex
-            .iter()
-            .max_by_key(|e| e.end_txn())
+        let newest = walbundle::replay::plan::newest_extent(&ex)
             .and_then(|e| e.run.last().map(|(_, h)| h.last_time_us));
         (lo.zip(hi), ex.iter().any(|e| e.broken.is_some()), newest)
     }

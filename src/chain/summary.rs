@@ -75,7 +75,7 @@ impl BackupSet {
     /// `Io` if a folder cannot be listed.
     pub fn summary(&self) -> Result<SetSummary> {
         let mut out = SetSummary::default();
-        let mut newest: Option<(u64, i64)> = None; // (txn, time)
+        let mut newest: Option<(u64, i64)> = None; // (txn, time) of the newest chain
         for (name, is_dir) in self.names("")? {
             if !(is_dir && layout::is_chain_id(&name)) {
                 continue;
@@ -104,9 +104,9 @@ impl BackupSet {
                 .map_or(first.txn, |(lo, _)| lo.min(first.txn));
             let hi = out.restorable.map_or(end_txn, |(_, hi)| hi.max(end_txn));
             out.restorable = Some((lo, hi));
-            if newest.is_none_or(|(t, _)| end_txn >= t) {
-                newest = Some((end_txn, end_time));
-            }
+            // Chains come in id order (start time): a later chain holds the newer state even
+            // if an older one's number is higher (see `replay::plan::newest_extent`).
+            newest = Some((end_txn, end_time));
         }
         out.newest_time_us = newest.map(|(_, t)| t);
         Ok(out)

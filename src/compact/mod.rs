@@ -264,10 +264,7 @@ fn due(
 ) -> Result<std::result::Result<(NewGeneration, RestorePlan), String>> {
     let inv = set.inventory()?;
     let exts = crate::replay::plan::extents(&inv);
-    let Some(ext) = exts
-        .iter()
-        .max_by_key(|e| (e.end_txn(), e.chain.id.clone()))
-    else {
+    let Some(ext) = crate::replay::plan::newest_extent(&exts) else {
         return Ok(Err("the set holds no restorable generation".into()));
     };
     let Some((last, h)) = ext.run.last() else {

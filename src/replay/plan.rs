@@ -104,6 +104,20 @@ impl ChainExtent<'_> {
     }
 }
 
+/// The extent holding the set's newest state: the newest chain's last extent. Chains are
+/// ordered by when they started (their ids) and, within one second, by their base's
+/// transaction — not by transaction numbers at their ends: in an object store a bundle a killed
+/// capture had in flight may land after a new chain started, making the older chain end at a
+/// higher number than the newer chain began with, though the newer one, a snapshot of the
+/// live database, holds the newer state.
+pub fn newest_extent<'a, 'b>(exts: &'b [ChainExtent<'a>]) -> Option<&'b ChainExtent<'a>> {
+    exts.iter().max_by_key(|e| {
+        let started = e.chain.id.get(..16).unwrap_or(&e.chain.id);
+        let base = e.chain.base().map_or(0, |m| m.txn);
+        (started, base, e.claimed_end.max(e.end_txn()))
+    })
+}
+
 /// Work out each chain's restorable runs: from the chain's base (its oldest readable
 /// generation), bundles base+1, base+2, ... while each exists, has a readable header and links
 /// by sequence. At a bad link, a readable generation at or after it (a compacted one) starts a
@@ -261,10 +275,7 @@ pub fn plan_with(set: &BackupSet, target: &Target, until_break: bool) -> Result<
     }
     let (ext, stop, asked) = match target {
         Target::Latest => {
-            let ext = exts
-                .iter()
-                .max_by_key(|e| (e.claimed_end.max(e.end_txn()), e.chain.id.clone()))
-                .expect("non-empty");
+            let ext = newest_extent(&exts).expect("non-empty");
             let stop = if ext.broken.is_some() || ext.claimed_end > ext.end_txn() {
                 on_break(ext, "the newest state")?
             } else {

@@ -145,3 +145,107 @@ impl Drop for S3Server {
         self.kill();
     }
 }
+
+/// A loopback TCP proxy in front of the server that misbehaves at random: it resets
+/// connections at once or in the middle of a request, delays them, and answers some with a
+/// 500 or 503 of its own. Faults stop when it is dropped.
+pub struct FaultProxy {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub faults: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn coin(n: u32) -> u32 {
+    let mut r = [0u8; 4];
+    getrandom::fill(&mut r).unwrap();
+    u32::from_le_bytes(r) % n
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let faults = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (st, fl) = (stop.clone(), faults.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let Ok((mut client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let fl = fl.clone();
+                std::thread::spawn(move || {
+                    match coin(10) {
+                        0 => {
+                            fl.fetch_add(1, Ordering::SeqCst);
+                            return; // reset before anything
+                        }
+                        1 | 2 => {
+                            fl.fetch_add(1, Ordering::SeqCst);
+                            let mut buf = [0u8; 4096];
+                            let _ = client.read(&mut buf);
+                            let code = if coin(2) == 0 {
+                                "500 Internal Server Error"
+                            } else {
+                                "503 Slow Down"
+                            };
+                            let _ = write!(
+                                client,
+                                "HTTP/1.1 {code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            );
+                            return;
+                        }
+                        3 => {
+                            fl.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(
+                                200 + u64::from(coin(600)),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    // Cut the connection after a random lifetime: in the middle of a request
+                    // or a response, or between two on a kept-alive connection.
+                    let life = std::time::Duration::from_millis(100 + u64::from(coin(1500)));
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c2, &mut s2);
+                    });
+                    let (mut s3, mut c3) =
+                        (server.try_clone().unwrap(), client.try_clone().unwrap());
+                    let down = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s3, &mut c3);
+                    });
+                    std::thread::sleep(life);
+                    fl.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                    let _ = up.join();
+                    let _ = down.join();
+                });
+            }
+        });
+        Self { port, stop, faults }
+    }
+
+    /// The environment that sends a walbundle process through this proxy.
+    pub fn env(&self, server: &S3Server) -> Vec<(&'static str, String)> {
+        let mut env = server.env();
+        env[0].1 = format!("http://127.0.0.1:{}", self.port);
+        env
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
