@@ -3,7 +3,7 @@
 //! (newest and at a transaction), compact, status, a config mixing local and s3:// sets, and
 //! hostile bucket contents refused with the key named.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use walbundle::store::Store;
@@ -19,6 +19,10 @@ fn wb_s3(server: &S3Server, args: &[&str]) -> Out {
         c.env(k, v);
     }
     run(c)
+}
+
+fn spawn_with(env: &[(&'static str, String)], args: &[&str], log: &std::path::Path) -> Child {
+    crate::support::rig::spawn_logged(args, env, log)
 }
 
 fn objects_under(server: &S3Server, prefix: &str) -> Vec<String> {
@@ -52,23 +56,10 @@ fn every_command_on_s3_through_kills_and_a_server_crash() {
         "an s3:// destination was taken for a local folder"
     );
 
-    let spawn = |r: &Rig| {
-        let mut c = Command::new(bin());
-        c.args(["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"])
-            .env_remove("WALBUNDLE_DEST")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(r.t.path("capture.log"))
-                    .unwrap(),
-            );
-        for (k, v) in &env {
-            c.env(k, v);
-        }
-        c.spawn().unwrap()
-    };
+    let log = r.t.path("capture.log");
+    let db = r.db.clone();
+    let capture = ["capture", s(&db), "--dest", &dest, "--interval", "200ms"];
+    let spawn = |_: &Rig| spawn_with(&env, &capture, &log);
     let mut cap = spawn(&r);
     let mut w = r.spawn_writer(&[
         "--txns".into(),
@@ -155,14 +146,11 @@ fn hostile_bucket_contents_are_refused_naming_the_key() {
     let server = S3Server::start(&r.t.mkdir("s3"), "walbundle-hostile");
     let dest = format!("s3://{}/b", server.bucket);
     let set = format!("{dest}/app");
-    let mut c = Command::new(bin());
-    c.args(["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(r.t.path("capture.log")).unwrap());
-    for (k, v) in server.env() {
-        c.env(k, v);
-    }
-    let mut cap = c.spawn().unwrap();
+    let mut cap = spawn_with(
+        &server.env(),
+        &["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"],
+        &r.t.path("capture.log"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     for _ in 0..3 {
         r.write(&["--txns", "40"]);
@@ -234,14 +222,11 @@ fn config_mixes_local_and_s3_destinations() {
         ),
     )
     .unwrap();
-    let mut c = Command::new(bin());
-    c.args(["capture", "--config", s(&cfg)])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(r.t.path("capture.log")).unwrap());
-    for (k, v) in server.env() {
-        c.env(k, v);
-    }
-    let mut cap = c.spawn().unwrap();
+    let mut cap = spawn_with(
+        &server.env(),
+        &["capture", "--config", s(&cfg)],
+        &r.t.path("capture.log"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     r.write(&["--txns", "80", "--rate", "0"]);
     let mut w2 = spawn_writer(&other, &r.t.path("notes.tsv"), &["--txns", "50"]);
@@ -290,14 +275,11 @@ fn a_faulty_network_loses_nothing() {
         run(c)
     };
     through(&["snapshot", s(&r.db), "--dest", &dest]).ok();
-    let mut c = Command::new(bin());
-    c.args(["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(r.t.path("capture.log")).unwrap());
-    for (k, v) in &env {
-        c.env(k, v);
-    }
-    let mut cap = c.spawn().unwrap();
+    let mut cap = spawn_with(
+        &env,
+        &["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"],
+        &r.t.path("capture.log"),
+    );
     let mut w = r.spawn_writer(&[
         "--txns".into(),
         "800".into(),

@@ -56,6 +56,14 @@ def classify(method, target):
     return method if method in KINDS else "PUT"
 
 
+def close_both(a, b):
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def pump_requests(src, dst, counter):
     """Forward `src` to `dst`, parsing HTTP/1.1 requests to count them (Content-Length and
     chunked bodies)."""
@@ -113,11 +121,7 @@ def pump_requests(src, dst, counter):
     except OSError:
         pass
     finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        close_both(src, dst)
 
 
 def pump_bytes(src, dst, counter):
@@ -132,11 +136,7 @@ def pump_bytes(src, dst, counter):
     except OSError:
         pass
     finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        close_both(src, dst)
 
 
 def proxy(upstream, counter):

@@ -342,14 +342,7 @@ impl BackupSet {
         if let Some(l) = &self.local {
             return l.temp_file(dir_key, final_name);
         }
-        let mut r = [0u8; 8];
-        let _ = getrandom::fill(&mut r);
-        let path = std::env::temp_dir().join(format!(
-            "{}upload-{}-{:016x}-{final_name}",
-            crate::store::TEMP_PREFIX,
-            std::process::id(),
-            u64::from_le_bytes(r)
-        ));
+        let path = crate::store::scratch_path("upload", final_name);
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -406,14 +399,7 @@ impl BackupSet {
         if let Some(l) = &self.local {
             return l.stage_dir(key);
         }
-        let mut r = [0u8; 8];
-        let _ = getrandom::fill(&mut r);
-        let scratch = std::env::temp_dir().join(format!(
-            "{}stage-{}-{:016x}",
-            crate::store::TEMP_PREFIX,
-            std::process::id(),
-            u64::from_le_bytes(r)
-        ));
+        let scratch = crate::store::scratch_path("stage", key);
         LocalStore::new(&scratch, layout::is_own_name).stage_dir(key)
     }
 

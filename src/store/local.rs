@@ -120,16 +120,25 @@ impl LocalStore {
 
     /// Publish `data` at `key`; fails with `AlreadyExists` (kind Refused) if it exists.
     pub fn put_new(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.publish_written(key, |f, tmp| f.write_all(data).ctx(tmp, "writing"))
+    }
+
+    /// Publish at `key` what `write` puts into a new temporary file beside it: fsync, rename
+    /// without replacing, fsync the folder; on failure the temporary is removed.
+    fn publish_written(
+        &self,
+        key: &str,
+        write: impl FnOnce(&mut File, &Path) -> Result<()>,
+    ) -> Result<()> {
         let final_path = self.path(key);
         let dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
         let name = final_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
-        let name = name.unwrap_or_else(|| "file".into());
-        let tmp = dir.join(temp_name(&name));
+        let tmp = dir.join(temp_name(&name.unwrap_or_else(|| "file".into())));
         let res = (|| {
             let mut f = fault::create_new(&tmp).ctx(&tmp, "creating temporary file")?;
-            f.write_all(data).ctx(&tmp, "writing")?;
+            write(&mut f, &tmp)?;
             fault::sync_file(&f, &tmp).ctx(&tmp, "syncing")?;
             drop(f);
             publish_rename(&tmp, &final_path)?;
@@ -410,22 +419,11 @@ impl Store for LocalStore {
     fn put_new_file(&self, key: &str, src: &Path) -> Result<()> {
         self.counts.count(Kind::Put);
         let path = self.path(key);
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        ensure_dir_durable(&dir)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let tmp = dir.join(temp_name(&name.unwrap_or_else(|| "file".into())));
-        let res = (|| {
+        ensure_dir_durable(path.parent().unwrap_or(&self.root))?;
+        let res = self.publish_written(key, |to, tmp| {
             let mut from = File::open(src).ctx(src, "opening")?;
-            let mut to = fault::create_new(&tmp).ctx(&tmp, "creating temporary file")?;
-            io::copy(&mut from, &mut to).ctx(&tmp, "writing")?;
-            fault::sync_file(&to, &tmp).ctx(&tmp, "syncing")?;
-            drop(to);
-            publish_rename(&tmp, &path)?;
-            sync_dir(&dir)
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+            io::copy(&mut from, to).ctx(tmp, "writing").map(|_| ())
+        });
         match res {
             // The same bytes already there: a retried write, which is success.
             Err(e) if e.kind() == crate::ErrorKind::Refused && same_contents(src, &path) => Ok(()),

@@ -166,6 +166,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A fresh path in the system temp folder for walbundle's own scratch use (`what`: what it is
+/// for, `name`: the name it stands for), never reused: `.wbtmp-<what>-<pid>-<random>-<name>`.
+pub fn scratch_path(what: &str, name: &str) -> PathBuf {
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    std::env::temp_dir().join(format!(
+        "{TEMP_PREFIX}{what}-{}-{:016x}-{name}",
+        std::process::id(),
+        u64::from_le_bytes(r)
+    ))
+}
+
 /// A local file holding an object: the file itself in a local folder, else a temporary download
 /// (removed on drop). Readers that need a file (seeking, reading twice) use it; errors that name
 /// the download are turned back into the object's location by [`LocalCopy::relocate`].
@@ -210,16 +222,8 @@ pub fn local_copy(store: &dyn Store, key: &str) -> Result<LocalCopy> {
             temporary: false,
         });
     }
-    let mut r = [0u8; 8];
-    let _ = getrandom::fill(&mut r);
-    let name = key.rsplit('/').next().unwrap_or("object");
-    let path = std::env::temp_dir().join(format!(
-        "{TEMP_PREFIX}fetch-{}-{:016x}-{name}",
-        std::process::id(),
-        u64::from_le_bytes(r)
-    ));
     let copy = LocalCopy {
-        path,
+        path: scratch_path("fetch", key.rsplit('/').next().unwrap_or("object")),
         location,
         temporary: true,
     };

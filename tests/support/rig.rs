@@ -63,30 +63,18 @@ impl Rig {
 
     /// Start a capture (200 ms interval) with `extra` arguments and `env`, without waiting.
     pub fn spawn_capture(&self, extra: &[&str], env: &[(&str, String)]) -> Child {
-        let mut c = Command::new(bin());
-        c.args([
+        let mut args = vec![
             "capture",
             s(&self.db),
             "--dest",
             s(&self.dest),
             "--interval",
             "200ms",
-        ])
-        .args(extra)
-        .env_remove("WALBUNDLE_DEST")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.t.path("capture.log"))
-                .unwrap(),
-        );
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("spawn capture");
-        remember_log(&child, self.t.path("capture.log"));
+        ];
+        args.extend_from_slice(extra);
+        let log = self.t.path("capture.log");
+        let child = spawn_logged(&args, env, &log);
+        remember_log(&child, log);
         child
     }
 
@@ -309,4 +297,24 @@ pub fn stop_capture(c: &mut Child) {
         st.success(),
         "capture did not exit cleanly on SIGTERM: {st:?}\ncapture log:\n{log}"
     );
+}
+
+/// Start walbundle with `args` and the environment `env` in the background (no
+/// `WALBUNDLE_DEST` from the caller's), its stderr appended to `log`.
+pub fn spawn_logged(args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Child {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env_remove("WALBUNDLE_DEST")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        );
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn walbundle")
 }
