@@ -7,7 +7,9 @@
 //!    sidecars, opening a source, reading pages, probing locks.
 //! 2. [`bundle`] — the format's bytes, pure encode and decode: WAL bundles, images, the state
 //!    checksum, manifests and the set record.
-//! 3. [`store`] — the one seam through which bytes reach a destination.
+//! 3. [`store`] — the one seam through which bytes reach a destination: the [`store::Store`]
+//!    trait (put-if-absent, get, ranged get, list by prefix, delete), a local folder and an
+//!    S3-compatible object store behind it.
 //! 4. [`chain`] — backup sets: their layout, what they hold ([`BackupSet::inventory`]), and a
 //!    cheap summary for monitoring ([`BackupSet::summary`]).
 //! 5. The stages: [`capture`] reads the live source (snapshots, and WAL bundles in
@@ -16,7 +18,8 @@
 //!    `deep`; [`compact`] folds history into new generations and retires what no restore
 //!    point needs.
 //!
-//! 6. [`ops`] — operations over many databases: the config file, status and metrics.
+//! 6. [`ops`] — operations over many databases: the config file, status and metrics,
+//!    schedules, and [`ops::protect::Protector`], capture embedded in an application.
 //!
 //! Beside them: [`error`] (one error type, each message naming the file and what to do),
 //! [`progress`], and the test seams in `fault`.

@@ -141,6 +141,14 @@ fn config_with_patterns_status_metrics_and_hook() {
         );
     }
     assert!(m.contains("walbundle_lag_seconds{"), "{m}");
+    // Requests to each set's store by kind (a local folder counts them too).
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("walbundle_store_requests_total{")
+                && l.contains("kind=\"put\"")
+                && !l.ends_with(" 0")),
+        "{m}"
+    );
     wait_for("the metrics file", 10, || {
         std::fs::read_to_string(&prom).is_ok_and(|s| s.contains("project-gamma"))
     });

@@ -396,6 +396,29 @@ pub fn prometheus(rows: &[Row]) -> String {
         "Longest time capture took to step out of the way of the application's own blocking checkpoint this run (walbundle never holds writers).",
         &|r| r.hb.as_ref().map(|h| h.step_aside_max_us as f64 / 1e6),
     );
+    // Requests to the set's store by kind, one metric with a `kind` label.
+    let name = "walbundle_store_requests_total";
+    s.push_str(&format!(
+        "# HELP {name} Requests this capture process sent to the set's store (object stores bill per request).\n# TYPE {name} counter\n"
+    ));
+    for r in rows {
+        let Some(q) = r.hb.as_ref().map(|h| h.requests) else {
+            continue;
+        };
+        for (kind, n) in [
+            ("put", q.put),
+            ("get", q.get),
+            ("list", q.list),
+            ("head", q.head),
+            ("delete", q.delete),
+        ] {
+            s.push_str(&format!(
+                "{name}{{db=\"{}\",set=\"{}\",kind=\"{kind}\"}} {n}\n",
+                esc(&r.db),
+                esc(&r.set)
+            ));
+        }
+    }
     s
 }
 

@@ -174,6 +174,7 @@ impl LocalStore {
     /// # Errors
     /// `Refused` if `key` exists; `Io` otherwise.
     pub fn publish_temp(&self, tmp: &Path, key: &str) -> Result<()> {
+        self.counts.count(Kind::Put);
         let final_path = self.path(key);
         let dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
         let res = publish_rename(tmp, &final_path).and_then(|()| sync_dir(&dir));
@@ -194,6 +195,8 @@ impl LocalStore {
         let tmp = parent.join(temp_name(&name.unwrap_or_else(|| "group".into())));
         fault::create_dir(&tmp).ctx(&tmp, "creating staging folder")?;
         Ok(StagedDir {
+            counts: std::sync::Arc::clone(&self.counts),
+            files: std::sync::atomic::AtomicU64::new(0),
             tmp,
             final_path,
             parent,
@@ -528,6 +531,9 @@ fn publish_rename(tmp: &Path, final_path: &Path) -> Result<()> {
 /// Dropped unpublished, it removes itself.
 #[derive(Debug)]
 pub struct StagedDir {
+    /// The store's counters: each staged file counts as one PUT when published.
+    counts: std::sync::Arc<Counters>,
+    files: std::sync::atomic::AtomicU64,
     tmp: PathBuf,
     final_path: PathBuf,
     parent: PathBuf,
@@ -546,6 +552,8 @@ impl StagedDir {
 
     /// Create file `name` inside the staged folder.
     pub fn create_file(&self, name: &str) -> Result<StagedFile> {
+        self.files
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.tmp.join(name);
         let f = fault::create_new(&path).ctx(&path, "creating")?;
         Ok(StagedFile {
@@ -615,6 +623,9 @@ impl StagedDir {
         sync_dir(&self.tmp)?;
         publish_rename(&self.tmp, &self.final_path)?;
         self.published = true;
+        for _ in 0..self.files.load(std::sync::atomic::Ordering::Relaxed) {
+            self.counts.count(Kind::Put);
+        }
         sync_dir(&self.parent)
     }
 }
