@@ -304,3 +304,87 @@ fn a_faulty_network_loses_nothing() {
     wb_s3(&server, &["restore", &set, "--out", s(&out)]).ok();
     assert_eq!(check_prefix(&out), r.committed(), "{}", r.capture_log());
 }
+
+/// Compaction with the set in the bucket, `kill -9`ed at each point where it publishes or
+/// retires (after the replay, with the generation staged, right after publishing, and between
+/// two deletions of a retirement) while capture keeps writing to the same set: after every kill
+/// the set verifies, and in the end every commit restores.
+#[test]
+fn compaction_killed_at_every_step_in_the_bucket() {
+    let mut r = Rig::new(500);
+    let server = S3Server::start(&r.t.mkdir("s3"), "walbundle-compact-kills");
+    let env = server.env();
+    let dest = format!("s3://{}/k", server.bucket);
+    let set = format!("{dest}/app");
+    let db = r.db.clone();
+    let log = r.t.path("capture.log");
+    let mut cap = spawn_with(
+        &env,
+        &["capture", s(&db), "--dest", &dest, "--interval", "200ms"],
+        &log,
+    );
+    let mut w = r.spawn_writer(&[
+        "--rate".into(),
+        "150".into(),
+        "--duration".into(),
+        "14".into(),
+    ]);
+    wait_for("the set's first generation", 30, || {
+        wb_s3(&server, &["list", &set]).code == 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let pause = r.t.path("paused");
+    let compact = [
+        "compact",
+        set.as_str(),
+        "--force",
+        "--retain-days",
+        "0",
+        "--min-window",
+        "1s",
+        "--keep-generations",
+        "1",
+    ];
+    let mut reached = Vec::new();
+    for point in [
+        "compact:replayed",
+        "compact:staged",
+        "compact:published",
+        "retire:object",
+        "compact:staged",
+        "retire:object",
+    ] {
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = std::fs::remove_file(&pause);
+        let mut penv = env.clone();
+        penv.push(("WALBUNDLE_PAUSE_AT", point.to_string()));
+        penv.push(("WALBUNDLE_PAUSE_FILE", s(&pause).to_string()));
+        let mut c = spawn_with(&penv, &compact, &r.t.path("compact.log"));
+        if wait_for_pause(&mut c, &pause, Duration::from_secs(8)) {
+            reached.push(point);
+        }
+        c.kill().unwrap(); // kill -9, paused at the point (or already done)
+        c.wait().unwrap();
+        let v = wb_s3(&server, &["verify", &set]);
+        assert_eq!(
+            v.code,
+            0,
+            "after a kill at {point}: {}{}\ncompact log:\n{}",
+            v.stdout,
+            v.stderr,
+            std::fs::read_to_string(r.t.path("compact.log")).unwrap_or_default()
+        );
+    }
+    assert!(w.wait().unwrap().success());
+    assert!(
+        reached.contains(&"compact:published") && reached.contains(&"retire:object"),
+        "compaction never reached the points it was to be killed at: {reached:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    wb_s3(&server, &compact).ok();
+    stop_capture(&mut cap);
+    wb_s3(&server, &["verify", &set, "--deep"]).ok();
+    let out = r.t.path("restored.db");
+    wb_s3(&server, &["restore", &set, "--out", s(&out)]).ok();
+    assert_eq!(check_prefix(&out), r.committed(), "{}", r.capture_log());
+}

@@ -325,6 +325,18 @@ pub fn spawn_compact_paused(set: &Path, point: &str, pause_file: &Path) -> Child
         .expect("spawn compact")
 }
 
+/// Wait up to `secs` seconds until `f` holds, or fail naming `what`.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// Wait up to `limit` until `c` reaches its pause point (true) or exits or time is up (false).
 pub fn wait_for_pause(c: &mut Child, pause_file: &Path, limit: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
