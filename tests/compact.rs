@@ -503,18 +503,9 @@ fn capture_resumes_from_a_compacted_base() {
     stop(c);
     let set = dest.join("app");
     std::thread::sleep(Duration::from_millis(1200));
-    wb([
-        "compact",
-        s(&set),
-        "--force",
-        "--retain-days",
-        "0",
-        "--min-window",
-        "1s",
-        "--keep-generations",
-        "1",
-    ])
-    .ok();
+    let mut args = vec!["compact", s(&set)];
+    args.extend(COMPACT_ALL);
+    wb(args).ok();
     // Only the compacted generation is left in the chain.
     let gens = generation_dirs(&set);
     assert_eq!(gens.len(), 1, "{gens:?}");

@@ -334,17 +334,8 @@ fn compaction_killed_at_every_step_in_the_bucket() {
     });
     std::thread::sleep(Duration::from_secs(1));
     let pause = r.t.path("paused");
-    let compact = [
-        "compact",
-        set.as_str(),
-        "--force",
-        "--retain-days",
-        "0",
-        "--min-window",
-        "1s",
-        "--keep-generations",
-        "1",
-    ];
+    let mut compact = vec!["compact", set.as_str()];
+    compact.extend(COMPACT_ALL);
     let mut reached = Vec::new();
     for point in [
         "compact:replayed",

@@ -304,19 +304,8 @@ pub fn s(p: &Path) -> &str {
 pub fn spawn_compact_paused(set: &Path, point: &str, pause_file: &Path) -> Child {
     let _ = std::fs::remove_file(pause_file);
     Command::new(bin())
-        .args([
-            "compact",
-            s(set),
-            "--force",
-            "--check",
-            "quick",
-            "--retain-days",
-            "0",
-            "--min-window",
-            "1s",
-            "--keep-generations",
-            "1",
-        ])
+        .args(["compact", s(set), "--check", "quick"])
+        .args(COMPACT_ALL)
         .env("WALBUNDLE_PAUSE_AT", point)
         .env("WALBUNDLE_PAUSE_FILE", pause_file)
         .stdout(Stdio::null())
@@ -324,6 +313,18 @@ pub fn spawn_compact_paused(set: &Path, point: &str, pause_file: &Path) -> Child
         .spawn()
         .expect("spawn compact")
 }
+
+/// `compact` options that build a generation whenever a bundle follows the newest one and
+/// retire everything older than a second that the newest generation does not need.
+pub const COMPACT_ALL: [&str; 7] = [
+    "--force",
+    "--retain-days",
+    "0",
+    "--min-window",
+    "1s",
+    "--keep-generations",
+    "1",
+];
 
 /// Wait up to `secs` seconds until `f` holds, or fail naming `what`.
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
