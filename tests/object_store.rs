@@ -151,7 +151,9 @@ fn hostile_bucket_contents_are_refused_naming_the_key() {
         &["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"],
         &r.t.path("capture.log"),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("the set's first generation", 60, || {
+        wb_s3(&server, &["list", &set]).code == 0
+    });
     for _ in 0..3 {
         r.write(&["--txns", "40"]);
         std::thread::sleep(Duration::from_millis(700));
@@ -329,7 +331,7 @@ fn compaction_killed_at_every_step_in_the_bucket() {
         "--duration".into(),
         "14".into(),
     ]);
-    wait_for("the set's first generation", 30, || {
+    wait_for("the set's first generation", 60, || {
         wb_s3(&server, &["list", &set]).code == 0
     });
     std::thread::sleep(Duration::from_secs(1));
