@@ -209,6 +209,67 @@ impl Drop for LocalCopy {
     }
 }
 
+/// Local copies of `keys` in order, each fetched ahead (up to `depth` waiting) on a thread of its
+/// own when the store is not a folder, so a restore downloads the next bundles while it replays
+/// one. A folder's objects are their own files: nothing to fetch, no thread.
+pub struct Prefetch {
+    rx: Option<std::sync::mpsc::Receiver<Result<LocalCopy>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The store and the keys still to give, for a folder (no thread).
+    inline: Option<(std::sync::Arc<dyn Store>, std::collections::VecDeque<String>)>,
+}
+
+impl Prefetch {
+    /// Start fetching `keys` of `store`.
+    pub fn start(store: &std::sync::Arc<dyn Store>, keys: Vec<String>, depth: usize) -> Self {
+        let local = keys.first().is_none_or(|k| store.local_path(k).is_some());
+        if local {
+            return Self {
+                rx: None,
+                thread: None,
+                inline: Some((std::sync::Arc::clone(store), keys.into())),
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        let store = std::sync::Arc::clone(store);
+        let thread = std::thread::spawn(move || {
+            for k in keys {
+                let got = local_copy(store.as_ref(), &k);
+                let failed = got.is_err();
+                // A receiver that is gone (the replay stopped early) ends the fetching.
+                if tx.send(got).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx: Some(rx),
+            thread: Some(thread),
+            inline: None,
+        }
+    }
+
+    /// The next copy, in the order of the keys.
+    ///
+    /// # Errors
+    /// The object could not be fetched.
+    pub fn next_copy(&mut self) -> Option<Result<LocalCopy>> {
+        if let Some((store, keys)) = &mut self.inline {
+            return keys.pop_front().map(|k| local_copy(store.as_ref(), &k));
+        }
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        drop(self.rx.take()); // unblocks a send
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// `key` of `store` as a local file: the object's own file when the store is a folder, else a download into the system temp folder, streamed (memory stays one buffer).
 ///
 /// # Errors
