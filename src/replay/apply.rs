@@ -141,7 +141,10 @@ pub fn replay_into(
         }
         let path = &pb.path;
         let copy = fetch.next_copy().ok_or_else(|| {
-            Error::corrupt(path, "bundle could not be fetched (the fetching thread ended)")
+            Error::corrupt(
+                path,
+                "bundle could not be fetched (the fetching thread ended)",
+            )
         })??;
         let b = read_bundle(&copy.path).map_err(|e| copy.relocate(e))?;
         let h = &b.header;

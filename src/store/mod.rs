@@ -216,7 +216,10 @@ pub struct Prefetch {
     rx: Option<std::sync::mpsc::Receiver<Result<LocalCopy>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The store and the keys still to give, for a folder (no thread).
-    inline: Option<(std::sync::Arc<dyn Store>, std::collections::VecDeque<String>)>,
+    inline: Option<(
+        std::sync::Arc<dyn Store>,
+        std::collections::VecDeque<String>,
+    )>,
 }
 
 impl Prefetch {
