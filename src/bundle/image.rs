@@ -337,14 +337,3 @@ pub fn decode_image_unchecked(
         pages: page_count,
     })
 }
-
-/// SHA-256 and length of a whole file, streaming.
-///
-/// # Errors
-/// `Io` naming the file.
-pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-    HashingReader::new(BufReader::with_capacity(1 << 20, f))
-        .drain()
-        .map_err(|e| Error::io(path, "reading", e))
-}

@@ -43,6 +43,16 @@ fn not_a_set(dir: &Path) -> Error {
     .hint("point at DEST/<name>, the set `walbundle snapshot` reported")
 }
 
+/// The stores of the set at `loc` and how to name it: the folder (also as a [`LocalStore`]), or
+/// the object store (configured from the standard AWS environment) and its URL.
+fn stores(loc: &Location) -> Result<(Arc<dyn Store>, Option<LocalStore>, PathBuf)> {
+    if let Location::Local(dir) = loc {
+        let store = LocalStore::new(dir, layout::is_own_name);
+        return Ok((Arc::new(store.clone()), Some(store), dir.clone()));
+    }
+    Ok((object_store(loc)?, None, PathBuf::from(loc.display())))
+}
+
 /// The object store behind `loc` (configured from the standard AWS environment).
 fn object_store(loc: &Location) -> Result<Arc<dyn Store>> {
     match loc {
@@ -92,20 +102,30 @@ impl BackupSet {
     /// # Errors
     /// `Io` if the folder is missing or unreadable; `Corrupt` if its set record is damaged.
     pub fn open(dir: &Path) -> Result<Self> {
-        let loc = Location::parse(dir)?;
-        if let Location::Local(dir) = &loc {
-            return Self::open_local(dir);
+        let (objects, local, dir) = stores(&Location::parse(dir)?)?;
+        if local.is_some() {
+            let md = std::fs::metadata(&dir).ctx(&dir, "opening backup set")?;
+            if !md.is_dir() {
+                return Err(Error::usage("is not a folder; a backup set is a folder").at(&dir));
+            }
         }
-        let objects = object_store(&loc)?;
-        let shown = PathBuf::from(loc.display());
+        Self::read_record(objects, local, dir)
+    }
+
+    /// The set whose stores are given, from its set record.
+    fn read_record(
+        objects: Arc<dyn Store>,
+        local: Option<LocalStore>,
+        dir: PathBuf,
+    ) -> Result<Self> {
         let bytes = match objects.get(SET_FILE, MAX_MANIFEST_BYTES) {
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-                return Err(not_a_set(&shown));
+                return Err(not_a_set(&dir));
             }
             other => other?,
         };
         let record = SetRecord::from_sealed_bytes(&objects.location(SET_FILE), &bytes)?;
-        Self::with_record(objects, None, shown, record)
+        Self::with_record(objects, local, dir, record)
     }
 
     fn with_record(
@@ -130,22 +150,6 @@ impl BackupSet {
         })
     }
 
-    fn open_local(dir: &Path) -> Result<Self> {
-        let md = std::fs::metadata(dir).ctx(dir, "opening backup set")?;
-        if !md.is_dir() {
-            return Err(Error::usage("is not a folder; a backup set is a folder").at(dir));
-        }
-        let store = LocalStore::new(dir, layout::is_own_name);
-        let rec_path = store.path(SET_FILE);
-        if !rec_path.exists() {
-            return Err(not_a_set(dir));
-        }
-        let bytes = store.read_bounded(SET_FILE, MAX_MANIFEST_BYTES)?;
-        let record = SetRecord::from_sealed_bytes(&rec_path, &bytes)?;
-        let objects: Arc<dyn Store> = Arc::new(store.clone());
-        Self::with_record(objects, Some(store), dir.to_path_buf(), record)
-    }
-
     /// Open the set `name` under `dest` for `source`, creating it if it does not exist.
     ///
     /// # Errors
@@ -153,21 +157,13 @@ impl BackupSet {
     /// set; `Io` if the destination cannot be created.
     pub fn open_or_create(dest: &Path, name: &str, source: &SourceIdentity) -> Result<Self> {
         layout::check_set_name(name).map_err(Error::usage)?;
-        let loc = Location::parse(dest)?.join(name);
-        let dir = PathBuf::from(loc.display());
-        let (objects, local): (Arc<dyn Store>, Option<LocalStore>) = match &loc {
-            Location::Local(dir) => {
-                let store = LocalStore::new(dir, layout::is_own_name);
-                (Arc::new(store.clone()), Some(store))
-            }
-            other => (object_store(other)?, None),
-        };
+        let (objects, local, dir) = stores(&Location::parse(dest)?.join(name))?;
         let exists = match &local {
             Some(store) => store.path(SET_FILE).exists(),
             None => !objects.list(SET_FILE, None)?.is_empty(),
         };
         if exists {
-            let set = Self::open(&dir)?;
+            let set = Self::read_record(Arc::clone(&objects), local, dir.clone())?;
             if &set.record.source != source {
                 return Err(Error::refused(format!(
                     "this set backs up {} on host {}, not {} on host {}",
@@ -188,14 +184,12 @@ impl BackupSet {
             Some(_) => false,
             None => !objects.list("", None)?.is_empty(),
         };
-        {
-            if non_empty {
-                return Err(Error::refused(
-                    "exists and is not a walbundle backup set; refusing to write into it",
-                )
-                .at(&dir)
-                .hint("choose another set name with --name, or another --dest"));
-            }
+        if non_empty {
+            return Err(Error::refused(
+                "exists and is not a walbundle backup set; refusing to write into it",
+            )
+            .at(&dir)
+            .hint("choose another set name with --name, or another --dest"));
         }
         if let Some(store) = &local {
             store.ensure_root()?;

@@ -217,13 +217,14 @@ pub fn compact(
     if let Ok(local) = set.store()
         && !opts.dry_run
     {
-        stale += local.clean_stale_temps("")?;
         // Chain folders by name: no need to read every bundle header for this.
-        for c in local.list("")? {
-            if c.is_dir && crate::chain::layout::is_chain_id(&c.name) {
-                stale += local.clean_stale_temps(&c.name)?;
-            }
-        }
+        let chains: Vec<String> = local
+            .list("")?
+            .into_iter()
+            .filter(|c| c.is_dir && crate::chain::layout::is_chain_id(&c.name))
+            .map(|c| c.name)
+            .collect();
+        stale += set.clean_stale_temps(chains.iter().map(String::as_str))?;
     }
     let mut report = CompactReport {
         set: set.dir().display().to_string(),

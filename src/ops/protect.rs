@@ -146,13 +146,12 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    fn error(&self, db: &str, e: Error) {
+    /// Remember `db`'s failure `e` (its set at `set`) and run the `on_error` hook.
+    fn record(&self, db: &str, set: &Path, e: &Error) {
         self.errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(db.to_string(), e.to_string());
-        let set = self.set_of(db);
-        self.observer.error(db, &set, &e);
         let set = set.display().to_string();
         super::hook::on_error(
             self.on_error.as_deref(),
@@ -161,6 +160,12 @@ impl Shared {
             &set,
             &e.to_string(),
         );
+    }
+
+    fn error(&self, db: &str, e: Error) {
+        let set = self.set_of(db);
+        self.record(db, &set, &e);
+        self.observer.error(db, &set, &e);
         if let Some(fatal) = &self.fatal {
             fatal
                 .lock()
@@ -183,13 +188,7 @@ impl Shared {
     fn notes(&self, notes: Vec<Note>) {
         for n in notes {
             if let Note::Failed { db, set, error } = &n {
-                let (db, set) = (db.display().to_string(), set.display().to_string());
-                self.errors
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(db.clone(), error.to_string());
-                let hook = self.on_error.as_deref();
-                super::hook::on_error(hook, "capture", &db, &set, &error.to_string());
+                self.record(&db.display().to_string(), set, error);
             }
             self.observer.note(&n);
         }

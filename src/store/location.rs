@@ -60,23 +60,6 @@ impl Location {
         }
     }
 
-    /// The folder, if this is a local location; an object-store URL is refused, naming it, by
-    /// what does not run on object stores yet (capture, compaction).
-    ///
-    /// # Errors
-    /// `Usage` for an unknown scheme; `Refused` for an object store.
-    pub fn require_local(given: &Path) -> Result<PathBuf> {
-        match Self::parse(given)? {
-            Self::Local(p) => Ok(p),
-            other => Err(Error::refused(format!(
-                "{}: continuous capture and compaction into an object store are not supported \
-                 yet (snapshot, list, verify and restore are); nothing was written",
-                other.display()
-            ))
-            .hint("capture into a local or mounted folder, or take scheduled snapshots into the bucket")),
-        }
-    }
-
     /// This location with `name` appended (a set inside a destination).
     pub fn join(&self, name: &str) -> Self {
         match self {
