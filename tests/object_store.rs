@@ -381,3 +381,216 @@ fn compaction_killed_at_every_step_in_the_bucket() {
     wb_s3(&server, &["restore", &set, "--out", s(&out)]).ok();
     assert_eq!(check_prefix(&out), r.committed(), "{}", r.capture_log());
 }
+
+/// A walbundle command with none of the caller's AWS environment: `HOME` is `home` (no
+/// `~/.aws`), the endpoint is a port nothing listens on and the keys are wrong, so a command
+/// reaches a bucket only through a config's `s3` settings.
+fn wb_no_aws(home: &std::path::Path, args: &[&str]) -> Out {
+    let mut c = Command::new(bin());
+    c.args(args).env_remove("WALBUNDLE_DEST");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home)
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "wrong")
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("aws-credentials"));
+    run(c)
+}
+
+/// Two databases, two servers: one reached with a key pair written in its `[[database]]` table,
+/// the other with the file's `[s3]` endpoint and a named profile of the shared credentials
+/// file — both over an AWS environment that points elsewhere. snapshot, status, list, verify
+/// and restore given `--config` reach each bucket; settings that cannot apply are refused
+/// naming the config.
+#[test]
+fn config_s3_settings_reach_each_bucket() {
+    let r = Rig::new(300);
+    let a = S3Server::start(&r.t.mkdir("s3a"), "walbundle-cfg-a");
+    let b = S3Server::start(&r.t.mkdir("s3b"), "walbundle-cfg-b");
+    let other = r.t.mkdir("src2").join("notes.db");
+    init_db(&other, 120, 4096, "wal");
+    let home = r.t.mkdir("home");
+    std::fs::write(
+        home.join("aws-credentials"),
+        "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+         [backups]\naws_access_key_id = walbundle\naws_secret_access_key = walbundle-secret\n",
+    )
+    .unwrap();
+    let cfg = r.t.path("walbundle.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[s3]\nendpoint = {:?}\nprofile = \"backups\"\n\n\
+             [[database]]\npath = {:?}\nmode = \"snapshot\"\ndest = \"s3://{}/team\"\n\
+             s3 = {{ endpoint = {:?}, access_key_id = \"walbundle\", secret_access_key = \"walbundle-secret\", region = \"us-east-1\" }}\n\n\
+             [[database]]\npath = {:?}\nmode = \"snapshot\"\ndest = \"s3://{}/notes\"\n",
+            b.endpoint(),
+            s(&r.db),
+            a.bucket,
+            a.endpoint(),
+            s(&other),
+            b.bucket,
+        ),
+    )
+    .unwrap();
+    wb_no_aws(&home, &["snapshot", "--config", s(&cfg), "-q"]).ok();
+    assert!(!objects_under(&a, "team").is_empty());
+    assert!(!objects_under(&b, "notes").is_empty());
+    assert!(objects_under(&a, "notes").is_empty() && objects_under(&b, "team").is_empty());
+    wb_no_aws(&home, &["status", "--config", s(&cfg)]).ok();
+    let app = format!("s3://{}/team/app", a.bucket);
+    let notes = format!("s3://{}/notes/notes", b.bucket);
+    wb_no_aws(&home, &["list", &app, "--config", s(&cfg)]).ok();
+    wb_no_aws(&home, &["verify", &notes, "--deep", "--config", s(&cfg)]).ok();
+    let (ra, rb) = (r.t.path("a.db"), r.t.path("b.db"));
+    wb_no_aws(
+        &home,
+        &["restore", &app, "--out", s(&ra), "--config", s(&cfg)],
+    )
+    .ok();
+    wb_no_aws(
+        &home,
+        &["restore", &notes, "--out", s(&rb), "--config", s(&cfg)],
+    )
+    .ok();
+    let rows = |p: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row("SELECT count(*) FROM items", [], |x| x.get(0))
+            .unwrap()
+    };
+    assert_eq!(rows(&ra), rows(&r.db));
+    assert_eq!(rows(&rb), rows(&other));
+
+    // Settings that cannot apply are refused, naming the config and what is wrong.
+    let bad = r.t.path("bad.toml");
+    for (text, says) in [
+        (
+            format!(
+                "[[database]]\npath = {:?}\ndest = \"/tmp/x\"\ns3 = {{ region = \"x\" }}\n",
+                s(&r.db)
+            ),
+            "is not s3://",
+        ),
+        (
+            format!(
+                "[[database]]\npath = {:?}\ndest = \"s3://bk/x\"\ns3 = {{ access_key_id = \"k\" }}\n",
+                s(&r.db)
+            ),
+            "without secret_access_key",
+        ),
+        (
+            format!(
+                "[[database]]\npath = {:?}\ndest = \"s3://bk/x\"\ns3 = {{ regoin = \"x\" }}\n",
+                s(&r.db)
+            ),
+            "regoin",
+        ),
+        (
+            format!(
+                "[[database]]\npath = {:?}\ndest = \"s3://{}/x\"\ns3 = {{ profile = \"nope\", endpoint = {:?} }}\n",
+                s(&r.db),
+                a.bucket,
+                a.endpoint()
+            ),
+            "profile \"nope\"",
+        ),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = wb_no_aws(&home, &["snapshot", "--config", s(&bad)]);
+        assert_ne!(out.code, 0);
+        assert!(out.stderr.contains(says), "{says:?} not in: {}", out.stderr);
+        assert!(
+            out.stderr.contains("bad.toml"),
+            "config not named: {}",
+            out.stderr
+        );
+    }
+}
+
+/// A download or upload that a `kill -9` interrupted leaves its scratch file in the temp
+/// folder; the next command on an object-store set removes those of processes that no longer
+/// exist (once they are ten minutes old), and nothing of a live process or not its own.
+#[test]
+fn dead_processes_scratch_files_are_removed() {
+    let r = Rig::new(100);
+    let server = S3Server::start(&r.t.mkdir("s3"), "walbundle-scratch");
+    let tmp = r.t.mkdir("tmp");
+    let mut env = server.env();
+    env.push(("TMPDIR", s(&tmp).to_string()));
+    let run_env = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args).env_remove("WALBUNDLE_DEST");
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        run(c)
+    };
+    let dest = format!("s3://{}/x", server.bucket);
+    run_env(&["snapshot", s(&r.db), "--dest", &dest, "-q"]).ok();
+    // A pid that existed and is gone (what a kill -9 leaves behind).
+    let dead = {
+        let mut c = Command::new("sleep").arg("0").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let me = std::process::id();
+    let names = [
+        (
+            format!(".wbtmp-fetch-{dead}-00000000000000aa-bundle.wbb"),
+            true,
+            false,
+        ),
+        (
+            format!(".wbtmp-upload-{dead}-00000000000000bb-image.zst"),
+            true,
+            false,
+        ),
+        (
+            format!(".wbtmp-stage-{dead}-00000000000000cc-gen"),
+            true,
+            true,
+        ),
+        (
+            format!(".wbtmp-fetch-{dead}-00000000000000dd-fresh.wbb"),
+            false,
+            false,
+        ),
+        (
+            format!(".wbtmp-fetch-{me}-00000000000000ee-live.wbb"),
+            true,
+            false,
+        ),
+        (
+            format!(".wbtmp-other-{dead}-00000000000000ff-x"),
+            true,
+            false,
+        ),
+        ("unrelated-file".to_string(), true, false),
+    ];
+    for (n, old, dir) in &names {
+        let p = tmp.join(n);
+        if *dir {
+            std::fs::create_dir_all(p.join("inner")).unwrap();
+        } else {
+            std::fs::write(&p, b"partial").unwrap();
+        }
+        if *old {
+            let st = Command::new("touch")
+                .args(["-d", "20 minutes ago", s(&p)])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
+    run_env(&["list", &format!("{dest}/app")]).ok();
+    for (i, (n, _, _)) in names.iter().enumerate() {
+        let gone = !tmp.join(n).exists();
+        assert_eq!(gone, i < 3, "{n}: gone = {gone}");
+    }
+}

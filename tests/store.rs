@@ -168,3 +168,63 @@ fn object_store_semantics_and_outage() {
     assert_eq!(store.get("chain-c/000001.wbb", 10).unwrap(), b"c");
     assert!(store.requests().put > 0);
 }
+
+/// A multipart upload a writer began and never finished (killed mid-upload) holds stored parts
+/// nobody sees. `abort_abandoned_uploads` aborts those under the store's prefix older than the
+/// given age, and leaves younger ones and other prefixes' alone.
+#[test]
+fn abandoned_multipart_uploads_are_aborted() {
+    use rusty_s3::S3Action;
+    let t = Tmp::new();
+    let server = S3Server::start(&t.mkdir("s3"), "walbundle-mpu");
+    let cfg = server.config();
+    let bucket = rusty_s3::Bucket::new(
+        cfg.endpoint.clone(),
+        rusty_s3::UrlStyle::Path,
+        server.bucket.clone(),
+        cfg.region.clone(),
+    )
+    .unwrap();
+    let agent = ureq::Agent::new_with_defaults();
+    let begin = |key: &str| {
+        let url =
+            rusty_s3::actions::CreateMultipartUpload::new(&bucket, cfg.credentials.as_ref(), key)
+                .sign(Duration::from_secs(60));
+        let mut r = agent.post(url.as_str()).send_empty().unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        let id = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
+            .unwrap()
+            .upload_id()
+            .to_string();
+        let part = bucket
+            .upload_part(cfg.credentials.as_ref(), key, 1, &id)
+            .sign(Duration::from_secs(60));
+        agent
+            .put(part.as_str())
+            .send(&vec![7u8; 1 << 20][..])
+            .unwrap();
+        id
+    };
+    begin("mine/chain-a/gen-000001/image.zst");
+    begin("mine/chain-b/gen-000002/image.zst");
+    begin("theirs/chain-a/gen-000001/image.zst");
+    let mine = server.store("mine");
+    assert_eq!(
+        mine.abort_abandoned_uploads("", Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        mine.abort_abandoned_uploads("chain-a", Duration::ZERO)
+            .unwrap(),
+        1
+    );
+    assert_eq!(mine.abort_abandoned_uploads("", Duration::ZERO).unwrap(), 1);
+    assert_eq!(mine.abort_abandoned_uploads("", Duration::ZERO).unwrap(), 0);
+    let theirs = server.store("theirs");
+    assert_eq!(
+        theirs.abort_abandoned_uploads("", Duration::ZERO).unwrap(),
+        1
+    );
+    assert!(mine.requests().delete >= 2 && mine.requests().list >= 4);
+}

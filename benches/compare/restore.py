@@ -16,6 +16,11 @@ integrity check before publishing) and with `--check none`, which is what Litest
 
   python3 benches/compare/restore.py                      # both cases (~6 min)
   python3 benches/compare/restore.py --case database --rows 500000
+  python3 benches/compare/restore.py --case database --store s3   # both tools on one SeaweedFS
+
+With `--store s3` the database case runs against a SeaweedFS the script starts
+(scripts/s3-server.sh): walbundle snapshots to s3://bench/wb, Litestream replicates to
+s3://bench/ls, and both restore from the bucket (no machine-limit row: that is a local figure).
 """
 import argparse
 import glob
@@ -81,19 +86,47 @@ def du(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def wait_quiet(path, quiet=3.0, limit=600):
-    """Until nothing under `path` changed for `quiet` seconds."""
+def wait_quiet(path, quiet=3.0, limit=600, above=0):
+    """Until what is under `path` grew past `above` bytes and then did not change for `quiet`
+    seconds."""
     last, since, t0 = -1, time.time(), time.time()
     while time.time() - t0 < limit:
         n = du(path)
         if n != last:
             last, since = n, time.time()
-        elif n > 0 and time.time() - since >= quiet:
+        elif n > above and time.time() - since >= quiet:
             return
         time.sleep(0.25)
 
 
-def restores(args, work, set_dir, cfg, db, expected):
+def litestream_s3_cfg(work, db, s3):
+    cfg = os.path.join(work, "litestream.yml")
+    with open(cfg, "w") as f:
+        f.write(f"""dbs:
+  - path: {db}
+    replicas:
+      - type: s3
+        bucket: bench
+        path: ls
+        endpoint: {s3['AWS_ENDPOINT_URL']}
+        region: us-east-1
+        force-path-style: true
+        access-key-id: {s3['AWS_ACCESS_KEY_ID']}
+        secret-access-key: {s3['AWS_SECRET_ACCESS_KEY']}
+""")
+    return cfg
+
+
+def start_s3(work):
+    """A SeaweedFS with bucket `bench`: (environment for both tools, pid)."""
+    sys.path.insert(0, HERE)
+    import s3 as s3bench  # noqa: E402
+    _, env = s3bench.start_server(work)
+    env = dict(env)
+    return env, env["S3_PID"]
+
+
+def restores(args, work, set_dir, cfg, db, expected, env=None):
     rows = []
     for label, cmd in [
         ("walbundle (full check)", [args.walbundle, "restore", set_dir, "--out", "{out}", "-q"]),
@@ -104,7 +137,7 @@ def restores(args, work, set_dir, cfg, db, expected):
         for p in glob.glob(out + "*"):
             os.remove(p)
         drop_caches()
-        s, rss, rc = measured([c.replace("{out}", out) for c in cmd], stdout=subprocess.DEVNULL)
+        s, rss, rc = measured([c.replace("{out}", out) for c in cmd], stdout=subprocess.DEVNULL, env=env)
         ok = check(out, expected) if rc == 0 else f"exit {rc}"
         rows.append((label, s, rss, ok))
     return rows
@@ -117,19 +150,38 @@ def case_database(args):
     print(f"building a database of {args.rows} rows ...", file=sys.stderr)
     subprocess.run([sys.executable, WRITER, "--db", db, "--init", "--rows", str(args.rows)], check=True)
     size = os.path.getsize(db)
-    dest = os.path.join(work, "wb")
+    env, s3_pid = (start_s3(work) if args.store == "s3" else (None, None))
+    if env:
+        env = dict(os.environ, **env)
+        env.pop("AWS_CA_BUNDLE", None)  # Litestream's SDK refuses a CA bundle on a plain-http client
+    dest = "s3://bench/wb" if env else os.path.join(work, "wb")
+    t = time.time()
     subprocess.run([args.walbundle, "snapshot", db, "--dest", dest, "-q", "--check", "quick"], check=True,
-                   stdout=subprocess.DEVNULL)
-    set_dir = os.path.join(dest, "app")
-    store = os.path.join(work, "ls")
-    cfg = litestream_cfg(work, db, store)
+                   stdout=subprocess.DEVNULL, env=env)
+    wb_backup = time.time() - t
+    set_dir = dest + "/app" if env else os.path.join(dest, "app")
+    store = os.path.join(work, "s3") if env else os.path.join(work, "ls")
+    cfg = litestream_s3_cfg(work, db, env) if env else litestream_cfg(work, db, store)
     print("litestream: replicating the database ...", file=sys.stderr)
+    t = time.time()
+    before = du(store) if os.path.exists(store) else 0  # the bucket already holds walbundle's copy
     ls = subprocess.Popen([args.litestream, "replicate", "-config", cfg], stdout=subprocess.DEVNULL,
-                          stderr=open(os.path.join(work, "litestream.log"), "w"))
+                          stderr=open(os.path.join(work, "litestream.log"), "w"), env=env)
     time.sleep(2)
-    wait_quiet(store)
+    wait_quiet(store, quiet=5.0 if env else 3.0, above=before)
+    ls_backup = time.time() - t
     ls.send_signal(signal.SIGTERM)
     ls.wait()
+    print(f"backup: walbundle snapshot {wb_backup:.1f} s, Litestream first copy ~{ls_backup:.1f} s "
+          f"(incl. the quiet seconds)", file=sys.stderr)
+    if env:
+        rows = restores(args, work, set_dir, cfg, db, None, env)
+        subprocess.run(["kill", "-9", s3_pid])
+        report(f"database from an object store (SeaweedFS on loopback): {size / 1e9:.2f} GB, one generation /"
+               f" one snapshot", rows, size, None)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     # The machine's limit: decompress walbundle's image once and write it out.
     image = glob.glob(os.path.join(set_dir, "*", "gen-*", "image.zst"))[0]
     out = os.path.join(work, "limit.db")
@@ -251,11 +303,14 @@ def main():
     ap.add_argument("--walbundle", default=os.path.join(ROOT, "target", "release", "walbundle"))
     ap.add_argument("--litestream", default=shutil.which("litestream"))
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--store", choices=["folder", "s3"], default="folder",
+                    help="where the database case keeps its backups (s3: a SeaweedFS started here)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     if not args.litestream:
         raise SystemExit("litestream not found (../shared/peers/setup.sh, or --litestream BIN)")
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    if args.walbundle == ap.get_default("walbundle"):
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     if args.case in ("database", "both"):
         case_database(args)
     if args.case in ("history", "both"):

@@ -50,16 +50,20 @@ fn stores(loc: &Location) -> Result<(Arc<dyn Store>, Option<LocalStore>, PathBuf
         let store = LocalStore::new(dir, layout::is_own_name);
         return Ok((Arc::new(store.clone()), Some(store), dir.clone()));
     }
+    crate::store::clean_dead_scratch();
     Ok((object_store(loc)?, None, PathBuf::from(loc.display())))
 }
 
-/// The object store behind `loc` (configured from the standard AWS environment).
+/// The object store behind `loc` (configured by the settings registered for its URL, then the
+/// standard AWS environment: [`crate::store::settings`]).
 fn object_store(loc: &Location) -> Result<Arc<dyn Store>> {
     match loc {
         Location::Local(p) => Ok(Arc::new(LocalStore::new(p, layout::is_own_name))),
         #[cfg(feature = "s3")]
         Location::S3 { bucket, prefix } => {
-            let cfg = crate::store::s3::S3Config::from_env()?;
+            let url = loc.display();
+            let cfg = crate::store::s3::S3Config::resolve(&crate::store::settings::for_url(&url))
+                .map_err(|e| e.at(&url))?;
             Ok(Arc::new(crate::store::s3::S3Store::new(
                 bucket, prefix, cfg,
             )?))
@@ -110,6 +114,22 @@ impl BackupSet {
             }
         }
         Self::read_record(objects, local, dir)
+    }
+
+    /// Whether a set exists at `dir` (its set record does), in a folder or an object store.
+    ///
+    /// # Errors
+    /// The location is not valid, or the store cannot be asked.
+    pub fn exists(dir: &Path) -> Result<bool> {
+        let (objects, local, _) = stores(&Location::parse(dir)?)?;
+        if let Some(l) = local {
+            return Ok(l.root().join(SET_FILE).is_file());
+        }
+        match objects.get(SET_FILE, MAX_MANIFEST_BYTES) {
+            Ok(_) => Ok(true),
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The set whose stores are given, from its set record.

@@ -149,7 +149,13 @@ pub struct CompactReport {
     pub retired_bytes: u64,
     /// Temporaries of dead processes removed.
     pub stale_temps_removed: usize,
+    /// Unfinished multipart uploads older than [`ABANDONED_UPLOAD_AGE`] aborted (object stores).
+    pub uploads_aborted: usize,
 }
+
+/// How old an unfinished multipart upload must be for compaction to abort it: far longer than
+/// any live upload of a generation takes.
+pub const ABANDONED_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(2 * 86_400);
 
 impl CompactReport {
     /// The report in a few lines (what `walbundle compact` prints).
@@ -198,6 +204,12 @@ impl CompactReport {
                 self.stale_temps_removed
             ));
         }
+        if self.uploads_aborted > 0 {
+            s.push_str(&format!(
+                "aborted {} unfinished upload(s) of interrupted runs\n",
+                self.uploads_aborted
+            ));
+        }
         s
     }
 }
@@ -226,6 +238,16 @@ pub fn compact(
             .collect();
         stale += set.clean_stale_temps(chains.iter().map(String::as_str))?;
     }
+    // In an object store, the parts of a large upload whose writer died stay stored (and
+    // billed) until aborted. Housekeeping only: a store that cannot list them (the bucket's
+    // lifecycle rule is the fail-safe) does not stop compaction.
+    let uploads_aborted = if set.is_remote() && !opts.dry_run {
+        set.objects()
+            .abort_abandoned_uploads("", ABANDONED_UPLOAD_AGE)
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let mut report = CompactReport {
         set: set.dir().display().to_string(),
         dry_run: opts.dry_run,
@@ -234,6 +256,7 @@ pub fn compact(
         retired: Vec::new(),
         retired_bytes: 0,
         stale_temps_removed: stale,
+        uploads_aborted,
     };
     let now = opts.now.unwrap_or_else(jiff::Timestamp::now);
     match due(set, &opts.policy, now)? {

@@ -19,7 +19,21 @@
 //! every = "1h"                  # snapshot mode: how often the schedule snapshots
 //! keep = 24                     # snapshot retention
 //! retain_days = 7
+//!
+//! [s3]                          # settings for every s3:// destination below (each field
+//! endpoint = "https://<account>.r2.cloudflarestorage.com"   # wins over the AWS environment)
+//! region = "auto"
+//! profile = "backups"           # keys from ~/.aws/credentials [backups]
+//!
+//! [[database]]
+//! path = "~/srv/orders.db"
+//! dest = "s3://orders-backups/prod"
+//! s3 = { endpoint = "https://s3.eu-west-1.amazonaws.com", region = "eu-west-1" }
 //! ```
+//!
+//! The `s3` settings (see [`crate::store::S3Settings`]) are registered for their destination
+//! when the config is loaded, so every command given `--config` reaches each bucket as the
+//! config says.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +69,8 @@ pub struct Config {
     pub on_error: Option<String>,
     /// Allow destinations inside source folders.
     pub allow_inside_source: Option<bool>,
+    /// Object-store settings for every `s3://` destination of the file.
+    pub s3: Option<crate::store::S3Settings>,
     /// The databases.
     #[serde(default)]
     pub database: Vec<DbEntry>,
@@ -88,6 +104,8 @@ pub struct DbEntry {
     pub allow_inside_source: Option<bool>,
     /// Staleness threshold for `status`.
     pub stale_after: Option<String>,
+    /// Object-store settings for this database's destination (over the file's `[s3]`).
+    pub s3: Option<crate::store::S3Settings>,
 }
 
 /// One database after patterns are matched.
@@ -175,7 +193,68 @@ impl Config {
         {
             duration(s).map_err(|e| Error::usage(e).at(path))?;
         }
+        cfg.register_stores(None).map_err(|e| e.at(path))?;
         Ok(cfg)
+    }
+
+    /// Register the `s3` settings of every object-store destination (with `cli_dest` for
+    /// entries that have none of their own) so that opening a set there uses them.
+    ///
+    /// # Errors
+    /// `Usage` for `s3` settings on a destination that is not `s3://`, a half-given key pair,
+    /// or two entries that give one destination different settings.
+    pub fn register_stores(&self, cli_dest: Option<&Path>) -> Result<()> {
+        use crate::store::{Location, S3Settings};
+        let top = self.s3.clone().unwrap_or_default();
+        top.check()?;
+        let mut seen: Vec<(String, S3Settings)> = Vec::new();
+        let mut dests: Vec<(Option<&Path>, S3Settings)> = vec![(self.dest.as_deref(), top.clone())];
+        dests.extend(self.database.iter().map(|d| {
+            let own = d.s3.clone().unwrap_or_default();
+            (d.dest.as_deref().or(self.dest.as_deref()), own.over(&top))
+        }));
+        for (i, (dest, settings)) in dests.into_iter().enumerate() {
+            let dest = dest.or(cli_dest);
+            let own = i > 0 && self.database[i - 1].s3.is_some();
+            let Some(dest) = dest else {
+                if own {
+                    return Err(Error::usage(format!(
+                        "database {} has s3 settings but no destination",
+                        self.database[i - 1].path.display()
+                    )));
+                }
+                continue;
+            };
+            let loc = Location::parse(dest)?;
+            if !matches!(loc, Location::S3 { .. }) {
+                if own {
+                    return Err(Error::usage(format!(
+                        "database {} has s3 settings, but its destination {} is not s3://",
+                        self.database[i - 1].path.display(),
+                        dest.display()
+                    )));
+                }
+                continue;
+            }
+            settings.check()?;
+            #[cfg(feature = "s3")]
+            crate::store::s3::S3Config::resolve(&settings)?;
+            let url = loc.display();
+            if let Some((_, other)) = seen.iter().find(|(u, _)| *u == url) {
+                if *other != settings {
+                    return Err(Error::usage(format!(
+                        "two entries give the destination {url} different s3 settings"
+                    ))
+                    .hint("give each its own dest prefix (s3://bucket/a, s3://bucket/b)"));
+                }
+                continue;
+            }
+            if !settings.is_empty() {
+                crate::store::settings::configure(&url, settings.clone());
+            }
+            seen.push((url, settings));
+        }
+        Ok(())
     }
 
     /// How often patterns are matched again while capturing.
@@ -192,6 +271,9 @@ impl Config {
     /// # Errors
     /// `Usage` for an entry without a destination, a name clash, or a missing literal path.
     pub fn resolve(&self, path: &Path, cli_dest: Option<&Path>) -> Result<Vec<Resolved>> {
+        if cli_dest.is_some() {
+            self.register_stores(cli_dest).map_err(|e| e.at(path))?;
+        }
         let mut out = Vec::new();
         let mut names = std::collections::HashSet::new();
         for d in &self.database {

@@ -245,7 +245,7 @@ pub fn row(
 /// # Errors
 /// `Usage` if the folder is not a backup set.
 pub fn status_of_set(set: &Path, stale_after: Option<Duration>) -> Result<Row> {
-    if !set.join(crate::chain::layout::SET_FILE).exists() {
+    if !BackupSet::exists(set)? {
         return Err(Error::usage("is not a walbundle backup set").at(set));
     }
     Ok(row(None, set, None, stale_after, true))
@@ -271,11 +271,15 @@ pub fn status_of_config(path: &Path, stale_after: Option<Duration>) -> Result<Ve
                 .or(default)
                 .or_else(|| parse(r.entry.every.as_deref()).map(|d| d * 2));
             let set = r.set_dir();
-            if set.join(crate::chain::layout::SET_FILE).exists() {
+            let exists = BackupSet::exists(&set);
+            if matches!(exists, Ok(true)) {
                 row(Some(&r.db), &set, Some(r.mode), stale, true)
             } else {
                 let mut row = row(Some(&r.db), &set, Some(r.mode), stale, false);
-                row.problems = vec!["not backed up yet: its set does not exist".into()];
+                row.problems = vec![match exists {
+                    Err(e) => format!("the set cannot be read: {e}"),
+                    _ => "not backed up yet: its set does not exist".into(),
+                }];
                 row.ok = false;
                 row
             }

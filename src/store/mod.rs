@@ -11,12 +11,14 @@ mod local;
 mod location;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod settings;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use local::*;
 pub use location::Location;
+pub use settings::S3Settings;
 
 use crate::error::Result;
 
@@ -153,6 +155,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Requests sent so far, by kind.
     fn requests(&self) -> Requests;
 
+    /// Abort the multipart uploads under `prefix` begun more than `older_than` ago and never
+    /// completed (a writer killed in the middle of a large upload leaves its parts stored and
+    /// billed, invisible to listings); returns how many. A folder has none.
+    ///
+    /// # Errors
+    /// The store cannot be listed.
+    fn abort_abandoned_uploads(
+        &self,
+        prefix: &str,
+        older_than: std::time::Duration,
+    ) -> Result<usize> {
+        let _ = (prefix, older_than);
+        Ok(0)
+    }
+
     /// Tries per request from now on (object stores: at least 1; a folder ignores it). Capture
     /// lowers it so that an unreachable store never stalls its loop; it retries at every poll.
     fn set_patience(&self, attempts: u32) {
@@ -176,6 +193,57 @@ pub fn scratch_path(what: &str, name: &str) -> PathBuf {
         std::process::id(),
         u64::from_le_bytes(r)
     ))
+}
+
+/// What [`scratch_path`] names are for; [`clean_dead_scratch`] removes only these.
+const SCRATCH_KINDS: [&str; 3] = ["fetch", "upload", "stage"];
+
+/// Remove the scratch files and folders of [`scratch_path`] that walbundle processes which no
+/// longer exist left in the system temp folder (a `kill -9` in the middle of a download or an
+/// upload), once per process; returns how many. A name whose process is alive, or that changed
+/// in the last ten minutes (a process of another PID namespace sharing the folder), stays.
+pub fn clean_dead_scratch() -> usize {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut removed = 0;
+    ONCE.call_once(|| {
+        let dir = std::env::temp_dir();
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+                continue;
+            };
+            let mut parts = rest.splitn(3, '-');
+            let (Some(kind), Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            if !SCRATCH_KINDS.contains(&kind) || crate::sys::pid_alive(pid) {
+                continue;
+            }
+            let recent = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < std::time::Duration::from_secs(600));
+            if recent {
+                continue;
+            }
+            let p = e.path();
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed += usize::from(gone.is_ok());
+        }
+    });
+    removed
 }
 
 /// A local file holding an object: the file itself in a local folder, else a temporary download

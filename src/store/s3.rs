@@ -132,11 +132,27 @@ impl S3Config {
     /// documentation).
     ///
     /// # Errors
-    /// `Usage` for an endpoint that is not a URL, or plain `http://` to a host that is not
-    /// loopback without `AWS_ALLOW_HTTP=true`.
+    /// As [`S3Config::resolve`].
     pub fn from_env() -> Result<Self> {
+        Self::resolve(&super::S3Settings::default())
+    }
+
+    /// The configuration `settings` give, each unset field taken from the standard AWS
+    /// environment and shared files. Credentials: the settings' own key pair, else the
+    /// settings' `profile` in the shared files, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+    /// else the `AWS_PROFILE` (or `default`) profile.
+    ///
+    /// # Errors
+    /// `Usage` for a half-given key pair, an endpoint that is not a URL, or plain `http://` to
+    /// a host that is not loopback without `allow_http` (or `AWS_ALLOW_HTTP=true`).
+    pub fn resolve(settings: &super::S3Settings) -> Result<Self> {
+        settings.check()?;
         let home = env("HOME").map(PathBuf::from).unwrap_or_default();
-        let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+        let profile = settings
+            .profile
+            .clone()
+            .or_else(|| env("AWS_PROFILE"))
+            .unwrap_or_else(|| "default".into());
         let cred_file = env("AWS_SHARED_CREDENTIALS_FILE")
             .map_or_else(|| home.join(".aws/credentials"), PathBuf::from);
         let conf_file =
@@ -154,21 +170,31 @@ impl S3Config {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
         };
-        let region = env("AWS_REGION")
+        if settings.profile.is_some() && shared.is_empty() {
+            return Err(Error::usage(format!(
+                "s3 settings name profile {profile:?}, which {} and {} do not have",
+                cred_file.display(),
+                conf_file.display()
+            )));
+        }
+        let region = settings
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .or_else(|| from_files("region"))
             .unwrap_or_else(|| "us-east-1".into());
-        let custom = env("AWS_ENDPOINT_URL_S3")
+        let custom = settings
+            .endpoint
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"))
             .or_else(|| from_files("endpoint_url"));
         let endpoint_text = custom
             .clone()
             .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let endpoint = url::Url::parse(&endpoint_text).map_err(|e| {
-            Error::usage(format!(
-                "AWS_ENDPOINT_URL {endpoint_text:?} is not a URL: {e}"
-            ))
-        })?;
+        let endpoint = url::Url::parse(&endpoint_text)
+            .map_err(|e| Error::usage(format!("endpoint {endpoint_text:?} is not a URL: {e}")))?;
         if endpoint.scheme() == "http" {
             let loopback = match endpoint.host() {
                 Some(url::Host::Ipv4(a)) => a.is_loopback(),
@@ -176,18 +202,45 @@ impl S3Config {
                 Some(url::Host::Domain(d)) => d == "localhost",
                 None => false,
             };
-            let allowed = env("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let allowed = settings.allow_http.unwrap_or_else(|| {
+                env("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            });
             if !loopback && !allowed {
                 return Err(Error::usage(format!(
                     "endpoint {endpoint_text} is plain http to a host that is not loopback: \
                      credentials and backups would cross the network unencrypted"
                 ))
-                .hint("use https://, or set AWS_ALLOW_HTTP=true if the network is trusted"));
+                .hint("use https://, or set AWS_ALLOW_HTTP=true (allow_http = true in a config) if the network is trusted"));
             }
         }
-        let key = env("AWS_ACCESS_KEY_ID").or_else(|| from_files("aws_access_key_id"));
-        let secret = env("AWS_SECRET_ACCESS_KEY").or_else(|| from_files("aws_secret_access_key"));
-        let token = env("AWS_SESSION_TOKEN").or_else(|| from_files("aws_session_token"));
+        let from_profile = settings.profile.is_some();
+        let pick = |own: &Option<String>, var: &str, file_key: &str| {
+            own.clone().or_else(|| {
+                if from_profile {
+                    from_files(file_key).or_else(|| env(var))
+                } else {
+                    env(var).or_else(|| from_files(file_key))
+                }
+            })
+        };
+        let own_pair = settings.access_key_id.is_some();
+        let key = pick(
+            &settings.access_key_id,
+            "AWS_ACCESS_KEY_ID",
+            "aws_access_key_id",
+        );
+        let secret = pick(
+            &settings.secret_access_key,
+            "AWS_SECRET_ACCESS_KEY",
+            "aws_secret_access_key",
+        );
+        // A session token belongs to its key pair: never pair the settings' keys with the
+        // environment's token.
+        let token = if own_pair {
+            settings.session_token.clone()
+        } else {
+            pick(&None, "AWS_SESSION_TOKEN", "aws_session_token")
+        };
         let credentials = match (key, secret, token) {
             (Some(k), Some(s), Some(t)) => Some(Credentials::new_with_token(k, s, t)),
             (Some(k), Some(s), None) => Some(Credentials::new(k, s)),
@@ -196,7 +249,7 @@ impl S3Config {
         Ok(Self {
             endpoint,
             region,
-            path_style: custom.is_some(),
+            path_style: settings.path_style.unwrap_or(custom.is_some()),
             credentials,
             retry: Retry::default(),
         })
@@ -493,6 +546,82 @@ impl S3Store {
         .at(self.location(key)))
     }
 
+    /// One page of ListMultipartUploads under `full_prefix` from the given markers: the
+    /// uploads (key, upload id, initiated) and the markers of the next page.
+    #[allow(clippy::type_complexity)]
+    fn list_uploads_page(
+        &self,
+        full_prefix: &str,
+        markers: Option<&(String, String)>,
+    ) -> Result<(Vec<(String, String, String)>, Option<(String, String)>)> {
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some((k, u)) = markers {
+            query.push(("key-marker", k));
+            query.push(("prefix", full_prefix));
+            query.push(("upload-id-marker", u));
+        } else {
+            query.push(("prefix", full_prefix));
+        }
+        query.push(("uploads", ""));
+        let base = self.bucket.base_url().clone();
+        let url = match &self.config.credentials {
+            Some(c) => rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Get,
+                base,
+                c.key(),
+                c.secret(),
+                c.token(),
+                &self.config.region,
+                SIGN_FOR.as_secs(),
+                query.iter().copied(),
+                std::iter::empty(),
+            ),
+            None => {
+                let mut u = base;
+                u.query_pairs_mut().extend_pairs(query.iter().copied());
+                u
+            }
+        };
+        let what = "listing unfinished uploads";
+        let body = self.retrying("", what, Kind::List, || {
+            let mut r = match self.agent.get(url.as_str()).call() {
+                Ok(r) => r,
+                Err(e) => return Ok(Outcome::Transient(e.to_string())),
+            };
+            let code = r.status().as_u16();
+            let body = match r.body_mut().with_config().limit(64 << 20).read_to_string() {
+                Ok(b) => b,
+                Err(e) => return Ok(Outcome::Transient(e.to_string())),
+            };
+            match code {
+                200 => Ok(Outcome::Done(body)),
+                c if is_transient_status(c) => Ok(Outcome::Transient(format!("HTTP {c}"))),
+                c => Err(self.status_error("", what, c, &body)),
+            }
+        })?;
+        let uploads = xml_blocks(&body, "Upload")
+            .into_iter()
+            .filter_map(|u| {
+                Some((
+                    xml_unescape(&xml_tag(u, "Key")?),
+                    xml_unescape(&xml_tag(u, "UploadId")?),
+                    xml_tag(u, "Initiated").unwrap_or_default(),
+                ))
+            })
+            .collect();
+        let next = (xml_tag(&body, "IsTruncated").as_deref() == Some("true"))
+            .then(|| {
+                Some((
+                    xml_unescape(&xml_tag(&body, "NextKeyMarker")?),
+                    xml_unescape(&xml_tag(&body, "NextUploadIdMarker")?),
+                ))
+            })
+            .flatten()
+            .filter(|m| Some(m) != markers);
+        Ok((uploads, next))
+    }
+
     fn multipart(&self, key: &str, src: &Path, size: u64) -> Result<bool> {
         let full = self.full_key(key);
         let creds = self.config.credentials.as_ref();
@@ -626,6 +755,30 @@ fn xml_tag(xml: &str, tag: &str) -> Option<String> {
     Some(xml[start..end].to_string())
 }
 
+/// `&amp;` and its kin, as S3 escapes keys in XML answers.
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// Every `<tag>…</tag>` block of `xml`, in order.
+fn xml_blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(&after[..j]);
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
 fn backoff(retry: Retry, n: u32) -> Duration {
     let ceiling = retry.base.saturating_mul(1u32 << n.min(16)).min(retry.max);
     let mut r = [0u8; 8];
@@ -637,6 +790,51 @@ fn backoff(retry: Retry, n: u32) -> Duration {
 }
 
 impl Store for S3Store {
+    fn abort_abandoned_uploads(&self, prefix: &str, older_than: Duration) -> Result<usize> {
+        let full_prefix = self.full_key(prefix);
+        let now = jiff::Timestamp::now();
+        let mut markers = None;
+        let mut aborted = 0;
+        loop {
+            let (uploads, next) = self.list_uploads_page(&full_prefix, markers.as_ref())?;
+            for (full, id, initiated) in uploads {
+                // An upload whose start we cannot read is left alone (it may be live).
+                let Ok(t) = initiated.parse::<jiff::Timestamp>() else {
+                    continue;
+                };
+                let age = now.as_microsecond() - t.as_microsecond();
+                if age < 0 || (age as u128) < older_than.as_micros() {
+                    continue;
+                }
+                let key = full.strip_prefix(&self.prefix).unwrap_or(&full).to_string();
+                let url = self
+                    .bucket
+                    .abort_multipart_upload(self.config.credentials.as_ref(), &full, &id)
+                    .sign(SIGN_FOR);
+                self.retrying(&key, "aborting an unfinished upload", Kind::Delete, || {
+                    let mut r = match self.agent.delete(url.as_str()).call() {
+                        Ok(r) => r,
+                        Err(e) => return Ok(Outcome::Transient(e.to_string())),
+                    };
+                    let code = r.status().as_u16();
+                    let body = r.body_mut().read_to_string().unwrap_or_default();
+                    match code {
+                        200..=299 | 404 => Ok(Outcome::Done(())),
+                        c if is_transient_status(c) => Ok(Outcome::Transient(format!("HTTP {c}"))),
+                        c => {
+                            Err(self.status_error(&key, "aborting an unfinished upload", c, &body))
+                        }
+                    }
+                })?;
+                aborted += 1;
+            }
+            match next {
+                Some(m) => markers = Some(m),
+                None => return Ok(aborted),
+            }
+        }
+    }
+
     fn location(&self, key: &str) -> PathBuf {
         PathBuf::from(format!(
             "s3://{}/{}",

@@ -97,11 +97,31 @@ struct Common {
     quiet: bool,
 }
 
+/// `--config` for commands that take a set's path: only the object-store settings are used.
+#[derive(Debug, Clone, clap::Args)]
+struct StoreConfig {
+    /// Reach s3:// sets with the object-store settings of this config (its `[s3]` table and
+    /// each database's `s3`), over the AWS_* environment.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl StoreConfig {
+    /// Register the config's object-store settings.
+    fn apply(&self) -> walbundle::Result<()> {
+        if let Some(p) = &self.config {
+            walbundle::ops::config::Config::load(p)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where a set lives: a destination folder and the set name.
 #[derive(Debug, Clone, clap::Args)]
 struct DestArgs {
     /// Destination holding one backup set per database: a folder, or s3://BUCKET/PREFIX (an
-    /// S3-compatible store; endpoint and credentials from the AWS_* environment).
+    /// S3-compatible store; endpoint and credentials from the AWS_* environment, or a
+    /// config's `[s3]` settings).
     #[arg(long, env = "WALBUNDLE_DEST", value_name = "DIR|URL")]
     dest: Option<PathBuf>,
     /// Set name (default: the database file's stem, e.g. `app` for app.db).

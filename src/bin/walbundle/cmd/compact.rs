@@ -92,7 +92,7 @@ pub fn run(a: Args) -> Result<u8> {
     };
     hook::each_database(&path, None, "compact", &a.on_error, a.common.json, |r| {
         let set = r.set_dir();
-        if !set.join("walbundle-set.json").exists() {
+        if !BackupSet::exists(&set)? {
             return Ok(()); // nothing backed up yet
         }
         one(&a, &set, a.retain_days.or(r.entry.retain_days).unwrap_or(7))

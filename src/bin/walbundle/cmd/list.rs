@@ -15,10 +15,13 @@ pub struct Args {
     /// The backup set: DEST/<name>, a folder or s3://BUCKET/PREFIX/<name>.
     pub set: PathBuf,
     #[command(flatten)]
+    pub store: crate::StoreConfig,
+    #[command(flatten)]
     pub common: Common,
 }
 
 pub fn run(a: Args) -> Result<u8> {
+    a.store.apply()?;
     let set = BackupSet::open(&a.set)?;
     let listing = walbundle::ops::list::list(&set)?;
     if a.common.json {

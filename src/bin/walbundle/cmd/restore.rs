@@ -43,10 +43,13 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
+    pub store: crate::StoreConfig,
+    #[command(flatten)]
     pub common: Common,
 }
 
 pub fn run(a: Args) -> Result<u8> {
+    a.store.apply()?;
     let set = BackupSet::open(&a.set)?;
     let target = match (&a.at, a.txn) {
         (Some(_), Some(_)) => return Err(walbundle::Error::usage("give --at or --txn, not both")),

@@ -29,10 +29,13 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
     #[command(flatten)]
+    pub store: crate::StoreConfig,
+    #[command(flatten)]
     pub common: Common,
 }
 
 pub fn run(a: Args) -> Result<u8> {
+    a.store.apply()?;
     let set = match BackupSet::open(&a.set) {
         Ok(s) => s,
         // A damaged set record is a finding about the set, not a failure to run.
