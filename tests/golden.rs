@@ -150,13 +150,20 @@ fn bless() {
         std::fs::read(&db1).unwrap(),
         std::fs::read(&db2).unwrap(),
     ];
-    let bytes = encode_golden_bundle(&rec.set_id, &m, &states);
+    let bytes = encode_golden_bundle(&rec.set_id, &m, &states, false);
     std::fs::write(set_dir().join(CHAIN).join("b-000000000001.wbb"), bytes).unwrap();
 }
 
 /// Bundle 1 of the golden chain: the pages that differ between consecutive `states`, one
-/// transaction per step, with fixed times and a fictitious WAL range.
-fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u8>]) -> Vec<u8> {
+/// transaction per step, with fixed times and a fictitious WAL range. With `refs`, a version 2
+/// bundle: compressed (window 2^24) against every page it rewrites that existed before it, as
+/// `states[0]` holds them.
+fn encode_golden_bundle(
+    set_id: &str,
+    base: &GenerationManifest,
+    states: &[Vec<u8>],
+    refs: bool,
+) -> Vec<u8> {
     use walbundle::bundle::checksum::term_or_zero;
     use walbundle::bundle::wbb::{
         BodyEncoder, BundleHeader, TxnMeta, assemble, set_id_bytes, sha_bytes,
@@ -168,7 +175,12 @@ fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u
         .map(|(i, p)| term_or_zero(512, i as u32 + 1, p))
         .collect();
     let mut state = StateChecksum::from_hex(&base.state_checksum).unwrap();
-    let mut body = BodyEncoder::new(512, 1).unwrap();
+    let mut body = if refs {
+        BodyEncoder::deferred(Vec::new(), 512, 1, 24).unwrap()
+    } else {
+        BodyEncoder::new(512, 1).unwrap()
+    };
+    let mut ref_pages = std::collections::BTreeSet::new();
     let mut frame = 0u32;
     for (k, w) in states.windows(2).enumerate() {
         let (old, new) = (&w[0], &w[1]);
@@ -179,6 +191,7 @@ fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u
                 old.get(r.clone()) != new.get(r)
             })
             .collect();
+        ref_pages.extend(changed.iter().filter(|&&p| p <= base.page_count));
         for &p in &changed {
             let page = &new[(p as usize - 1) * ps..p as usize * ps];
             let t = term_or_zero(512, p, page);
@@ -202,7 +215,16 @@ fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u
         }
         body.end_txn().unwrap();
     }
-    let (b, raw) = body.finish().unwrap();
+    let list: Vec<u32> = if refs {
+        ref_pages.into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    let reference: Vec<u8> = list
+        .iter()
+        .flat_map(|&p| states[0][(p as usize - 1) * ps..p as usize * ps].to_vec())
+        .collect();
+    let (b, raw) = body.finish_with_reference(&list, &reference).unwrap();
     let last = states.last().unwrap();
     let header = BundleHeader {
         set_id: set_id_bytes(set_id).unwrap(),
@@ -224,6 +246,7 @@ fn encode_golden_bundle(set_id: &str, base: &GenerationManifest, states: &[Vec<u
         last_time_us: 1_767_225_601_000_000 + (states.len() as i64 - 2) * 1_000_000,
         body_len: 0,
         body_raw_len: 0,
+        ref_count: list.len() as u32,
     };
     assemble(header, &b, raw).0
 }
@@ -312,7 +335,7 @@ fn golden_bundle_decodes_reencodes_and_restores_every_transaction() {
     ];
     let set_id = "0123456789abcdef0123456789abcdef";
     assert_eq!(
-        encode_golden_bundle(set_id, &m, &states),
+        encode_golden_bundle(set_id, &m, &states, false),
         bytes,
         "bundle re-encoding drifted"
     );
@@ -436,7 +459,7 @@ proptest! {
             Ok(bun) => {
                 // The trailer digest covers every byte, so only a flip inside the digest itself
                 // could get here, and then the digest no longer matches: unreachable.
-                let r = bun.replay(t.path(), |_, _| Ok(true), |_, _| Ok(()), |_, _| Ok(true));
+                let r = bun.replay(t.path(), &[], |_, _| Ok(true), |_, _| Ok(()), |_, _| Ok(true));
                 prop_assert!(r.is_err(), "a mutated bundle decoded cleanly");
             }
         }
@@ -507,4 +530,86 @@ fn sizes_fixture_is_byte_identical_and_restores_every_point() {
         .unwrap();
         assert!(std::fs::read(&out).unwrap() == *image, "txn {n}");
     }
+}
+
+/// `format/fixtures/v2/refs/set`: `basic`'s set with its bundle encoded as version 2 (reference
+/// pages). Its bytes are pinned (re-encoded here), both transactions restore exactly through the
+/// CLI, `verify --deep` replays it, and a reference that is not the state before the bundle is
+/// refused rather than decoded into other pages. Regenerate with `WALBUNDLE_BLESS=1`.
+#[test]
+fn v2_reference_fixture_is_pinned_restores_and_refuses_a_wrong_reference() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("format/fixtures/v2/refs/set");
+    let mp = gen_dir().join("manifest.json");
+    let m = GenerationManifest::from_sealed_bytes(&mp, &std::fs::read(&mp).unwrap()).unwrap();
+    let states = [
+        std::fs::read(fixtures().join("database.db")).unwrap(),
+        std::fs::read(fixtures().join("database-txn2.db")).unwrap(),
+        std::fs::read(fixtures().join("database-txn3.db")).unwrap(),
+    ];
+    let bytes = encode_golden_bundle("0123456789abcdef0123456789abcdef", &m, &states, true);
+    let bp = fixture.join(CHAIN).join("b-000000000001.wbb");
+    if std::env::var_os("WALBUNDLE_BLESS").is_some() {
+        let _ = std::fs::remove_dir_all(&fixture);
+        for f in files_under(&set_dir()) {
+            let to = fixture.join(&f);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(set_dir().join(&f), to).unwrap();
+        }
+        std::fs::write(&bp, &bytes).unwrap();
+    }
+    assert!(
+        std::fs::read(&bp).unwrap() == bytes,
+        "v2 bundle re-encoding drifted"
+    );
+    for f in files_under(&set_dir()) {
+        if !f.ends_with("b-000000000001.wbb") {
+            assert!(
+                std::fs::read(set_dir().join(&f)).unwrap()
+                    == std::fs::read(fixture.join(&f)).unwrap(),
+                "{} differs from basic's",
+                f.display()
+            );
+        }
+    }
+    let b = walbundle::bundle::wbb::read_bundle(&bp).unwrap();
+    assert_eq!(bytes[8], 2, "version 2");
+    assert!(!b.refs.is_empty());
+    let t = Tmp::new();
+    wb(["verify", s(&fixture), "--deep"]).ok();
+    for (txn, want) in [(2u64, 1usize), (3, 2)] {
+        let out = t.path(&format!("t{txn}.db"));
+        wb([
+            "restore",
+            s(&fixture),
+            "--out",
+            s(&out),
+            "--txn",
+            &txn.to_string(),
+        ])
+        .ok();
+        assert!(std::fs::read(&out).unwrap() == states[want], "txn {txn}");
+    }
+    // Decoding against a reference that differs from the state before the bundle fails.
+    let mut wrong: Vec<u8> = b
+        .refs
+        .iter()
+        .flat_map(|&p| states[0][(p as usize - 1) * 512..p as usize * 512].to_vec())
+        .collect();
+    let decode = |reference: &[u8]| {
+        b.replay(
+            &bp,
+            reference,
+            |_, _| Ok(true),
+            |_, _| Ok(()),
+            |_, _| Ok(true),
+        )
+    };
+    decode(&wrong).unwrap();
+    let n = wrong.len();
+    wrong[n / 2] ^= 0x5a;
+    assert!(decode(&wrong).is_err(), "a changed reference decoded");
+    assert!(
+        decode(&wrong[..n - 512]).is_err(),
+        "a short reference decoded"
+    );
 }

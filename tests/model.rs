@@ -1,5 +1,6 @@
 //! Replay against a model: random chains built from random page writes, growth and truncation
-//! across many transactions and bundles; a restore at every transaction must equal the model's
+//! across many transactions and bundles, each bundle version 1 or version 2 (compressed against
+//! reference pages, including pages the bundle truncates and regrows); a restore at every transaction must equal the model's
 //! image byte for byte, and the newest restore the model's final image.
 
 use proptest::prelude::*;
@@ -43,13 +44,17 @@ proptest! {
         initial in 1u32..8,
         txns in proptest::collection::vec(txn_strategy(), 1..40),
         cuts in proptest::collection::vec(1usize..8, 1..10),
+        versions in proptest::collection::vec(any::<bool>(), 1..10),
     ) {
         let t = Tmp::new();
         let mut m = Synth::new(&t.path("set"), initial);
         // Split the transactions into bundles of the sizes `cuts` gives (the last takes the rest).
         let mut rest = &txns[..];
         let mut cuts = cuts.into_iter();
+        // Each bundle version 1 or 2 (reference pages) as `versions` says: mixed chains too.
+        let mut versions = versions.into_iter().cycle();
         while !rest.is_empty() {
+            m.refs = versions.next().unwrap_or(false);
             let n = cuts.next().unwrap_or(rest.len()).min(rest.len());
             m.bundle(&rest[..n]);
             rest = &rest[n..];

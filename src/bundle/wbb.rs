@@ -3,12 +3,22 @@
 //!
 //! ```text
 //! header (208 bytes, little-endian, CRC32 at 200)
-//! body   (body_len bytes: one zstd frame of transaction records, each with its own CRC32)
+//! body   (body_len bytes: version 2 only, ref_count page numbers (u32 each); then one zstd
+//!         frame of transaction records, each with its own CRC32)
 //! trailer (48 bytes: magic, file length, SHA-256 of everything before the trailer)
 //! ```
 //!
-//! The encoder streams records into zstd as it is given them; the decoder bounds every length
-//! by what the header can honestly claim (pages ≤ frames covered) and never panics.
+//! Version 2 adds *reference pages*: the frame is compressed against the versions, in the state
+//! before the bundle, of the pages it lists (a zstd raw-content dictionary), which the replayer
+//! always holds. A page a transaction rewrites mostly repeats bytes the replayer already has —
+//! its own previous version, or cells a B-tree balance moved from a sibling — and zstd cannot
+//! see across bundle files otherwise. A bundle without reference pages is written as version 1,
+//! byte for byte as before.
+//!
+//! The encoder stages records (in memory, then in an unnamed temporary file) and compresses
+//! them when the bundle is finished, once its reference pages are known; the decoder bounds
+//! every length by what the header can honestly claim (pages ≤ frames covered, reference pages
+//! ≤ [`MAX_REF_BYTES`]) and never panics.
 
 use std::io::{self, Read, Write};
 
@@ -21,8 +31,10 @@ use crate::error::{Error, Result};
 pub const MAGIC: [u8; 8] = *b"\x89WBN\r\n\x1a\n";
 /// First 8 bytes of the trailer.
 pub const TRAILER_MAGIC: [u8; 8] = *b"WBN-END\0";
-/// Format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// Newest format version this build writes and reads (version 1: no reference pages).
+pub const VERSION: u16 = 2;
+/// The most bytes of reference pages one bundle may name (both ends hold them in memory).
+pub const MAX_REF_BYTES: u64 = 16 << 20;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 208;
 /// Trailer length in bytes.
@@ -86,6 +98,8 @@ pub struct BundleHeader {
     pub body_len: u64,
     /// Uncompressed body length.
     pub body_raw_len: u64,
+    /// Reference pages listed at the start of the body (0: a version 1 bundle).
+    pub ref_count: u32,
 }
 
 fn put_u16(b: &mut [u8], at: usize, v: u16) {
@@ -118,9 +132,9 @@ impl BundleHeader {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[..8].copy_from_slice(&MAGIC);
-        put_u16(&mut b, 8, VERSION);
+        put_u16(&mut b, 8, if self.ref_count == 0 { 1 } else { 2 });
         put_u16(&mut b, 10, HEADER_LEN as u16);
-        put_u32(&mut b, 12, 0);
+        put_u32(&mut b, 12, self.ref_count);
         b[16..32].copy_from_slice(&self.set_id);
         let cid = self.chain_id.as_bytes();
         let n = cid.len().min(32);
@@ -165,9 +179,9 @@ impl BundleHeader {
             return Err(bad("not a walbundle bundle (magic bytes differ)".into()));
         }
         let version = get_u16(b, 8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(bad(format!(
-                "bundle format version {version}; this walbundle reads version {VERSION}"
+                "bundle format version {version}; this walbundle reads versions 1 to {VERSION}"
             ))
             .hint("use the walbundle release that wrote this set, or a newer one"));
         }
@@ -211,7 +225,33 @@ impl BundleHeader {
             last_time_us: get_u64(b, 176) as i64,
             body_len: get_u64(b, 184),
             body_raw_len: get_u64(b, 192),
+            ref_count: get_u32(b, 12),
         };
+        match (version, h.ref_count) {
+            (1, 0) => {}
+            (1, n) => {
+                return Err(bad(format!(
+                    "reserved field at offset 12 is {n} in a version 1 bundle"
+                )));
+            }
+            (_, 0) => {
+                return Err(bad(
+                    "a version 2 bundle lists no reference pages (it would be version 1)".into(),
+                ));
+            }
+            (_, n) => {
+                if n > h.page_count_before
+                    || u64::from(n) * u64::from(h.page_size) > MAX_REF_BYTES
+                    || u64::from(n) * 4 > h.body_len
+                {
+                    return Err(bad(format!(
+                        "field `ref_count` is {n}: more reference pages than the {} pages before \
+                         the bundle, {MAX_REF_BYTES} bytes or the body allow",
+                        h.page_count_before
+                    )));
+                }
+            }
+        }
         if !(512..=65536).contains(&h.page_size) || !h.page_size.is_power_of_two() {
             return Err(bad(format!("field `page_size` is {}", h.page_size)));
         }
@@ -312,6 +352,8 @@ pub struct TxnMeta {
 /// Streams transaction records into a compressed body held in memory-bounded zstd output.
 pub struct BodyEncoder<W: Write = Vec<u8>> {
     enc: Stage<W>,
+    /// Compress at [`BodyEncoder::finish_with_reference`], never before (reference pages).
+    deferred: bool,
     level: i32,
     window_log: u32,
     raw_len: u64,
@@ -329,11 +371,35 @@ pub struct BodyEncoder<W: Write = Vec<u8>> {
 enum Stage<W: Write> {
     Staged(Vec<u8>, W),
     Streaming(zstd::stream::write::Encoder<'static, W>),
+    /// Deferred compression: the raw body so far in an unnamed temporary file.
+    Spilled(std::io::BufWriter<std::fs::File>, W),
     Empty,
 }
 
 /// Raw body bytes held before a compressor is set up.
 pub const STAGE_BYTES: usize = 256 << 10;
+/// Raw body bytes a deferred encoder holds in memory before it spills to a temporary file.
+pub const DEFER_BYTES: usize = 8 << 20;
+
+/// An encoder that compresses against `reference` (a raw-content dictionary) a body of
+/// `raw_len` bytes, its window wide enough to reach the reference from the body's end (zstd
+/// sizes its buffers by the pledged length, so small bundles stay small).
+fn reference_encoder<W: Write>(
+    w: W,
+    level: i32,
+    window_log: u32,
+    reference: &[u8],
+    raw_len: u64,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut enc = zstd::stream::write::Encoder::with_dictionary(w, level, reference)?;
+    enc.include_checksum(false)?;
+    enc.include_dictid(false)?;
+    let span = (reference.len() as u64 + raw_len).max(1 << 10);
+    let need = 64 - (span - 1).leading_zeros();
+    enc.window_log(need.max(window_log).clamp(10, super::image::MAX_WINDOW_LOG))?;
+    enc.set_pledged_src_size(Some(raw_len))?;
+    Ok(enc)
+}
 
 fn encoder<W: Write>(
     w: W,
@@ -370,6 +436,7 @@ impl<W: Write> BodyEncoder<W> {
     pub fn to_writer(w: W, page_size: u32, level: i32, window_log: u32) -> io::Result<Self> {
         Ok(Self {
             enc: Stage::Staged(Vec::new(), w),
+            deferred: false,
             level,
             window_log,
             raw_len: 0,
@@ -380,6 +447,19 @@ impl<W: Write> BodyEncoder<W> {
         })
     }
 
+    /// As [`BodyEncoder::to_writer`], but nothing is compressed before
+    /// [`BodyEncoder::finish_with_reference`]: the raw body waits in memory (up to
+    /// [`DEFER_BYTES`]), then in an unnamed temporary file, so that the bundle's reference pages
+    /// — known only once its last transaction is in — can shape the compression.
+    ///
+    /// # Errors
+    /// Only if zstd cannot be set up.
+    pub fn deferred(w: W, page_size: u32, level: i32, window_log: u32) -> io::Result<Self> {
+        let mut e = Self::to_writer(w, page_size, level, window_log)?;
+        e.deferred = true;
+        Ok(e)
+    }
+
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
         self.crc.update(b);
         self.raw_len += b.len() as u64;
@@ -387,13 +467,29 @@ impl<W: Write> BodyEncoder<W> {
     }
 
     fn write_raw(&mut self, b: &[u8]) -> io::Result<()> {
+        let hold = if self.deferred {
+            DEFER_BYTES
+        } else {
+            STAGE_BYTES
+        };
         match &mut self.enc {
             Stage::Streaming(e) => return e.write_all(b),
-            Stage::Staged(buf, _) if buf.len() + b.len() <= STAGE_BYTES => {
+            Stage::Spilled(f, _) => return f.write_all(b),
+            Stage::Staged(buf, _) if buf.len() + b.len() <= hold => {
                 buf.extend_from_slice(b);
                 return Ok(());
             }
             _ => {}
+        }
+        if self.deferred {
+            let Stage::Staged(buf, w) = std::mem::replace(&mut self.enc, Stage::Empty) else {
+                return Err(io::Error::other("bundle body encoder used after a failure"));
+            };
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
+            f.write_all(&buf)?;
+            f.write_all(b)?;
+            self.enc = Stage::Spilled(f, w);
+            return Ok(());
         }
         let mut e = self.start_stream()?;
         e.write_all(b)?;
@@ -410,7 +506,9 @@ impl<W: Write> BodyEncoder<W> {
                 Ok(e)
             }
             Stage::Streaming(e) => Ok(e),
-            Stage::Empty => Err(io::Error::other("bundle body encoder used after a failure")),
+            Stage::Spilled(..) | Stage::Empty => {
+                Err(io::Error::other("bundle body encoder used after a failure"))
+            }
         }
     }
 
@@ -454,9 +552,71 @@ impl<W: Write> BodyEncoder<W> {
     ///
     /// # Errors
     /// Only on zstd failure.
-    pub fn finish(mut self) -> io::Result<(W, u64)> {
-        let e = self.start_stream()?;
-        Ok((e.finish()?, self.raw_len))
+    pub fn finish(self) -> io::Result<(W, u64)> {
+        self.finish_with_reference(&[], &[])
+    }
+
+    /// Finish a body whose reference pages are `refs` (ascending), their contents in the state
+    /// before the bundle concatenated in `reference`: writes the page list, then the frame
+    /// compressed against `reference`. With no reference pages this is exactly
+    /// [`BodyEncoder::finish`] (a version 1 body). Returns (output, raw length of the frame).
+    ///
+    /// # Errors
+    /// On zstd or temporary-file failure, or reference pages given to an encoder that already
+    /// streamed (not [`BodyEncoder::deferred`]).
+    pub fn finish_with_reference(mut self, refs: &[u32], reference: &[u8]) -> io::Result<(W, u64)> {
+        let raw_len = self.raw_len;
+        if refs.is_empty() {
+            if let Stage::Spilled(..) = self.enc {
+                // Deferred with nothing to refer to: the raw body goes through a plain encoder.
+                return self.compress_spilled(&[], &[]);
+            }
+            let e = self.start_stream()?;
+            return Ok((e.finish()?, raw_len));
+        }
+        if reference.len() != refs.len() * self.page_size as usize {
+            return Err(io::Error::other(
+                "reference pages and their contents disagree",
+            ));
+        }
+        match std::mem::replace(&mut self.enc, Stage::Empty) {
+            Stage::Staged(buf, mut w) => {
+                for p in refs {
+                    w.write_all(&p.to_le_bytes())?;
+                }
+                let mut e = reference_encoder(w, self.level, self.window_log, reference, raw_len)?;
+                e.write_all(&buf)?;
+                Ok((e.finish()?, raw_len))
+            }
+            other @ Stage::Spilled(..) => {
+                self.enc = other;
+                self.compress_spilled(refs, reference)
+            }
+            Stage::Streaming(_) | Stage::Empty => Err(io::Error::other(
+                "reference pages need a deferred body encoder",
+            )),
+        }
+    }
+
+    /// Compress a spilled raw body (against `reference`, if any) into the output.
+    fn compress_spilled(mut self, refs: &[u32], reference: &[u8]) -> io::Result<(W, u64)> {
+        use std::io::{Seek, SeekFrom};
+        let raw_len = self.raw_len;
+        let Stage::Spilled(f, mut w) = std::mem::replace(&mut self.enc, Stage::Empty) else {
+            return Err(io::Error::other("bundle body encoder used after a failure"));
+        };
+        let mut f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.seek(SeekFrom::Start(0))?;
+        for p in refs {
+            w.write_all(&p.to_le_bytes())?;
+        }
+        let mut e = if refs.is_empty() {
+            encoder(w, self.level, self.window_log)?
+        } else {
+            reference_encoder(w, self.level, self.window_log, reference, raw_len)?
+        };
+        std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut e)?;
+        Ok((e.finish()?, raw_len))
     }
 }
 
@@ -540,6 +700,9 @@ pub struct Bundle {
     pub header: BundleHeader,
     /// SHA-256 of everything before the trailer: what the next bundle's `prev_sha256` holds.
     pub digest: [u8; 32],
+    /// Reference pages (ascending page numbers; empty in version 1): the body decodes against
+    /// their contents in the state before the bundle, in this order.
+    pub refs: Vec<u32>,
     /// The file (read again, streaming, by [`Bundle::replay`]).
     path: std::path::PathBuf,
 }
@@ -577,7 +740,14 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
     let t = len - TRAILER_LEN as u64;
     let mut sha = Sha256::new();
     sha.update(head);
-    let mut rest = (&mut f).take(t - HEADER_LEN as u64);
+    let mut list = vec![0u8; header.ref_count as usize * 4];
+    if super::read_up_to(&mut f, &mut list).map_err(|e| Error::io(path, "reading", e))?
+        != list.len()
+    {
+        return Err(Error::corrupt(path, "file changed size while being read"));
+    }
+    sha.update(&list);
+    let mut rest = (&mut f).take(t - HEADER_LEN as u64 - list.len() as u64);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = rest
@@ -613,36 +783,75 @@ pub fn read_bundle(path: &std::path::Path) -> Result<Bundle> {
             "SHA-256 over the bundle does not match its trailer: damaged",
         ));
     }
+    let refs: Vec<u32> = list.chunks_exact(4).map(|c| get_u32(c, 0)).collect();
+    let lock = super::checksum::lock_byte_page(header.page_size);
+    let mut last = 0u32;
+    for &p in &refs {
+        if p <= last || p > header.page_count_before || p == lock {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "reference page {p} is out of order, beyond the {} pages before the bundle, \
+                     or the lock-byte page",
+                    header.page_count_before
+                ),
+            ));
+        }
+        last = p;
+    }
     Ok(Bundle {
         header,
         digest,
+        refs,
         path: path.to_path_buf(),
     })
 }
 
 impl Bundle {
-    /// Decode the body, calling `on_txn(txn_number, record)` before each record's pages (return
-    /// false to stop before this transaction) and `on_page(pgno, page)` for each page, then
-    /// `on_commit(txn_number, record)` once the record's CRC has been checked (return false to
-    /// stop after it).
+    /// Decode the body against `reference` (the contents of [`Bundle::refs`] in the state
+    /// before the bundle, concatenated; empty for a version 1 bundle), calling
+    /// `on_txn(txn_number, record)` before each record's pages (return false to stop before this
+    /// transaction) and `on_page(pgno, page)` for each page, then `on_commit(txn_number, record)`
+    /// once the record's CRC has been checked (return false to stop after it).
     ///
     /// # Errors
-    /// `Corrupt` naming `path` for any malformed or lying record; errors from the callbacks.
+    /// `Corrupt` naming `path` for any malformed or lying record, or a reference of the wrong
+    /// length; errors from the callbacks.
     pub fn replay(
         &self,
         path: &std::path::Path,
+        reference: &[u8],
         mut on_txn: impl FnMut(u64, &TxnRecord) -> Result<bool>,
         mut on_page: impl FnMut(u32, &[u8]) -> Result<()>,
         mut on_commit: impl FnMut(u64, &TxnRecord) -> Result<bool>,
     ) -> Result<()> {
         let h = &self.header;
+        if reference.len() as u64 != u64::from(h.ref_count) * u64::from(h.page_size) {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "{} bytes of reference pages given for {} pages of {}",
+                    reference.len(),
+                    h.ref_count,
+                    h.page_size
+                ),
+            ));
+        }
         let mut file =
             std::fs::File::open(&self.path).map_err(|e| Error::io(path, "opening bundle", e))?;
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(HEADER_LEN as u64))
-            .map_err(|e| Error::io(path, "reading bundle", e))?;
-        let body = std::io::BufReader::with_capacity(1 << 17, file.take(h.body_len));
-        let mut dec = zstd::stream::read::Decoder::with_buffer(body)
-            .map_err(|e| Error::io(path, "starting decompression", e))?;
+        let list = u64::from(h.ref_count) * 4;
+        std::io::Seek::seek(
+            &mut file,
+            std::io::SeekFrom::Start(HEADER_LEN as u64 + list),
+        )
+        .map_err(|e| Error::io(path, "reading bundle", e))?;
+        let body = std::io::BufReader::with_capacity(1 << 17, file.take(h.body_len - list));
+        let mut dec = if reference.is_empty() {
+            zstd::stream::read::Decoder::with_buffer(body)
+        } else {
+            zstd::stream::read::Decoder::with_dictionary(body, reference)
+        }
+        .map_err(|e| Error::io(path, "starting decompression", e))?;
         dec.window_log_max(super::image::MAX_WINDOW_LOG)
             .map_err(|e| Error::io(path, "configuring decoder", e))?;
         let mut dec = dec.single_frame().take(h.body_raw_len + 1);
@@ -804,6 +1013,7 @@ mod test {
             last_time_us: 200,
             body_len: 0,
             body_raw_len: 0,
+            ref_count: 0,
         }
     }
 
@@ -845,6 +1055,7 @@ mod test {
         let mut seen = Vec::new();
         bun.replay(
             &p,
+            &[],
             |_, _| Ok(true),
             |pg, d| {
                 seen.push((pg, d[0]));

@@ -92,6 +92,39 @@ pub(crate) fn time_string(us: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The contents of a version 2 bundle's reference pages `refs` in the state replay reached
+/// (the output file, flushed; zeros past its end), each checked against its state-checksum term
+/// so that a bundle never decodes against bytes the capturer did not have.
+///
+/// # Errors
+/// `Io` reading `out`; `Corrupt` naming the bundle at `bundle` if a page disagrees with the state.
+fn reference_pages(
+    refs: &[u32],
+    out: &File,
+    out_path: &Path,
+    ps: u32,
+    terms: &[u64],
+    bundle: &Path,
+) -> Result<Vec<u8>> {
+    let mut reference = vec![0u8; refs.len() * ps as usize];
+    for (&pgno, page) in refs.iter().zip(reference.chunks_exact_mut(ps as usize)) {
+        let n = crate::sys::pread_full(out, page, u64::from(pgno - 1) * u64::from(ps))
+            .ctx(out_path, "reading")?;
+        page[n..].fill(0);
+        let want = terms.get(pgno as usize - 1).copied();
+        if want != Some(term_or_zero(ps, pgno, page)) {
+            return Err(Error::corrupt(
+                bundle,
+                format!(
+                    "reference page {pgno} does not match the state replay reached: this bundle \
+                     does not follow the state it was captured from"
+                ),
+            ));
+        }
+    }
+    Ok(reference)
+}
+
 /// Replay `plan` into `out` (an empty file at `out_path`), checking everything.
 ///
 /// # Errors
@@ -194,6 +227,7 @@ pub fn replay_into(
                 h.first_txn
             )));
         }
+        let reference = reference_pages(&b.refs, out, out_path, ps, &terms, path)?;
         let stop = plan.stop;
         let st = std::cell::RefCell::new(Live {
             dirty: std::collections::BTreeMap::new(),
@@ -211,6 +245,7 @@ pub fn replay_into(
         let f: &File = out;
         let res = b.replay(
             path,
+            &reference,
             |_, rec| {
                 if let Stop::TimeUs(t) = stop
                     && rec.time_us > t

@@ -220,6 +220,16 @@ fn canonical_prefix(p: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Page `pgno` as `r`'s read transaction sees it (`sqlite_dbpage`), or `None` if it cannot be
+/// read (past the end, the lock-byte page, no `sqlite_dbpage`): callers use it only as a hint
+/// they check.
+pub fn read_page(r: &Connection, pgno: u32) -> Option<Vec<u8>> {
+    let mut stmt = r
+        .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
+        .ok()?;
+    stmt.query_row([pgno], |row| row.get::<_, Vec<u8>>(0)).ok()
+}
+
 /// Every page 1..=`page_count` of the database as `r`'s read transaction sees it, in order,
 /// byte-exact (`sqlite_dbpage`). Pages `sqlite_dbpage` does not return (the lock-byte page) are
 /// handed over as zeros, which is what the file holds there.

@@ -49,6 +49,9 @@ pub struct Synth {
     frame: u32,
     /// The image after every transaction, by transaction number.
     pub images: Vec<(u64, Vec<u8>)>,
+    /// Write the next bundles as version 2: compressed against every page they write that
+    /// existed before them (false: version 1).
+    pub refs: bool,
 }
 
 impl Synth {
@@ -83,6 +86,7 @@ impl Synth {
             prev: [0; 32],
             frame: 0,
             images: Vec::new(),
+            refs: false,
         };
         s.images.push((1, s.image()));
         s.write_generation();
@@ -150,12 +154,21 @@ impl Synth {
         assert!(!txns.is_empty());
         let before = (self.pages.len() as u32, self.state(), self.txn);
         let first_frame = self.frame + 1;
-        let mut body = BodyEncoder::new(PS as u32, 1).unwrap();
+        let pages_before = self.pages.clone();
+        let mut body = if self.refs {
+            BodyEncoder::deferred(Vec::new(), PS as u32, 1, 0).unwrap()
+        } else {
+            BodyEncoder::new(PS as u32, 1).unwrap()
+        };
+        let mut refs = std::collections::BTreeSet::new();
         let first_time = T0 + (self.txn as i64 + 1) * 1_000_000;
         for t in txns {
             self.txn += 1;
             let mut written = Vec::new();
             for &(pgno, seed) in &t.writes {
+                if self.refs && pgno <= before.0 {
+                    refs.insert(pgno);
+                }
                 let page = page_bytes(pgno, seed, self.txn);
                 let i = pgno as usize - 1;
                 while self.pages.len() <= i {
@@ -180,7 +193,12 @@ impl Synth {
             body.end_txn().unwrap();
             self.images.push((self.txn, self.image()));
         }
-        let (b, raw) = body.finish().unwrap();
+        let list: Vec<u32> = refs.into_iter().collect();
+        let reference: Vec<u8> = list
+            .iter()
+            .flat_map(|&p| pages_before[p as usize - 1].clone())
+            .collect();
+        let (b, raw) = body.finish_with_reference(&list, &reference).unwrap();
         self.seq += 1;
         let header = BundleHeader {
             set_id: set_id_bytes(&self.set_id).unwrap(),
@@ -202,6 +220,7 @@ impl Synth {
             last_time_us: T0 + self.txn as i64 * 1_000_000,
             body_len: 0,
             body_raw_len: 0,
+            ref_count: list.len() as u32,
         };
         let (bytes, digest) = assemble(header, &b, raw);
         let path = self.chain_dir.join(file_name(self.seq));

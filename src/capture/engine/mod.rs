@@ -81,6 +81,9 @@ pub struct CaptureOptions {
     pub level: i32,
     /// zstd window for bundle bodies, as a power of two (0: the level's default).
     pub window_log: u32,
+    /// Compress each bundle against the previous versions of the pages it rewrites (bundle
+    /// format version 2; off: every bundle is version 1, as walbundle 0.1 wrote them).
+    pub reference_pages: bool,
     /// Options for the full snapshots that start chains.
     pub snapshot: SnapshotOptions,
 }
@@ -94,6 +97,7 @@ impl Default for CaptureOptions {
             max_bundle_bytes: 64 << 20,
             level: 3,
             window_log: 24,
+            reference_pages: true,
             snapshot: SnapshotOptions {
                 check: crate::replay::CheckLevel::Quick,
                 ..SnapshotOptions::default()
@@ -123,6 +127,8 @@ pub struct CaptureStats {
     pub zeroed_frames: u64,
     /// Times the pin moved forward (leapfrog between the two readers).
     pub pin_moves: u64,
+    /// Reference pages taken for bundles (previous versions the body is compressed against).
+    pub reference_pages: u64,
     /// PASSIVE checkpoints walbundle ran itself (the WAL had grown past `max_wal_bytes`).
     pub checkpoints: u64,
     /// Times another process's FULL/RESTART/TRUNCATE checkpoint was seen and capture stepped
@@ -266,6 +272,9 @@ pub struct Capturer {
     pin: Pin,
     /// State-checksum term of every page at the cursor (index pgno-1).
     terms: Vec<u64>,
+    /// Page number to the newest frame of the current WAL cycle that capture has read for it
+    /// (where a bundle's reference pages are found; at most [`CYCLE_FRAMES_MAX`] entries).
+    cycle_frames: HashMap<u32, u32>,
     /// The wal-index header seen by the last `capture_new`.
     last_shm: Option<ShmHeader>,
     pending: Option<Pending>,
@@ -310,6 +319,10 @@ fn debug(msg: impl FnOnce() -> String) {
         eprintln!("debug: {:.6} {}", now_us() as f64 / 1e6, msg());
     }
 }
+
+/// The most pages [`Capturer`]'s map of the WAL cycle's frames tracks (8 MB of map or so); past
+/// it, pages first written later in the cycle get no reference (compression only).
+const CYCLE_FRAMES_MAX: usize = 1 << 20;
 
 /// Per transaction, keep up to this many bytes of page content from the checksum pass instead of
 /// reading the frames again when the transaction commits.
@@ -443,6 +456,7 @@ impl Capturer {
                 full: false,
             },
             terms: Vec::new(),
+            cycle_frames: HashMap::new(),
             last_shm: None,
             pending: None,
             unpublished: std::collections::VecDeque::new(),

@@ -165,6 +165,7 @@ impl Capturer {
     pub(super) fn enter_cycle(&mut self, salts: (u32, u32)) -> Result<()> {
         self.seal()?;
         let changed = salts != self.cur.salts;
+        self.cycle_frames.clear();
         self.cur.salts = salts;
         self.cur.frame = 0;
         self.cur.cksum = (0, 0);
@@ -286,6 +287,54 @@ impl Capturer {
         Ok(Ok(()))
     }
 
+    /// Take the reference pages of the pending bundle among the transaction's pages `order`
+    /// (page number, newest frame): for each page the bundle has not written yet, its version
+    /// in the state before the bundle — the newest frame of this WAL cycle capture has seen for
+    /// it, else the page as the pinned reader sees it (`sqlite_dbpage`) — used only if its
+    /// state-checksum term is the one capture holds for the page. Anything else (a frame
+    /// overwritten by a restart, a page changed after the pin, a resumed capture that never saw
+    /// the page's frame) is simply left out: a reference only helps compression, and the
+    /// replayer checks every one against its own state.
+    fn take_references(&mut self, wal: &File, hdr: &WalHeader, order: &[(u32, u32)]) -> Result<()> {
+        let ps = hdr.page_size;
+        let lock = lock_byte_page(ps);
+        let Some(pend) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; ps as usize + FRAME_HEADER_LEN as usize];
+        for &(pgno, _) in order {
+            if !pend.touched.insert(pgno)
+                || pgno > pend.min_count
+                || pgno == lock
+                || (pend.refs.len() as u64 + 1) * u64::from(ps) > wbb::MAX_REF_BYTES
+            {
+                continue;
+            }
+            let Some(&want) = self.terms.get(pgno as usize - 1) else {
+                continue;
+            };
+            let mut page = None;
+            if let Some(&f) = self.cycle_frames.get(&pgno) {
+                let n = pread_full(wal, &mut buf, hdr.frame_offset(f)).unwrap_or(0);
+                let fh = FrameHeader::parse(&buf[..24]);
+                if n == buf.len() && fh.salts == hdr.salts && fh.pgno == pgno {
+                    page = Some(buf[FRAME_HEADER_LEN as usize..].to_vec());
+                }
+            }
+            if page.is_none() {
+                page = crate::sqlite::source::read_page(&self.readers[self.active], pgno);
+            }
+            if let Some(p) = page
+                && p.len() == ps as usize
+                && crate::bundle::checksum::page_term(pgno, &p) == want
+            {
+                pend.refs.insert(pgno, p);
+                self.stats.reference_pages += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Add one committed transaction (its pages, last version of each) to the pending bundle.
     pub(super) fn emit_txn(
         &mut self,
@@ -307,7 +356,7 @@ impl Capturer {
             let (tmp, mut f) = self.set.temp_file(&self.cur.chain_id, &name)?;
             std::io::Write::write_all(&mut f, &[0u8; wbb::HEADER_LEN])
                 .ctx(&tmp, "writing bundle")?;
-            let body = BodyEncoder::to_writer(
+            let body = BodyEncoder::deferred(
                 std::io::BufWriter::with_capacity(1 << 20, f),
                 ps,
                 self.opts.level,
@@ -334,6 +383,7 @@ impl Capturer {
                 last_time_us: 0,
                 body_len: 0,
                 body_raw_len: 0,
+                ref_count: 0,
             };
             self.pending = Some(Pending {
                 body,
@@ -341,6 +391,9 @@ impl Capturer {
                 header,
                 txns: 0,
                 started: Instant::now(),
+                refs: std::collections::BTreeMap::new(),
+                touched: std::collections::HashSet::new(),
+                min_count: self.cur.page_count,
             });
         }
         let mut order: Vec<(u32, u32)> = pages.drain().collect();
@@ -349,6 +402,9 @@ impl Capturer {
         order.retain(|e| e.0 <= commit_size);
         let mut buf = vec![0u8; ps as usize + FRAME_HEADER_LEN as usize];
         let lock = lock_byte_page(ps);
+        if self.opts.reference_pages {
+            self.take_references(wal, hdr, &order)?;
+        }
         // Pages beyond the old size that this transaction does not write are zeros.
         let old = self.cur.page_count;
         let zeros = vec![0u8; ps as usize];
@@ -450,6 +506,12 @@ impl Capturer {
             h.page_count_after = commit_size;
             h.txn_count = pend.txns;
             h.state_after = state.0;
+        }
+        if let Some(p) = self.pending.as_mut() {
+            p.min_count = p.min_count.min(commit_size);
+        }
+        if self.cycle_frames.len() + order.len() <= CYCLE_FRAMES_MAX {
+            self.cycle_frames.extend(order.iter().copied());
         }
         self.cur.state = meta_state;
         self.cur.page_count = commit_size;

@@ -80,6 +80,7 @@ impl Capturer {
             ))));
         }
         self.terms = terms;
+        self.cycle_frames.clear();
         self.stats.chain_id = cur.chain_id.clone();
         self.stats.last_txn = cur.next_txn - 1;
         self.stats.sealed_txn = cur.next_txn - 1;
@@ -187,6 +188,7 @@ impl Capturer {
             return Err(Error::usage("left WAL mode during the snapshot").at(&self.src.path));
         };
         self.terms = terms;
+        self.cycle_frames.clear();
         self.cur = Cursor::at_generation(m, &wal);
         self.pin = pin_of(&wal);
         // If the WAL restarted since the pin (only possible when it was fully backfilled),

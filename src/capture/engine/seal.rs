@@ -13,11 +13,17 @@ impl Capturer {
         let t0 = Instant::now();
         let tmp = p.tmp.clone();
         let res = (|| -> Result<(BundleHeader, [u8; 32], u64)> {
-            let (w, raw) = p.body.finish().ctx(&tmp, "compressing")?;
+            let refs: Vec<u32> = p.refs.keys().copied().collect();
+            let reference: Vec<u8> = p.refs.into_values().flatten().collect();
+            let (w, raw) = p
+                .body
+                .finish_with_reference(&refs, &reference)
+                .ctx(&tmp, "compressing")?;
             let mut f = w
                 .into_inner()
                 .map_err(|e| Error::io(&tmp, "writing bundle", e.into_error()))?;
-            let header = p.header;
+            let mut header = p.header;
+            header.ref_count = u32::try_from(refs.len()).unwrap_or(0);
             let (digest, len) = wbb::finish_file(header.clone(), &mut f, &tmp, raw)?;
             Ok((header, digest, len))
         })();
@@ -113,12 +119,21 @@ pub(super) struct Sealed {
     pub(super) started: Instant,
 }
 
-/// A bundle being filled: streamed into a temporary file in the chain folder, so memory does
-/// not grow with the bundle.
+/// A bundle being filled: its raw body waits in memory or an unnamed temporary file (up to
+/// the bundle bound) and is compressed into a temporary file in the chain folder when sealed,
+/// against its reference pages.
 pub(super) struct Pending {
     pub(super) body: BodyEncoder<std::io::BufWriter<File>>,
     pub(super) tmp: std::path::PathBuf,
     pub(super) header: BundleHeader,
     pub(super) txns: u32,
     pub(super) started: Instant,
+    /// Reference pages: the contents, in the state before the bundle, of pages it rewrites
+    /// (checked against their state-checksum terms), at most [`wbb::MAX_REF_BYTES`].
+    pub(super) refs: std::collections::BTreeMap<u32, Vec<u8>>,
+    /// Pages the bundle wrote so far (a page's reference is taken at its first write only).
+    pub(super) touched: std::collections::HashSet<u32>,
+    /// The smallest database size the bundle has passed through: pages above it may have
+    /// been truncated and regrown, so their terms no longer describe the state before.
+    pub(super) min_count: u32,
 }
