@@ -478,17 +478,11 @@ impl BackupSet {
         };
         // Generation folders seen, and whether each has its manifest.
         let mut gens: std::collections::BTreeMap<u64, bool> = std::collections::BTreeMap::new();
+        let mut bundles: Vec<(u64, String, u64)> = Vec::new();
         for (rest, size) in entries {
             let key = format!("{id}/{rest}");
             if let Some(seq) = crate::bundle::wbb::parse_file_name(&rest) {
-                let header = read_placed_header(self.objects.as_ref(), &key, id, seq);
-                chain.bundles.push(BundleEntry {
-                    seq,
-                    path: self.objects.location(&key),
-                    key,
-                    size,
-                    header,
-                });
+                bundles.push((seq, key, size));
                 continue;
             }
             let (first, file) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
@@ -503,6 +497,24 @@ impl BackupSet {
                     }
                 }
             }
+        }
+        // Headers: a read of a local file each, or a ranged GET each (several in flight).
+        let workers = if self.is_remote() {
+            crate::store::PARALLEL_REQUESTS
+        } else {
+            1
+        };
+        let headers = crate::store::parallel_map(&bundles, workers, |(seq, key, _)| {
+            read_placed_header(self.objects.as_ref(), key, id, *seq)
+        });
+        for ((seq, key, size), header) in bundles.into_iter().zip(headers) {
+            chain.bundles.push(BundleEntry {
+                seq,
+                path: self.objects.location(&key),
+                key,
+                size,
+                header,
+            });
         }
         for (seq, has_manifest) in gens {
             // In an object store a generation is published by its manifest, written last: an

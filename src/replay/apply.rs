@@ -165,21 +165,26 @@ pub fn replay_into(
     let zeros = vec![0u8; ps as usize];
     let set_id = wbb::set_id_bytes(&plan.set_id).unwrap_or([0; 16]);
     let mut done = matches!(plan.stop, Stop::Txn(n) if n <= txn);
-    // The next bundles download while one replays (for a set in an object store).
+    // The next bundles are fetched (from an object store, several at once) and their digests
+    // checked on another thread while one replays.
     let keys = plan.bundles.iter().map(|b| b.key.clone()).collect();
-    let mut fetch = crate::store::Prefetch::start(&plan.objects, keys, 4);
+    let mut fetch = crate::store::Prefetch::start(
+        &plan.objects,
+        keys,
+        crate::store::PARALLEL_REQUESTS,
+        |copy| read_bundle(&copy.path),
+    );
     for (expect_seq, pb) in (m.seq + 1..).zip(plan.bundles.iter()) {
         if done {
             break;
         }
         let path = &pb.path;
-        let copy = fetch.next_copy().ok_or_else(|| {
+        let (_copy, b) = fetch.next_ready().ok_or_else(|| {
             Error::corrupt(
                 path,
                 "bundle could not be fetched (the fetching thread ended)",
             )
         })??;
-        let b = read_bundle(&copy.path).map_err(|e| copy.relocate(e))?;
         let h = &b.header;
         let link = |what: String| Error::corrupt(path, what);
         if h.set_id != set_id {

@@ -277,62 +277,98 @@ impl Drop for LocalCopy {
     }
 }
 
-/// Local copies of `keys` in order, each fetched ahead (up to `depth` waiting) on a thread of its
-/// own when the store is not a folder, so a restore downloads the next bundles while it replays
-/// one. A folder's objects are their own files: nothing to fetch, no thread.
-pub struct Prefetch {
-    rx: Option<std::sync::mpsc::Receiver<Result<LocalCopy>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// The store and the keys still to give, for a folder (no thread).
-    inline: Option<(
-        std::sync::Arc<dyn Store>,
-        std::collections::VecDeque<String>,
-    )>,
+/// `f` applied to every item on up to `workers` threads, the results in the items' order (for
+/// requests to an object store, whose latency dominates: a folder's callers stay sequential).
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let workers = workers.clamp(1, items.len().max(1));
+    if workers == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut got = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        got.push((i, f(item)));
+                    }
+                    got
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
-impl Prefetch {
+/// Requests an object-store reader keeps in flight at once (listings stay one at a time).
+pub const PARALLEL_REQUESTS: usize = 8;
+
+/// Local copies of `keys` in order, each made ready by `ready` (a bundle's digest checked, say)
+/// on a thread of their own, ahead of the caller: so a restore downloads and checks the next
+/// bundles while it replays one. From an object store `depth` at a time, in parallel; from a
+/// folder (whose objects are their own files) one at a time, at most `depth` ahead.
+pub struct Prefetch<T> {
+    rx: Option<std::sync::mpsc::Receiver<Result<(LocalCopy, T)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> Prefetch<T> {
     /// Start fetching `keys` of `store`.
-    pub fn start(store: &std::sync::Arc<dyn Store>, keys: Vec<String>, depth: usize) -> Self {
+    pub fn start(
+        store: &std::sync::Arc<dyn Store>,
+        keys: Vec<String>,
+        depth: usize,
+        ready: impl Fn(&LocalCopy) -> Result<T> + Send + Sync + 'static,
+    ) -> Self {
+        let depth = depth.max(1);
         let local = keys.first().is_none_or(|k| store.local_path(k).is_some());
-        if local {
-            return Self {
-                rx: None,
-                thread: None,
-                inline: Some((std::sync::Arc::clone(store), keys.into())),
-            };
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth);
         let store = std::sync::Arc::clone(store);
+        let one = move |k: &String| {
+            let copy = local_copy(store.as_ref(), k)?;
+            let t = ready(&copy).map_err(|e| copy.relocate(e))?;
+            Ok((copy, t))
+        };
         let thread = std::thread::spawn(move || {
-            for k in keys {
-                let got = local_copy(store.as_ref(), &k);
-                let failed = got.is_err();
-                // A receiver that is gone (the replay stopped early) ends the fetching.
-                if tx.send(got).is_err() || failed {
-                    return;
+            let batch = if local { 1 } else { depth };
+            for keys in keys.chunks(batch) {
+                for got in parallel_map(keys, batch, &one) {
+                    let failed = got.is_err();
+                    // A receiver that is gone (the replay stopped early) ends the fetching.
+                    if tx.send(got).is_err() || failed {
+                        return;
+                    }
                 }
             }
         });
         Self {
             rx: Some(rx),
             thread: Some(thread),
-            inline: None,
         }
     }
 
-    /// The next copy, in the order of the keys.
+    /// The next copy and what `ready` made of it, in the order of the keys.
     ///
     /// # Errors
-    /// The object could not be fetched.
-    pub fn next_copy(&mut self) -> Option<Result<LocalCopy>> {
-        if let Some((store, keys)) = &mut self.inline {
-            return keys.pop_front().map(|k| local_copy(store.as_ref(), &k));
-        }
+    /// The object could not be fetched, or `ready` refused it.
+    pub fn next_ready(&mut self) -> Option<Result<(LocalCopy, T)>> {
         self.rx.as_ref()?.recv().ok()
     }
 }
 
-impl Drop for Prefetch {
+impl<T> Drop for Prefetch<T> {
     fn drop(&mut self) {
         drop(self.rx.take()); // unblocks a send
         if let Some(t) = self.thread.take() {

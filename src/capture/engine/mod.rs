@@ -94,8 +94,8 @@ impl Default for CaptureOptions {
             interval: Duration::from_secs(1),
             poll: Duration::from_millis(100),
             max_wal_bytes: 4 << 20,
-            max_bundle_bytes: 64 << 20,
-            level: 3,
+            max_bundle_bytes: 16 << 20,
+            level: 1,
             window_log: 24,
             reference_pages: true,
             snapshot: SnapshotOptions {

@@ -12,9 +12,13 @@ impl Capturer {
         };
         let t0 = Instant::now();
         let tmp = p.tmp.clone();
+        let header_ps = p.header.page_size as usize;
         let res = (|| -> Result<(BundleHeader, [u8; 32], u64)> {
             let refs: Vec<u32> = p.refs.keys().copied().collect();
-            let reference: Vec<u8> = p.refs.into_values().flatten().collect();
+            let mut reference = Vec::with_capacity(refs.len() * header_ps);
+            for page in p.refs.values() {
+                reference.extend_from_slice(page);
+            }
             let (w, raw) = p
                 .body
                 .finish_with_reference(&refs, &reference)
