@@ -12,7 +12,8 @@ stops the tool with SIGTERM, restores from what the tool stored, and checks the 
   python3 benches/compare/compare.py --preset small --tools none,walbundle
 
 Measured per tool: capture CPU (user+sys) and peak RSS of the tool's process (wait4), bytes
-stored, lag (for each commit, the first stored file that appeared after it: its mtime minus the
+stored and their ratio to the *floor* (the random bytes of every committed row, counted by the
+seeded writer: what any backup that restores every commit must hold at least once), lag (for each commit, the first stored file that appeared after it: its mtime minus the
 commit time; p50/p99), restore time (with a full integrity check) and its peak RSS; and for the
 writer, wall time and commit latency (p50, p99, worst) against the no-tool run. A single run's
 worst commit varies by 3x on this VM even with no tool, so compare medians of --reps runs. Litestream: PATH, or
@@ -120,7 +121,9 @@ def one(tool, args, preset):
     os.makedirs(src)
     os.makedirs(store)
     db, log, out = os.path.join(src, "app.db"), os.path.join(work, "commits.tsv"), os.path.join(work, "restored.db")
-    subprocess.run([sys.executable, WRITER, "--db", db, "--init", "--rows", str(preset["rows"])], check=True)
+    floor = os.path.join(work, "floor")
+    subprocess.run([sys.executable, WRITER, "--db", db, "--init", "--rows", str(preset["rows"]),
+                    "--floor", floor], check=True)
     cap_cmd, restore_cmd = tool_commands(tool, args, db, store, out)
     cap = None
     if cap_cmd:
@@ -128,10 +131,11 @@ def one(tool, args, preset):
         deadline = time.time() + 60
         while time.time() < deadline and du(store) == 0:
             time.sleep(0.05)
-    w_s, _, _, rc = run_measured([sys.executable, WRITER, "--db", db, "--log", log, "--seed", str(args.seed)] + preset["args"])
+    w_s, _, _, rc = run_measured([sys.executable, WRITER, "--db", db, "--log", log, "--seed", str(args.seed),
+                                  "--floor", floor] + preset["args"])
     if rc != 0:
         raise SystemExit(f"{tool}: writer failed")
-    r = dict(tool=tool, writer_s=w_s)
+    r = dict(tool=tool, writer_s=w_s, floor=int(open(floor).read()))
     commits = [l.split("\t") for l in open(log) if l.strip()]
     durs = sorted(float(c[2]) * 1000 for c in commits)
     r["max_commit_ms"] = durs[-1] if durs else 0
@@ -144,6 +148,7 @@ def one(tool, args, preset):
         r["cpu_s"] = ru.ru_utime + ru.ru_stime
         r["rss"] = ru.ru_maxrss * 1024
         r["stored"] = du(store)
+        r["stored_floor"] = r["stored"] / r["floor"]
         times = file_times(store)
         lags = []
         for c in commits:
@@ -202,6 +207,7 @@ def main():
     print("| metric | " + " | ".join(results) + (" | walbundle / litestream |" if wb and ls else " |"))
     print("|---|" + "---|" * len(results) + ("---|" if wb and ls else ""))
     rows = [("capture CPU (s)", "cpu_s", ""), ("peak RSS (MB)", "rss", "MB"), ("stored (MB)", "stored", "MB"),
+            ("floor (MB): random bytes committed", "floor", "MB"), ("stored / floor", "stored_floor", ""),
             ("lag p50 (s)", "lag_p50", ""), ("lag p99 (s)", "lag_p99", ""), ("restore (s)", "restore_s", ""),
             ("restore RSS (MB)", "restore_rss", "MB"), ("writer wall (s)", "writer_s", ""),
             ("commit p50 (ms)", "p50_commit_ms", ""), ("commit p99 (ms)", "p99_commit_ms", ""),

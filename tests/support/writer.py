@@ -18,10 +18,25 @@ def connect(path, args):
     c.execute(f"PRAGMA busy_timeout={ms}")
     return c
 
+# Random bytes written by blob() since the start: what --floor counts.
+RANDOM = [0]
+
+
 def blob(rng, a):
     n = rng.randint(a.min_blob, a.max_blob)
     k = n - int(n * a.compressible)
+    RANDOM[0] += k
     return rng.randbytes(k) + (b"lorem-ipsum-%08d;" % rng.randrange(10**8) * (n // 16 + 1))[: n - k]
+
+
+def add_floor(path, n):
+    """Add n to the count in `path`: the random (incompressible) bytes of committed rows, which
+    any backup that can restore every committed transaction must store at least once."""
+    if not path:
+        return
+    old = int(open(path).read() or 0) if os.path.exists(path) else 0
+    with open(path, "w") as f:
+        f.write(str(old + n))
 
 def main():
     ap = argparse.ArgumentParser()
@@ -57,6 +72,7 @@ def main():
     ap.add_argument("--max-blob", type=int, default=1500)
     ap.add_argument("--large-rows", type=int, default=300)
     ap.add_argument("--compressible", type=float, default=0.0, help="fraction of each blob that is repetitive text")
+    ap.add_argument("--floor", help="add the random bytes of committed rows to the count in this file")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     if a.init:
@@ -72,6 +88,7 @@ def main():
             c.execute("INSERT INTO items(txn_id, v) VALUES(0, ?)", (rng.randbytes(200) + b"x" * 300,))
         c.execute("COMMIT")
         c.close()
+        add_floor(a.floor, 200 * a.rows)
         return 0
     def open_conn():
         c = connect(a.db, a)
@@ -95,6 +112,7 @@ def main():
             if d > 0: time.sleep(d)
         i += 1
         t_begin = time.time()
+        random_before = RANDOM[0]
         c.execute("BEGIN IMMEDIATE")
         # Inside the write transaction, so several writer processes share one sequence.
         nxt = c.execute("SELECT coalesce(max(txn_id),0)+1 FROM txlog").fetchone()[0]
@@ -117,6 +135,7 @@ def main():
             c.execute("ROLLBACK TO sp")
             c.execute("RELEASE sp")
         if a.rollback_every and i % a.rollback_every == 0:
+            RANDOM[0] = random_before
             c.execute("ROLLBACK")
             nrows = c.execute("SELECT coalesce(max(id),0) FROM items").fetchone()[0]
             continue
@@ -158,6 +177,7 @@ def main():
             c = open_conn()
     if log: log.close()
     c.close()
+    add_floor(a.floor, RANDOM[0])
     return 0
 
 if __name__ == "__main__":
