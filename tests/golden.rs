@@ -224,7 +224,7 @@ fn encode_golden_bundle(
         .iter()
         .flat_map(|&p| states[0][(p as usize - 1) * ps..p as usize * ps].to_vec())
         .collect();
-    let (b, raw) = body.finish_with_reference(&list, &reference).unwrap();
+    let (b, raw) = body.finish_with_reference(&list, reference).unwrap();
     let last = states.last().unwrap();
     let header = BundleHeader {
         set_id: set_id_bytes(set_id).unwrap(),

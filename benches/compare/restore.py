@@ -100,21 +100,9 @@ def wait_quiet(path, quiet=3.0, limit=600, above=0):
 
 
 def litestream_s3_cfg(work, db, s3):
-    cfg = os.path.join(work, "litestream.yml")
-    with open(cfg, "w") as f:
-        f.write(f"""dbs:
-  - path: {db}
-    replicas:
-      - type: s3
-        bucket: bench
-        path: ls
-        endpoint: {s3['AWS_ENDPOINT_URL']}
-        region: us-east-1
-        force-path-style: true
-        access-key-id: {s3['AWS_ACCESS_KEY_ID']}
-        secret-access-key: {s3['AWS_SECRET_ACCESS_KEY']}
-""")
-    return cfg
+    sys.path.insert(0, HERE)
+    import s3 as s3bench  # noqa: E402
+    return s3bench.litestream_config(os.path.join(work, "litestream.yml"), db, "ls", s3["AWS_ENDPOINT_URL"], s3)
 
 
 def start_s3(work):

@@ -168,6 +168,24 @@ def start_server(work):
     return port, env
 
 
+def litestream_config(cfg, db, path, endpoint, env):
+    """A Litestream config replicating `db` to s3://bench/`path` at `endpoint` (path style)."""
+    with open(cfg, "w") as f:
+        f.write(f"""dbs:
+  - path: {db}
+    replicas:
+      - type: s3
+        bucket: bench
+        path: {path}
+        endpoint: {endpoint}
+        region: us-east-1
+        force-path-style: true
+        access-key-id: {env['AWS_ACCESS_KEY_ID']}
+        secret-access-key: {env['AWS_SECRET_ACCESS_KEY']}
+""")
+    return cfg
+
+
 def wait_quiet(counter, quiet):
     """Until the tool's first copy is up: at least one PUT, then `quiet` seconds without a
     request (at most two minutes)."""
@@ -220,20 +238,8 @@ def run_tool(tool, args, work, env, proxy_port, counter, rate, tag):
     if tool == "walbundle":
         cmd = [args.walbundle, "capture", db, "--dest", f"s3://bench/wb-{tag}"]
     else:
-        cfg = os.path.join(d, "litestream.yml")
-        with open(cfg, "w") as f:
-            f.write(f"""dbs:
-  - path: {db}
-    replicas:
-      - type: s3
-        bucket: bench
-        path: ls-{tag}
-        endpoint: http://127.0.0.1:{proxy_port}
-        region: us-east-1
-        force-path-style: true
-        access-key-id: {env['AWS_ACCESS_KEY_ID']}
-        secret-access-key: {env['AWS_SECRET_ACCESS_KEY']}
-""")
+        cfg = litestream_config(os.path.join(d, "litestream.yml"), db, f"ls-{tag}",
+                                 f"http://127.0.0.1:{proxy_port}", env)
         cmd = [args.litestream, "replicate", "-config", cfg]
     p = subprocess.Popen(cmd, env=penv, stdout=log, stderr=log)
     wait_quiet(counter, args.settle)

@@ -379,8 +379,8 @@ enum Stage<W: Write> {
 /// Raw body bytes held before a compressor is set up.
 pub const STAGE_BYTES: usize = 256 << 10;
 /// Raw body bytes a deferred encoder holds in memory before it spills to a temporary file
-/// (capture seals bundles at 16 MiB, so only a single larger transaction spills).
-pub const DEFER_BYTES: usize = 24 << 20;
+/// (capture seals bundles at 8 MiB, so only a single larger transaction spills).
+pub const DEFER_BYTES: usize = 12 << 20;
 
 /// Match-table size (log2 entries) of encoders with a reference.
 const REF_HASH_LOG: u32 = 19;
@@ -604,7 +604,12 @@ impl<W: Write> BodyEncoder<W> {
     /// # Errors
     /// Only on zstd failure.
     pub fn finish(self) -> io::Result<(W, u64)> {
-        self.finish_with_reference(&[], &[])
+        self.finish_with_reference(&[], Vec::new())
+    }
+
+    /// Whether the raw body waits in a temporary file (it outgrew [`DEFER_BYTES`]).
+    pub fn is_spilled(&self) -> bool {
+        matches!(self.enc, Stage::Spilled(..))
     }
 
     /// Finish a body whose reference pages are `refs` (ascending), their contents in the state
@@ -615,7 +620,11 @@ impl<W: Write> BodyEncoder<W> {
     /// # Errors
     /// On zstd or temporary-file failure, or reference pages given to an encoder that already
     /// streamed (not [`BodyEncoder::deferred`]).
-    pub fn finish_with_reference(mut self, refs: &[u32], reference: &[u8]) -> io::Result<(W, u64)> {
+    pub fn finish_with_reference(
+        mut self,
+        refs: &[u32],
+        reference: Vec<u8>,
+    ) -> io::Result<(W, u64)> {
         let raw_len = self.raw_len;
         if refs.is_empty() {
             if let Stage::Spilled(..) = self.enc {
@@ -635,15 +644,14 @@ impl<W: Write> BodyEncoder<W> {
                 for p in refs {
                     w.write_all(&p.to_le_bytes())?;
                 }
-                let frame =
-                    compress_with_prefix(reference.to_vec(), &buf, self.level, self.window_log)?;
+                let frame = compress_with_prefix(reference, &buf, self.level, self.window_log)?;
                 drop(buf);
                 w.write_all(&frame)?;
                 Ok((w, raw_len))
             }
             other @ Stage::Spilled(..) => {
                 self.enc = other;
-                self.compress_spilled(refs, reference)
+                self.compress_spilled(refs, &reference)
             }
             Stage::Streaming(_) | Stage::Empty => Err(io::Error::other(
                 "reference pages need a deferred body encoder",
@@ -663,10 +671,14 @@ impl<W: Write> BodyEncoder<W> {
         for p in refs {
             w.write_all(&p.to_le_bytes())?;
         }
+        // A body this large streams: the compressor's window buffer is as large as the
+        // window, so it stays the configured one (the reference then helps the body's start).
         let mut e = if refs.is_empty() {
             encoder(w, self.level, self.window_log)?
         } else {
-            reference_encoder(w, self.level, self.window_log, reference, raw_len)?
+            let mut e = reference_encoder(w, self.level, self.window_log, reference, raw_len)?;
+            e.window_log(self.window_log.clamp(10, super::image::MAX_WINDOW_LOG))?;
+            e
         };
         std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut e)?;
         Ok((e.finish()?, raw_len))

@@ -546,6 +546,33 @@ impl S3Store {
         .at(self.location(key)))
     }
 
+    /// A listing GET of the signed `url` (for `key`, doing `what`), retried while transient, its
+    /// answer (at most 64 MiB) parsed by `parse`.
+    fn list_request<T>(
+        &self,
+        url: &url::Url,
+        key: &str,
+        what: &str,
+        parse: impl Fn(&str) -> Result<T>,
+    ) -> Result<T> {
+        self.retrying(key, what, Kind::List, || {
+            let mut r = match self.agent.get(url.as_str()).call() {
+                Ok(r) => r,
+                Err(e) => return Ok(Outcome::Transient(e.to_string())),
+            };
+            let code = r.status().as_u16();
+            let body = match r.body_mut().with_config().limit(64 << 20).read_to_string() {
+                Ok(b) => b,
+                Err(e) => return Ok(Outcome::Transient(e.to_string())),
+            };
+            match code {
+                200 => parse(&body).map(Outcome::Done),
+                c if is_transient_status(c) => Ok(Outcome::Transient(format!("HTTP {c}"))),
+                c => Err(self.status_error(key, what, c, &body)),
+            }
+        })
+    }
+
     /// One page of ListMultipartUploads under `full_prefix` from the given markers: the
     /// uploads (key, upload id, initiated) and the markers of the next page.
     #[allow(clippy::type_complexity)]
@@ -583,23 +610,13 @@ impl S3Store {
                 u
             }
         };
-        let what = "listing unfinished uploads";
-        let body = self.retrying("", what, Kind::List, || {
-            let mut r = match self.agent.get(url.as_str()).call() {
-                Ok(r) => r,
-                Err(e) => return Ok(Outcome::Transient(e.to_string())),
-            };
-            let code = r.status().as_u16();
-            let body = match r.body_mut().with_config().limit(64 << 20).read_to_string() {
-                Ok(b) => b,
-                Err(e) => return Ok(Outcome::Transient(e.to_string())),
-            };
-            match code {
-                200 => Ok(Outcome::Done(body)),
-                c if is_transient_status(c) => Ok(Outcome::Transient(format!("HTTP {c}"))),
-                c => Err(self.status_error("", what, c, &body)),
-            }
-        })?;
+        let body =
+            self.list_request(
+                &url,
+                "",
+                "listing unfinished uploads",
+                |b| Ok(b.to_string()),
+            )?;
         let uploads = xml_blocks(&body, "Upload")
             .into_iter()
             .filter_map(|u| {
@@ -939,25 +956,10 @@ impl Store for S3Store {
                 action.with_continuation_token(t.as_str());
             }
             let url = action.sign(SIGN_FOR);
-            let page = self.retrying(prefix, "listing", Kind::List, || {
-                let mut r = match self.agent.get(url.as_str()).call() {
-                    Ok(r) => r,
-                    Err(e) => return Ok(Outcome::Transient(e.to_string())),
-                };
-                let code = r.status().as_u16();
-                let body = match r.body_mut().with_config().limit(64 << 20).read_to_string() {
-                    Ok(b) => b,
-                    Err(e) => return Ok(Outcome::Transient(e.to_string())),
-                };
-                match code {
-                    200 => ListObjectsV2::parse_response(&body)
-                        .map(Outcome::Done)
-                        .map_err(|e| {
-                            Error::corrupt(self.location(prefix), format!("listing answer: {e}"))
-                        }),
-                    c if is_transient_status(c) => Ok(Outcome::Transient(format!("HTTP {c}"))),
-                    c => Err(self.status_error(prefix, "listing", c, &body)),
-                }
+            let page = self.list_request(&url, prefix, "listing", |body| {
+                ListObjectsV2::parse_response(body).map_err(|e| {
+                    Error::corrupt(self.location(prefix), format!("listing answer: {e}"))
+                })
             })?;
             for c in page.contents {
                 let Some(key) = c.key.strip_prefix(&self.prefix) else {

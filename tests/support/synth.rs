@@ -198,7 +198,7 @@ impl Synth {
             .iter()
             .flat_map(|&p| pages_before[p as usize - 1].clone())
             .collect();
-        let (b, raw) = body.finish_with_reference(&list, &reference).unwrap();
+        let (b, raw) = body.finish_with_reference(&list, reference).unwrap();
         self.seq += 1;
         let header = BundleHeader {
             set_id: set_id_bytes(&self.set_id).unwrap(),

@@ -94,7 +94,7 @@ impl Default for CaptureOptions {
             interval: Duration::from_secs(1),
             poll: Duration::from_millis(100),
             max_wal_bytes: 4 << 20,
-            max_bundle_bytes: 16 << 20,
+            max_bundle_bytes: 8 << 20,
             level: 1,
             window_log: 24,
             reference_pages: true,
@@ -319,6 +319,10 @@ fn debug(msg: impl FnOnce() -> String) {
         eprintln!("debug: {:.6} {}", now_us() as f64 / 1e6, msg());
     }
 }
+
+/// The most reference pages capture gives one bundle (the format allows 16 MiB; with bundles
+/// sealed at 8 MiB this covers every page a bundle can rewrite, at a bounded cost in memory).
+const CAPTURE_REF_BYTES: u64 = 8 << 20;
 
 /// The most pages [`Capturer`]'s map of the WAL cycle's frames tracks (8 MB of map or so); past
 /// it, pages first written later in the cycle get no reference (compression only).

@@ -301,12 +301,18 @@ impl Capturer {
         let Some(pend) = self.pending.as_mut() else {
             return Ok(());
         };
+        // A bundle whose body outgrew memory (one huge transaction) streams through a window
+        // its start alone can use: it keeps no references (memory stays flat).
+        if pend.body.is_spilled() {
+            pend.refs = std::collections::BTreeMap::new();
+            return Ok(());
+        }
         let mut buf = vec![0u8; ps as usize + FRAME_HEADER_LEN as usize];
         for &(pgno, _) in order {
             if !pend.touched.insert(pgno)
                 || pgno > pend.min_count
                 || pgno == lock
-                || (pend.refs.len() as u64 + 1) * u64::from(ps) > wbb::MAX_REF_BYTES
+                || (pend.refs.len() as u64 + 1) * u64::from(ps) > CAPTURE_REF_BYTES
             {
                 continue;
             }

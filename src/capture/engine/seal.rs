@@ -14,14 +14,20 @@ impl Capturer {
         let tmp = p.tmp.clone();
         let header_ps = p.header.page_size as usize;
         let res = (|| -> Result<(BundleHeader, [u8; 32], u64)> {
-            let refs: Vec<u32> = p.refs.keys().copied().collect();
+            // A spilled body (one huge transaction) is compressed as version 1.
+            let keep = !p.body.is_spilled();
+            let refs: Vec<u32> = if keep {
+                p.refs.keys().copied().collect()
+            } else {
+                Vec::new()
+            };
             let mut reference = Vec::with_capacity(refs.len() * header_ps);
-            for page in p.refs.values() {
+            for page in p.refs.values().filter(|_| keep) {
                 reference.extend_from_slice(page);
             }
             let (w, raw) = p
                 .body
-                .finish_with_reference(&refs, &reference)
+                .finish_with_reference(&refs, reference)
                 .ctx(&tmp, "compressing")?;
             let mut f = w
                 .into_inner()

@@ -57,7 +57,7 @@ pub struct Args {
     pub max_wal_mib: u64,
     /// Seal a bundle early once it holds this many MiB of pages (under a burst: smaller
     /// bundles keep the compression against their reference pages fast and its memory small).
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub max_bundle_mib: u64,
     /// zstd level for bundles. With reference pages (format 2) level 1 stores within 1% of
     /// level 3 at half its CPU; with --bundle-format 1, level 3 stores ~8% less than 1.
