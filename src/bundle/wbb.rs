@@ -677,7 +677,9 @@ impl<W: Write> BodyEncoder<W> {
             encoder(w, self.level, self.window_log)?
         } else {
             let mut e = reference_encoder(w, self.level, self.window_log, reference, raw_len)?;
-            e.window_log(self.window_log.clamp(10, super::image::MAX_WINDOW_LOG))?;
+            if self.window_log > 0 {
+                e.window_log(self.window_log.clamp(10, super::image::MAX_WINDOW_LOG))?;
+            }
             e
         };
         std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut e)?;
@@ -1135,6 +1137,90 @@ mod test {
             m[i / 8] ^= 1 << (i % 8);
             std::fs::write(&p, &m).unwrap();
             assert!(read_bundle(&p).is_err(), "header bit {i} flip not caught");
+        }
+    }
+
+    /// A deferred body with reference pages round-trips in memory and spilled to a temporary
+    /// file (past DEFER_BYTES), and decodes only against its reference.
+    #[test]
+    fn reference_pages_round_trip_in_memory_and_spilled() {
+        let ps = 4096usize;
+        for pages in [3u32, (DEFER_BYTES / ps) as u32 + 10] {
+            let refs = [1u32, 2];
+            let reference: Vec<u8> = (0..2 * ps).map(|i| (i * 7 % 251) as u8).collect();
+            let page = |p: u32| -> Vec<u8> {
+                let mut v = reference[(p as usize % 2) * ps..(p as usize % 2 + 1) * ps].to_vec();
+                v[..4].copy_from_slice(&p.to_le_bytes());
+                v
+            };
+            let mut body = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
+            let meta = TxnMeta {
+                time_us: 100,
+                page_count: pages,
+                commit_frame: pages,
+                state_after: 1,
+            };
+            body.begin_txn(&meta, pages).unwrap();
+            for p in 1..=pages {
+                body.page(p, &page(p)).unwrap();
+            }
+            body.end_txn().unwrap();
+            assert_eq!(body.is_spilled(), pages > 3);
+            let (b, raw) = body
+                .finish_with_reference(&refs, reference.clone())
+                .unwrap();
+            let h = BundleHeader {
+                page_size: ps as u32,
+                first_frame: 1,
+                last_frame: pages,
+                txn_count: 1,
+                page_count_before: 2,
+                page_count_after: pages,
+                first_time_us: 100,
+                last_time_us: 100,
+                ref_count: 2,
+                ..header()
+            };
+            let (bytes, _) = assemble(h, &b, raw);
+            assert_eq!(get_u16(&bytes, 8), 2, "version 2");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("b.wbb");
+            std::fs::write(&path, &bytes).unwrap();
+            let bun = read_bundle(&path).unwrap();
+            assert_eq!(bun.refs, refs);
+            let mut n = 0u32;
+            bun.replay(
+                &path,
+                &reference,
+                |_, _| Ok(true),
+                |p, d| {
+                    assert!(d == page(p).as_slice(), "page {p}");
+                    n += 1;
+                    Ok(())
+                },
+                |_, _| Ok(true),
+            )
+            .unwrap();
+            assert_eq!(n, pages);
+            let other: Vec<u8> = reference.iter().map(|b| b ^ 0x5a).collect();
+            let bad = bun.replay(
+                &path,
+                &other,
+                |_, _| Ok(true),
+                |_, _| Ok(()),
+                |_, _| Ok(true),
+            );
+            assert!(bad.is_err(), "decoded against another reference");
+            assert!(
+                bun.replay(
+                    &path,
+                    &reference[..ps],
+                    |_, _| Ok(true),
+                    |_, _| Ok(()),
+                    |_, _| Ok(true)
+                )
+                .is_err()
+            );
         }
     }
 }
