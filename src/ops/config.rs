@@ -206,40 +206,43 @@ impl Config {
     pub fn register_stores(&self, cli_dest: Option<&Path>) -> Result<()> {
         use crate::store::{Location, S3Settings};
         let top = self.s3.clone().unwrap_or_default();
-        top.check()?;
+        // The file's own destination with `[s3]`, then each entry's with its settings over it.
+        let entries = std::iter::once((None, self.dest.as_deref(), top.clone())).chain(
+            self.database.iter().map(|d| {
+                let own = d.s3.clone().unwrap_or_default();
+                (
+                    Some(d),
+                    d.dest.as_deref().or(self.dest.as_deref()),
+                    own.over(&top),
+                )
+            }),
+        );
         let mut seen: Vec<(String, S3Settings)> = Vec::new();
-        let mut dests: Vec<(Option<&Path>, S3Settings)> = vec![(self.dest.as_deref(), top.clone())];
-        dests.extend(self.database.iter().map(|d| {
-            let own = d.s3.clone().unwrap_or_default();
-            (d.dest.as_deref().or(self.dest.as_deref()), own.over(&top))
-        }));
-        for (i, (dest, settings)) in dests.into_iter().enumerate() {
+        for (entry, dest, settings) in entries {
+            settings.check()?;
+            // An entry that gives s3 settings must have an s3:// destination to use them.
+            let owner = entry.filter(|d| d.s3.is_some());
             let dest = dest.or(cli_dest);
-            let own = i > 0 && self.database[i - 1].s3.is_some();
-            let Some(dest) = dest else {
-                if own {
+            let loc = dest.map(Location::parse).transpose()?;
+            let url = match (&loc, dest, owner) {
+                (Some(l @ Location::S3 { .. }), _, _) => l.display(),
+                (None, _, Some(d)) => {
                     return Err(Error::usage(format!(
                         "database {} has s3 settings but no destination",
-                        self.database[i - 1].path.display()
+                        d.path.display()
                     )));
                 }
-                continue;
-            };
-            let loc = Location::parse(dest)?;
-            if !matches!(loc, Location::S3 { .. }) {
-                if own {
+                (Some(_), Some(dest), Some(d)) => {
                     return Err(Error::usage(format!(
                         "database {} has s3 settings, but its destination {} is not s3://",
-                        self.database[i - 1].path.display(),
+                        d.path.display(),
                         dest.display()
                     )));
                 }
-                continue;
-            }
-            settings.check()?;
+                _ => continue,
+            };
             #[cfg(feature = "s3")]
             crate::store::s3::S3Config::resolve(&settings)?;
-            let url = loc.display();
             if let Some((_, other)) = seen.iter().find(|(u, _)| *u == url) {
                 if *other != settings {
                     return Err(Error::usage(format!(

@@ -317,19 +317,11 @@ impl LocalStore {
         let mut n = 0;
         for ent in rd.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+            let Some((host, pid)) = super::temp_owner(&name) else {
                 continue;
             };
-            let mut parts = rest.splitn(3, '-');
-            let (host, pid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let pid: u32 = pid.parse().unwrap_or(0);
-            let dead_here = host == mine && !sys::pid_alive(pid);
-            let old = ent
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_AGE);
+            let dead_here = host == mine && !sys::pid_alive(pid.unwrap_or(0));
+            let old = super::entry_age(&ent).is_some_and(|age| age > STALE_AGE);
             if dead_here || old {
                 let p = ent.path();
                 let removed = if p.is_dir() {

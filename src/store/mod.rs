@@ -195,6 +195,19 @@ pub fn scratch_path(what: &str, name: &str) -> PathBuf {
     ))
 }
 
+/// The tag and process id of a walbundle temporary named `.wbtmp-<tag>-<pid>-…` (the pid
+/// `None` if that part is not a number); `None` for other names.
+pub(crate) fn temp_owner(name: &str) -> Option<(&str, Option<u32>)> {
+    let mut parts = name.strip_prefix(TEMP_PREFIX)?.splitn(3, '-');
+    let tag = parts.next().unwrap_or("");
+    Some((tag, parts.next().and_then(|p| p.parse().ok())))
+}
+
+/// How long ago the entry was last modified, if that can be told.
+pub(crate) fn entry_age(e: &std::fs::DirEntry) -> Option<std::time::Duration> {
+    e.metadata().ok()?.modified().ok()?.elapsed().ok()
+}
+
 /// What [`scratch_path`] names are for; [`clean_dead_scratch`] removes only these.
 const SCRATCH_KINDS: [&str; 3] = ["fetch", "upload", "stage"];
 
@@ -212,25 +225,13 @@ pub fn clean_dead_scratch() -> usize {
         };
         for e in rd.flatten() {
             let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
-                continue;
-            };
-            let mut parts = rest.splitn(3, '-');
-            let (Some(kind), Some(pid)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let Ok(pid) = pid.parse::<u32>() else {
+            let Some((kind, Some(pid))) = name.to_str().and_then(temp_owner) else {
                 continue;
             };
             if !SCRATCH_KINDS.contains(&kind) || crate::sys::pid_alive(pid) {
                 continue;
             }
-            let recent = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age < std::time::Duration::from_secs(600));
+            let recent = entry_age(&e).is_none_or(|age| age < std::time::Duration::from_secs(600));
             if recent {
                 continue;
             }

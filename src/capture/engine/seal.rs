@@ -15,14 +15,14 @@ impl Capturer {
         let header_ps = p.header.page_size as usize;
         let res = (|| -> Result<(BundleHeader, [u8; 32], u64)> {
             // A spilled body (one huge transaction) is compressed as version 1.
-            let keep = !p.body.is_spilled();
-            let refs: Vec<u32> = if keep {
-                p.refs.keys().copied().collect()
+            let taken = if p.body.is_spilled() {
+                std::collections::BTreeMap::new()
             } else {
-                Vec::new()
+                p.refs
             };
+            let refs: Vec<u32> = taken.keys().copied().collect();
             let mut reference = Vec::with_capacity(refs.len() * header_ps);
-            for page in p.refs.values().filter(|_| keep) {
+            for page in taken.values() {
                 reference.extend_from_slice(page);
             }
             let (w, raw) = p
