@@ -339,6 +339,134 @@ fn systemd_units_verify_and_install_is_idempotent() {
     assert!(!la.join("com.walbundle.mac.plist").exists());
 }
 
+/// The Windows Task Scheduler definition, generated here (the real `schtasks` registers it in
+/// the Wine suite, tests/windows.rs): UTF-16 with a byte-order mark as `schtasks /XML` reads
+/// it, the schema's element order, both actions through the windowless launcher with a path
+/// that needs quoting, idempotent, listed, removed; capture mode refused.
+#[test]
+fn task_scheduler_definition_is_well_formed_idempotent_and_removed() {
+    let t = Tmp::new();
+    let db = t.path("p/app.db");
+    new_db(&db, 10);
+    let cfg = t.path("my config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dest = {:?}\n[[database]]\npath = {db:?}\nmode = \"snapshot\"\n",
+            t.path("dest")
+        ),
+    )
+    .unwrap();
+    let tasks = t.path("tasks");
+    let install = |mode: &str| {
+        wb_env(
+            [
+                "schedule",
+                "install",
+                "--name",
+                "app",
+                "--config",
+                s(&cfg),
+                "--mode",
+                mode,
+                "--every",
+                "15m",
+                "--backend",
+                "task-scheduler",
+                "--unit-dir",
+                s(&tasks),
+                "--no-start",
+                "--json",
+            ],
+            &[("LOCALAPPDATA", s(&t.path("appdata")))],
+        )
+    };
+    let first = install("snapshot");
+    first.ok();
+    assert_eq!(first.json()["changed"], true);
+    assert_eq!(first.json()["backend"], "task-scheduler");
+    let xml_path = tasks.join("walbundle-app.xml");
+    let bytes = std::fs::read(&xml_path).unwrap();
+    assert_eq!(
+        &bytes[..2],
+        &[0xFF, 0xFE],
+        "UTF-16LE with a byte-order mark"
+    );
+    // Parsed by a real XML parser, checked element by element.
+    let check = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import sys, xml.etree.ElementTree as ET
+ns = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
+root = ET.parse(sys.argv[1]).getroot()
+tt = root.find("t:Triggers/t:TimeTrigger", ns)
+print("order", [c.tag.split("}")[1] for c in tt])
+print("interval", tt.find("t:Repetition/t:Interval", ns).text)
+print("uri", root.find("t:RegistrationInfo/t:URI", ns).text)
+print("policy", root.find("t:Settings/t:MultipleInstancesPolicy", ns).text)
+for e in root.findall("t:Actions/t:Exec", ns):
+    print("exec", e.find("t:Command", ns).text, "|", e.find("t:Arguments", ns).text)
+"#,
+        )
+        .arg(&xml_path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        out.contains("order ['Enabled', 'StartBoundary', 'Repetition']"),
+        "{out}"
+    );
+    assert!(
+        out.contains("interval PT15M") && out.contains("uri \\walbundle\\app"),
+        "{out}"
+    );
+    assert!(out.contains("policy IgnoreNew"), "{out}");
+    let execs: Vec<&str> = out.lines().filter(|l| l.starts_with("exec ")).collect();
+    assert_eq!(execs.len(), 2, "{out}");
+    let log = t.path("appdata").join("walbundle/logs/app.log");
+    for (line, verb) in execs.iter().zip(["snapshot", "compact"]) {
+        assert!(line.contains("walbundle-task |"), "{line}");
+        assert!(
+            line.contains(&format!(
+                "--log {} {verb} --config \"{}\" -q",
+                log.display(),
+                cfg.display()
+            )),
+            "{line}"
+        );
+    }
+    let again = install("snapshot");
+    again.ok();
+    assert_eq!(
+        again.json()["changed"],
+        false,
+        "a second install changed the task"
+    );
+    let l = wb(["schedule", "list", "--unit-dir", s(&tasks)]);
+    l.ok();
+    assert!(l.stdout.contains("app\ttask-scheduler"), "{}", l.stdout);
+    install("capture")
+        .code(2)
+        .stderr_has("not available on Windows");
+    wb([
+        "schedule",
+        "remove",
+        "--name",
+        "app",
+        "--unit-dir",
+        s(&tasks),
+        "--no-start",
+    ])
+    .ok();
+    assert!(!xml_path.exists());
+}
+
 /// The cron path against the real `crontab`, restoring the user's own table afterwards.
 #[test]
 fn cron_schedule_is_idempotent_and_removed_without_trace() {

@@ -1,5 +1,7 @@
 //! walbundle's integration tests: one binary, real SQLite databases, real writer processes,
-//! real files, the real `walbundle` executable.
+//! real files, the real `walbundle` executable. Unix only (Python writers, `kill -9`, POSIX
+//! locks, tmpfs); what Windows users run is tested by `tests/windows.rs`, under Wine in CI.
+#![cfg(unix)]
 
 mod support;
 

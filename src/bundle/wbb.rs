@@ -699,18 +699,18 @@ pub fn finish_file(
     path: &std::path::Path,
     raw_len: u64,
 ) -> Result<([u8; 32], u64)> {
+    use crate::sys::{read_at, write_all_at};
     use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::FileExt;
     let io = |e| Error::io(path, "writing bundle", e);
     let end = file.seek(SeekFrom::End(0)).map_err(io)?;
     header.body_len = end - HEADER_LEN as u64;
     header.body_raw_len = raw_len;
-    file.write_all_at(&header.encode(), 0).map_err(io)?;
+    write_all_at(file, &header.encode(), 0).map_err(io)?;
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     while off < end {
-        let n = file.read_at(&mut buf, off).map_err(io)?;
+        let n = read_at(file, &mut buf, off).map_err(io)?;
         if n == 0 {
             return Err(Error::corrupt(path, "bundle shrank while being written"));
         }
@@ -724,7 +724,7 @@ pub fn finish_file(
     t.extend_from_slice(&TRAILER_MAGIC);
     t.extend_from_slice(&total.to_le_bytes());
     t.extend_from_slice(&digest);
-    file.write_all_at(&t, end).map_err(io)?;
+    write_all_at(file, &t, end).map_err(io)?;
     crate::fault::io::sync_file(file, path).map_err(io)?;
     Ok((digest, total))
 }

@@ -29,7 +29,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::sqlite::wal::ShmHeader;
-use crate::sys::{file_id, posix_lock_held};
+use crate::sys::{file_id, lock_held};
 
 /// Byte offsets of SQLite's locks in the `-shm` file (wal.c: `WALINDEX_LOCK_OFFSET` 120, then
 /// WRITE, CKPT, RECOVER, READ(0..4); os_unix.c: the dead-man switch `UNIX_SHM_DMS` at 128).
@@ -94,11 +94,7 @@ impl Shm {
         }
         let f = Arc::new(File::open(path).ctx(path, "opening wal-index")?);
         // The path may have been replaced between the stat and the open: key by what we got.
-        let id = {
-            use std::os::unix::fs::MetadataExt;
-            let md = f.metadata().ctx(path, "reading wal-index identity")?;
-            (md.dev(), md.ino())
-        };
+        let id = crate::sys::file_id_of(&f).ctx(path, "reading wal-index identity")?;
         files.push((id, Arc::downgrade(&f)));
         Ok(Self {
             file: f,
@@ -131,13 +127,13 @@ impl Shm {
     /// or a recovery: either may be waiting for walbundle's read mark. Locks held by this
     /// process are invisible to the probe (POSIX locks are per process).
     pub fn blocking_checkpoint(&self) -> bool {
-        posix_lock_held(&self.file, CKPT_LOCK, 1, true).unwrap_or(false)
-            && posix_lock_held(&self.file, WRITE_LOCK, 1, true).unwrap_or(false)
+        lock_held(&self.file, CKPT_LOCK, 1, true).unwrap_or(false)
+            && lock_held(&self.file, WRITE_LOCK, 1, true).unwrap_or(false)
     }
 
     /// Does another process have a connection to this wal-index (its dead-man-switch lock)?
     pub fn others_attached(&self) -> bool {
-        posix_lock_held(&self.file, DMS_LOCK, 1, true).unwrap_or(true)
+        lock_held(&self.file, DMS_LOCK, 1, true).unwrap_or(true)
     }
 
     /// The identity of the file this descriptor reads.

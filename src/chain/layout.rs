@@ -60,11 +60,13 @@ pub const HEARTBEAT_FILE: &str = ".walbundle-capture.json";
 
 /// The lock file compaction and retention hold (flock) at the set's root; it names its holder.
 pub const MAINTENANCE_LOCK: &str = ".walbundle-maintenance.lock";
+/// The writer lock on Windows, where a folder cannot be locked (format section 2).
+pub const WRITER_LOCK: &str = ".walbundle-writer.lock";
 
 /// True for the files walbundle keeps at a set's root besides its chains: the set record, the
 /// maintenance lock and capture's heartbeat.
 pub fn is_set_file(name: &str) -> bool {
-    name == SET_FILE || name == MAINTENANCE_LOCK || name == HEARTBEAT_FILE
+    name == SET_FILE || name == MAINTENANCE_LOCK || name == WRITER_LOCK || name == HEARTBEAT_FILE
 }
 
 /// True for every name walbundle writes inside a set (and only those): what it may delete.

@@ -251,8 +251,21 @@ impl BackupSet {
         }
         let dir = &self.state_dir();
         crate::store::ensure_dir_durable(dir)?;
-        let f = File::open(dir).ctx(dir, "opening set folder for locking")?;
-        if !crate::sys::try_flock_exclusive(&f).ctx(dir, "locking set")? {
+        // Unix: a lock on the folder itself. Windows cannot open a folder as a file: a lock
+        // file in it instead.
+        let f = if cfg!(windows) {
+            let path = dir.join(layout::WRITER_LOCK);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .ctx(&path, "opening the writer lock")?
+        } else {
+            File::open(dir).ctx(dir, "opening set folder for locking")?
+        };
+        if !crate::sys::try_lock_exclusive(&f).ctx(dir, "locking set")? {
             return Err(Error::new(
                 ErrorKind::Busy,
                 "another walbundle process is writing to this set (snapshot or capture)",
@@ -286,7 +299,7 @@ impl BackupSet {
             .truncate(false)
             .open(&path)
             .ctx(&path, "opening the maintenance lock")?;
-        if !crate::sys::try_flock_exclusive(&f).ctx(&path, "locking")? {
+        if !crate::sys::try_lock_exclusive(&f).ctx(&path, "locking")? {
             let mut holder = String::new();
             let _ = Read::by_ref(&mut f).take(512).read_to_string(&mut holder);
             let holder = holder.trim();

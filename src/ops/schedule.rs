@@ -1,6 +1,7 @@
 //! Schedules that keep a config's databases protected without a human: systemd user units, a
-//! tagged crontab entry, or a launchd agent, running `walbundle capture`/`snapshot`/`compact`
-//! for a config. Install is idempotent on the name; remove leaves nothing behind.
+//! tagged crontab entry, a launchd agent, or a Windows Task Scheduler task, running `walbundle
+//! capture`/`snapshot`/`compact` for a config. Install is idempotent on the name; remove leaves
+//! nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,6 +25,10 @@ pub enum Backend {
     Cron,
     /// A launchd agent (macOS).
     Launchd,
+    /// A Windows Task Scheduler task `\walbundle\NAME` (snapshot mode), registered with
+    /// `schtasks /Create /XML`.
+    #[serde(rename = "task-scheduler")]
+    TaskScheduler,
 }
 
 /// What to install.
@@ -39,9 +44,10 @@ pub struct InstallOptions {
     pub every: Duration,
     /// Where the schedule lives.
     pub backend: Backend,
-    /// Units (or the launchd plist) go into this folder instead of the user's default.
+    /// Units (or the launchd plist, or the task XML) go into this folder instead of the user's
+    /// default.
     pub unit_dir: Option<PathBuf>,
-    /// Write the files only: do not call systemctl/launchctl.
+    /// Write the files only: do not call systemctl/launchctl/schtasks.
     pub no_start: bool,
     /// The walbundle executable the schedule runs (absolute).
     pub exe: PathBuf,
@@ -91,6 +97,16 @@ impl InstallReport {
 }
 
 const TAG: &str = "# walbundle:";
+
+/// The running walbundle executable, absolute (what a schedule records and runs).
+///
+/// # Errors
+/// `Io` if the OS cannot say where it is.
+pub fn this_executable() -> Result<PathBuf> {
+    std::env::current_exe()
+        .and_then(|p| crate::sys::canonicalize(&p))
+        .map_err(|e| Error::io(Path::new("walbundle"), "locating this executable", e))
+}
 
 pub fn check_name(n: &str) -> Result<()> {
     if n.is_empty()
@@ -352,14 +368,15 @@ fn linger_warning() -> Option<String> {
 /// install, not at 3 a.m.); `Io` writing files; a failing systemctl/launchctl/crontab call.
 pub fn install(a: &InstallOptions) -> Result<InstallReport> {
     check_name(&a.name)?;
-    let cfg_path =
-        std::fs::canonicalize(&a.config).map_err(|e| Error::io(&a.config, "reading config", e))?;
+    let cfg_path = crate::sys::canonicalize(&a.config)
+        .map_err(|e| Error::io(&a.config, "reading config", e))?;
     let cfg = Config::load(&cfg_path)?;
     // The databases must resolve now (a typo is better caught at install than at 3 a.m.).
     let dbs = cfg.resolve(&cfg_path, None)?;
     let mode_dbs = dbs.iter().filter(|d| d.mode == a.mode).count();
     let (exe, cfgs) = (a.exe.display().to_string(), cfg_path.display().to_string());
     let backend = match a.backend {
+        Backend::Auto if cfg!(windows) => Backend::TaskScheduler,
         Backend::Auto if systemd_available() => Backend::Systemd,
         Backend::Auto => Backend::Cron,
         b => b,
@@ -453,6 +470,61 @@ pub fn install(a: &InstallOptions) -> Result<InstallReport> {
             }
             report.files = vec![p.display().to_string()];
         }
+        Backend::TaskScheduler => {
+            if a.mode == Mode::Capture {
+                // The same refusal capture itself gives on Windows, at install rather than at
+                // every logon.
+                crate::capture::engine::refuse_on_windows(&cfg_path).and(Err(Error::refused(
+                    "the Task Scheduler backend runs snapshot mode only (continuous capture \
+                         is not available on Windows)",
+                )
+                .at(&cfg_path)
+                .hint("pass --mode snapshot --every 15m (or the interval you want)")))?;
+            }
+            let dir = tasks_dir(a.unit_dir.as_deref());
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "creating folder", e))?;
+            let launcher = launcher_beside(&a.exe);
+            if cfg!(windows) && !launcher.exists() {
+                return Err(Error::refused(
+                    "walbundle-task.exe, which the task runs so that no console window opens, \
+                     is not beside walbundle.exe",
+                )
+                .at(&launcher)
+                .hint("install both executables of the release into one folder"));
+            }
+            let p = dir.join(format!("walbundle-{}.xml", a.name));
+            let log = log_dir().join(format!("{}.log", a.name));
+            let xml = task_xml(
+                &a.name,
+                &launcher,
+                &cfg_path,
+                &log,
+                a.every,
+                jiff::Zoned::now(),
+            );
+            // The start boundary is the install time: compare without it.
+            let old = std::fs::read(&p).ok().and_then(|b| utf16_text(&b));
+            report.changed = old.as_deref().map(without_start) != Some(without_start(&xml));
+            if report.changed {
+                std::fs::write(&p, utf16_with_bom(&xml))
+                    .map_err(|e| Error::io(&p, "writing task XML", e))?;
+            }
+            if !a.no_start {
+                let tn = task_name(&a.name);
+                run_checked(
+                    Command::new("schtasks")
+                        .args(["/Create", "/TN", &tn, "/XML"])
+                        .arg(&p)
+                        .arg("/F"),
+                    &format!("schtasks /Create /TN {tn} /XML … /F"),
+                )?;
+            }
+            report.files = vec![p.display().to_string()];
+            warnings.push(format!(
+                "the task runs while you are logged on; its output goes to {}",
+                log.display()
+            ));
+        }
         Backend::Auto => unreachable!("resolved above"),
     }
     if mode_dbs == 0 {
@@ -463,6 +535,203 @@ pub fn install(a: &InstallOptions) -> Result<InstallReport> {
     }
     report.warnings = warnings;
     Ok(report)
+}
+
+// ---- Windows Task Scheduler ----------------------------------------------------------------
+
+/// The task's full name: a `walbundle` folder in the Task Scheduler library.
+fn task_name(name: &str) -> String {
+    format!(r"\walbundle\{name}")
+}
+
+/// Where the task definitions are kept (what `schedule list` reads: Task Scheduler's own
+/// query is not needed, and not available under Wine): `%LOCALAPPDATA%\walbundle\tasks`.
+fn tasks_dir(over: Option<&Path>) -> PathBuf {
+    over.map(Path::to_path_buf)
+        .unwrap_or_else(|| local_app_data().join("walbundle").join("tasks"))
+}
+
+/// `%LOCALAPPDATA%\walbundle\logs`, where the scheduled runs write.
+fn log_dir() -> PathBuf {
+    local_app_data().join("walbundle").join("logs")
+}
+
+fn local_app_data() -> PathBuf {
+    std::env::var_os("LOCALAPPDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".local/state"))
+}
+
+fn launcher_beside(exe: &Path) -> PathBuf {
+    let name = if cfg!(windows) {
+        "walbundle-task.exe"
+    } else {
+        "walbundle-task"
+    };
+    exe.with_file_name(name)
+}
+
+/// One argument of a Windows command line, quoted the way `CommandLineToArgvW` (and Rust's,
+/// and the C runtime's) parsing reads it back.
+fn win_quote(s: &str) -> String {
+    if !s.is_empty() && !s.contains([' ', '\t', '"']) {
+        return s.to_string();
+    }
+    let mut out = String::from("\"");
+    let mut backslashes = 0;
+    for c in s.chars() {
+        match c {
+            '\\' => backslashes += 1,
+            '"' => {
+                out.extend(std::iter::repeat_n('\\', backslashes * 2 + 1));
+                out.push('"');
+                backslashes = 0;
+            }
+            c => {
+                out.extend(std::iter::repeat_n('\\', backslashes));
+                out.push(c);
+                backslashes = 0;
+            }
+        }
+    }
+    out.extend(std::iter::repeat_n('\\', backslashes * 2));
+    out.push('"');
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// ISO 8601 duration of at least a minute, in minutes (`PT15M`).
+fn iso_minutes(every: Duration) -> String {
+    format!("PT{}M", (every.as_secs() / 60).clamp(1, 31 * 24 * 60))
+}
+
+/// The task definition (elements in the schema's order: triggers are a sequence): a time
+/// trigger repeating every `every` from `now` (missed runs are
+/// started when the machine is back), two actions — snapshot, then compaction — each through
+/// the launcher (no console window, output appended to `log`), one instance at a time, a
+/// four-hour limit per run, and the user's own rights while logged on (README "Windows").
+fn task_xml(
+    name: &str,
+    launcher: &Path,
+    cfg: &Path,
+    log: &Path,
+    every: Duration,
+    now: jiff::Zoned,
+) -> String {
+    let start = now.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    let action = |verb: &str| {
+        let args = [
+            "--log".to_string(),
+            log.display().to_string(),
+            verb.to_string(),
+            "--config".to_string(),
+            cfg.display().to_string(),
+            "-q".to_string(),
+        ];
+        let line: Vec<String> = args.iter().map(|a| win_quote(a)).collect();
+        format!(
+            "    <Exec>\n      <Command>{}</Command>\n      <Arguments>{}</Arguments>\n    </Exec>\n",
+            xml_escape(&win_quote(&launcher.display().to_string())),
+            xml_escape(&line.join(" "))
+        )
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-16\"?>\n\
+         <Task version=\"1.2\" xmlns=\"http://schemas.microsoft.com/windows/2004/02/mit/task\">\n\
+         \x20 <RegistrationInfo>\n\
+         \x20   <Description>walbundle snapshot and compaction ({name}) for {}</Description>\n\
+         \x20   <URI>{}</URI>\n\
+         \x20 </RegistrationInfo>\n\
+         \x20 <Triggers>\n\
+         \x20   <TimeTrigger>\n\
+         \x20     <Enabled>true</Enabled>\n\
+         \x20     <StartBoundary>{start}</StartBoundary>\n\
+         \x20     <Repetition>\n\
+         \x20       <Interval>{}</Interval>\n\
+         \x20       <StopAtDurationEnd>false</StopAtDurationEnd>\n\
+         \x20     </Repetition>\n\
+         \x20   </TimeTrigger>\n\
+         \x20 </Triggers>\n\
+         \x20 <Principals>\n\
+         \x20   <Principal id=\"Author\">\n\
+         \x20     <LogonType>InteractiveToken</LogonType>\n\
+         \x20     <RunLevel>LeastPrivilege</RunLevel>\n\
+         \x20   </Principal>\n\
+         \x20 </Principals>\n\
+         \x20 <Settings>\n\
+         \x20   <MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>\n\
+         \x20   <DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>\n\
+         \x20   <StopIfGoingOnBatteries>false</StopIfGoingOnBatteries>\n\
+         \x20   <StartWhenAvailable>true</StartWhenAvailable>\n\
+         \x20   <RunOnlyIfNetworkAvailable>false</RunOnlyIfNetworkAvailable>\n\
+         \x20   <ExecutionTimeLimit>PT4H</ExecutionTimeLimit>\n\
+         \x20   <Enabled>true</Enabled>\n\
+         \x20   <Hidden>false</Hidden>\n\
+         \x20   <RestartOnFailure>\n\
+         \x20     <Interval>PT5M</Interval>\n\
+         \x20     <Count>3</Count>\n\
+         \x20   </RestartOnFailure>\n\
+         \x20 </Settings>\n\
+         \x20 <Actions Context=\"Author\">\n{}{}\
+         \x20 </Actions>\n\
+         </Task>\n",
+        xml_escape(&cfg.display().to_string()),
+        xml_escape(&task_name(name)),
+        iso_minutes(every),
+        action("snapshot"),
+        action("compact"),
+    )
+}
+
+/// The definition without its `StartBoundary` line (which is the install time).
+fn without_start(xml: &str) -> String {
+    xml.lines()
+        .filter(|l| !l.trim_start().starts_with("<StartBoundary>"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// UTF-16LE with a byte-order mark: the encoding `schtasks /XML` reads.
+fn utf16_with_bom(s: &str) -> Vec<u8> {
+    let mut b = vec![0xFF, 0xFE];
+    for u in s.encode_utf16() {
+        b.extend_from_slice(&u.to_le_bytes());
+    }
+    b
+}
+
+fn utf16_text(b: &[u8]) -> Option<String> {
+    let body = b.strip_prefix(&[0xFF, 0xFE])?;
+    let units: Vec<u16> = body
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+fn installed_tasks(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    let n = f
+                        .strip_prefix("walbundle-")?
+                        .strip_suffix(".xml")?
+                        .to_string();
+                    Some((n, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn installed_units(dir: &Path, name: &str) -> Vec<String> {
@@ -510,6 +779,12 @@ fn all_schedules(unit_dir: Option<&Path>) -> Vec<(String, &'static str, String)>
             }
         }
     }
+    let td = tasks_dir(unit_dir);
+    if cfg!(windows) || unit_dir.is_some() {
+        for (n, p) in installed_tasks(&td) {
+            out.push((n, "task-scheduler", p.display().to_string()));
+        }
+    }
     let ld = launchd_dir(None);
     if let Ok(rd) = std::fs::read_dir(&ld) {
         for e in rd.flatten() {
@@ -530,7 +805,7 @@ fn all_schedules(unit_dir: Option<&Path>) -> Vec<(String, &'static str, String)>
 pub struct Schedule {
     /// The schedule's name.
     pub name: String,
-    /// `systemd`, `cron` or `launchd`.
+    /// `systemd`, `cron`, `launchd` or `task-scheduler`.
     pub backend: &'static str,
     /// The unit or plist file, or the crontab line.
     pub entry: String,
@@ -585,6 +860,18 @@ pub fn remove(name: &str, unit_dir: Option<&Path>, no_start: bool) -> Result<Vec
             write_crontab(&next)?;
         }
         removed.push(format!("crontab entries tagged {TAG}{}", name));
+    }
+    let task = tasks_dir(unit_dir).join(format!("walbundle-{name}.xml"));
+    if task.exists() {
+        if !no_start {
+            let tn = task_name(name);
+            run_checked(
+                Command::new("schtasks").args(["/Delete", "/TN", &tn, "/F"]),
+                &format!("schtasks /Delete /TN {tn} /F"),
+            )?;
+        }
+        std::fs::remove_file(&task).map_err(|e| Error::io(&task, "removing", e))?;
+        removed.push(task.display().to_string());
     }
     let plist = launchd_dir(unit_dir).join(format!("com.walbundle.{}.plist", name));
     if plist.exists() {

@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -69,8 +68,7 @@ impl Live {
                 .ctx(out_path, "resizing")?;
         }
         for (pgno, page) in &self.dirty {
-            f.write_all_at(page, len_of(pgno - 1))
-                .ctx(out_path, "writing")?;
+            crate::sys::write_all_at(f, page, len_of(pgno - 1)).ctx(out_path, "writing")?;
         }
         if self.page_count != self.min_count.min(self.file_pages)
             || self.file_pages != self.page_count

@@ -53,9 +53,8 @@ impl CheckLevel {
 
 /// `file:` URI for `path` (percent-encoding everything but unreserved characters and `/`).
 pub fn file_uri(path: &Path, query: &str) -> String {
-    use std::os::unix::ffi::OsStrExt;
     let mut s = String::from("file:");
-    for &b in path.as_os_str().as_bytes() {
+    for &b in crate::sys::path_bytes(path).iter() {
         if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
             s.push(char::from(b));
         } else {
@@ -190,17 +189,43 @@ pub struct RestoreReport {
 
 /// Refuse to touch `out` while a SQLite connection (any process) has it open.
 fn refuse_if_in_use(out: &Path) -> Result<()> {
+    #[cfg(windows)]
+    {
+        // Windows: locks cannot be probed (crate::sys), but open handles can: an exclusive
+        // open (no sharing) fails with a sharing violation while any process has the file open.
+        use std::os::windows::fs::OpenOptionsExt;
+        for p in [
+            out.to_path_buf(),
+            sidecar(out, "-wal"),
+            sidecar(out, "-shm"),
+        ] {
+            let probe = std::fs::OpenOptions::new()
+                .read(true)
+                .share_mode(0)
+                .open(&p);
+            if probe.is_err_and(|e| e.raw_os_error() == Some(32)) {
+                return Err(in_use(out));
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(windows))]
+    refuse_if_in_use_unix(out)
+}
+
+#[cfg(not(windows))]
+fn refuse_if_in_use_unix(out: &Path) -> Result<()> {
     // WAL mode: every open connection holds a shared lock on the -shm "dead man switch" byte.
     let shm = sidecar(out, "-shm");
     if let Ok(f) = File::open(&shm)
-        && crate::sys::posix_lock_held(&f, 128, 1, true).unwrap_or(false)
+        && crate::sys::lock_held(&f, 128, 1, true).unwrap_or(false)
     {
         return Err(in_use(out));
     }
     // Any mode: a connection inside a transaction holds locks near the pending byte.
     if let Ok(f) = File::open(out) {
         let pending = i64::try_from(crate::bundle::checksum::PENDING_BYTE).unwrap_or(i64::MAX);
-        if crate::sys::posix_lock_held(&f, pending, 512, true).unwrap_or(false) {
+        if crate::sys::lock_held(&f, pending, 512, true).unwrap_or(false) {
             return Err(in_use(out));
         }
     }

@@ -56,7 +56,7 @@ impl SourceDb {
         if md.is_dir() {
             return Err(Error::usage("is a folder, not a SQLite database file").at(path));
         }
-        let canonical = std::fs::canonicalize(path).ctx(path, "resolving path")?;
+        let canonical = crate::sys::canonicalize(path).ctx(path, "resolving path")?;
         Ok(Self {
             path: path.to_path_buf(),
             canonical,
@@ -203,7 +203,7 @@ fn canonical_prefix(p: &Path) -> Result<PathBuf> {
     let mut existing = abs.as_path();
     let mut rest = Vec::new();
     loop {
-        if let Ok(c) = std::fs::canonicalize(existing) {
+        if let Ok(c) = crate::sys::canonicalize(existing) {
             let mut out = c;
             for part in rest.iter().rev() {
                 out.push(part);

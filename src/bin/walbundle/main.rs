@@ -64,8 +64,8 @@ enum Command {
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\nformat: reads and writes version 1 of the set record (walbundle-set), the generation \
-     manifest (walbundle-generation), the generation image and the WAL bundle (.wbb); \
-     spec: format/README.md"
+     manifest (walbundle-generation) and the generation image, versions 1 and 2 of the WAL \
+     bundle (.wbb); spec: format/README.md"
 );
 
 /// SQLite check on a materialised image.

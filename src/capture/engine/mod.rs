@@ -411,6 +411,30 @@ fn open_readers(src: &SourceDb, busy: Duration) -> Result<(Vec<Connection>, Shm)
     Ok((readers, shm))
 }
 
+/// Continuous capture needs to see, without taking them, the locks SQLite connections hold on
+/// the wal-index (whether a checkpoint runs, whether anyone still has the database open): on
+/// Windows those byte-range locks are mandatory and cannot be probed without being taken, and
+/// taking one even briefly makes the application's next write fail with `SQLITE_BUSY` when it
+/// has no busy timeout. So capture refuses there, pointing to snapshot mode (tested under
+/// Wine: `tests/windows.rs`).
+///
+/// # Errors
+/// `Refused` on Windows.
+pub fn refuse_on_windows(db: &std::path::Path) -> Result<()> {
+    if cfg!(windows) {
+        return Err(Error::refused(
+            "continuous capture is not available on Windows: it needs to observe the \
+             application's SQLite locks, which Windows only lets a process see by taking them",
+        )
+        .at(db)
+        .hint(
+            "back it up with `walbundle snapshot` (and `walbundle schedule install --mode \
+             snapshot --every 15m` to repeat it), which is complete and safe on Windows",
+        ));
+    }
+    Ok(())
+}
+
 impl Capturer {
     /// Open `src` for capture into `set` (whose writer lock is taken here): resume the newest
     /// chain if the WAL still proves continuity, else start a new chain with the reason.
@@ -419,6 +443,7 @@ impl Capturer {
     /// `Usage` if the database is not in WAL mode; `Busy` if another process writes the set;
     /// anything a snapshot can fail with.
     pub fn start(src: SourceDb, mut set: BackupSet, opts: CaptureOptions) -> Result<Self> {
+        refuse_on_windows(&src.path)?;
         set.lock_writer()?;
         set.objects().set_patience(CAPTURE_PATIENCE);
         // Bundles a killed capture was writing are hidden temporaries: remove them.

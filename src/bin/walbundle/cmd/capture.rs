@@ -98,6 +98,10 @@ fn options(a: &Args, interval: Duration, max_wal_mib: u64, max_bundle_mib: u64) 
 }
 
 pub fn run(a: Args) -> Result<u8> {
+    // Windows: refused before anything starts (see `refuse_on_windows` for why).
+    if let Some(p) = a.config.as_ref().or(a.db.as_ref()) {
+        walbundle::capture::engine::refuse_on_windows(p)?;
+    }
     // A few descriptors per database: lift the soft limit to the hard one, as Go programs do.
     if let Err(e) = supervisor::raise_open_files_limit() {
         ui::log(

@@ -1,13 +1,13 @@
 //! `walbundle schedule install|list|remove`: keep a config's databases protected without a
 //! terminal — systemd user units where the user manager runs, a tagged crontab entry
-//! otherwise, or a launchd agent on macOS.
+//! otherwise, a launchd agent on macOS, a Task Scheduler task on Windows.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use walbundle::Result;
 use walbundle::ops::config::{self, Mode};
 use walbundle::ops::schedule::{self as sched, InstallOptions};
-use walbundle::{Error, Result};
 
 use crate::Common;
 use crate::ui;
@@ -32,8 +32,11 @@ pub enum Action {
         user manager, which ends at logout unless lingering is enabled: `loginctl enable-linger`), \
         cron (crontab lines tagged `# walbundle:NAME`; capture is started every minute under \
         `flock -n`, so it is restarted within a minute after a crash or reboot), launchd (a \
-        LaunchAgent plist in ~/Library/LaunchAgents). auto: systemd if `systemctl --user` \
-        works, else cron."
+        LaunchAgent plist in ~/Library/LaunchAgents), task-scheduler (Windows, snapshot mode: \
+        a task \\walbundle\\NAME registered with `schtasks /Create /XML`, its definition kept in \
+        %LOCALAPPDATA%\\walbundle\\tasks, run through walbundle-task.exe so that no console \
+        window opens, output appended to %LOCALAPPDATA%\\walbundle\\logs\\NAME.log). auto: \
+        task-scheduler on Windows; elsewhere systemd if `systemctl --user` works, else cron."
     )]
     Install(InstallArgs),
     /// List installed schedules (units, crontab entries, agents).
@@ -59,10 +62,11 @@ pub struct InstallArgs {
     pub every: Duration,
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: sched::Backend,
-    /// Write units (or the launchd plist) into this folder instead of the user's default.
+    /// Write units (or the launchd plist, or the task XML) into this folder instead of the
+    /// user's default.
     #[arg(long, value_name = "DIR")]
     pub unit_dir: Option<PathBuf>,
-    /// Write the files only: do not call systemctl/launchctl.
+    /// Write the files only: do not call systemctl/launchctl/schtasks.
     #[arg(long)]
     pub no_start: bool,
     #[command(flatten)]
@@ -86,7 +90,7 @@ pub struct RemoveArgs {
     /// Remove units from this folder instead of the user's default.
     #[arg(long, value_name = "DIR")]
     pub unit_dir: Option<PathBuf>,
-    /// Remove the files only: do not call systemctl/launchctl.
+    /// Remove the files only: do not call systemctl/launchctl/schtasks.
     #[arg(long)]
     pub no_start: bool,
     #[command(flatten)]
@@ -102,9 +106,7 @@ pub fn run(a: Args) -> Result<u8> {
 }
 
 fn install(a: InstallArgs) -> Result<u8> {
-    let exe = std::env::current_exe()
-        .and_then(std::fs::canonicalize)
-        .map_err(|e| Error::io(Path::new("walbundle"), "locating this executable", e))?;
+    let exe = sched::this_executable()?;
     let r = sched::install(&InstallOptions {
         name: a.name,
         config: a.config,

@@ -1,5 +1,4 @@
-//! The few operating-system calls std does not offer. Every `unsafe` block in the crate lives
-//! here, each a single libc call on values we own.
+//! Unix (Linux, macOS): each call a single libc call on values we own.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -7,24 +6,17 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::STOP;
+
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-/// Rename `from` to `to`, failing with `AlreadyExists` if `to` exists (files and directories).
-///
 /// Linux: `renameat2(RENAME_NOREPLACE)`, atomic. Where the file system does not support it
 /// (some FUSE and network file systems), fall back to check-then-rename: a tiny race window, but
 /// walbundle also holds the set lock while it publishes, so no second walbundle races it.
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    crate::fault::io::inject("rename", to)?;
-    rename_noreplace_inner(from, to)?;
-    crate::fault::io::record(format_args!("rename\t{}\t{}", from.display(), to.display()));
-    Ok(())
-}
-
-fn rename_noreplace_inner(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn rename_noreplace_inner(from: &Path, to: &Path) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         let (f, t) = (cstr(from)?, cstr(to)?);
@@ -87,32 +79,10 @@ fn hostname_uncached() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Non-blocking exclusive advisory lock (`flock`) on an open file. `Ok(false)` if another open
-/// file description holds it. Released when the file is closed (or the process dies).
-pub fn try_flock_exclusive(file: &std::fs::File) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the fd is valid for the lifetime of `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
-    }
-}
-
 /// Probe whether any process holds a POSIX (fcntl) lock that conflicts with a shared read lock
 /// on byte range `start..start+len` of `file`, without taking one (F_GETLK). SQLite's unix VFS
 /// uses such locks, so this answers "is a SQLite connection in some process using this file?".
-pub fn posix_lock_held(
-    file: &std::fs::File,
-    start: i64,
-    len: i64,
-    write: bool,
-) -> io::Result<bool> {
+pub fn lock_held(file: &std::fs::File, start: i64, len: i64, write: bool) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     // SAFETY: zeroed flock is a valid value for this plain C struct.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -128,25 +98,6 @@ pub fn posix_lock_held(
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
-/// Positional read that fills as much of `buf` as the file has; returns bytes read (short only
-/// at end of file). Never changes the file offset.
-pub fn pread_full(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// Set by SIGTERM/SIGINT once [`install_stop_signals`] has run.
-pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 extern "C" fn on_stop_signal(_: libc::c_int) {
     // Only an atomic store: async-signal-safe.
     STOP.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -161,10 +112,19 @@ pub fn install_stop_signals() {
     }
 }
 
-/// (device, inode) of a path, to notice a file being replaced.
+/// (device, inode) of a path, to notice a file being replaced. A `stat`, never an open: closing
+/// a descriptor of a file would drop the POSIX locks this process's SQLite connections hold on
+/// it.
 pub fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(path)?;
+    Ok((md.dev(), md.ino()))
+}
+
+/// (device, inode) of an open file.
+pub fn file_id_of(f: &std::fs::File) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = f.metadata()?;
     Ok((md.dev(), md.ino()))
 }
 
