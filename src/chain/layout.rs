@@ -93,6 +93,45 @@ pub fn check_set_name(name: &str) -> Result<(), String> {
     if name.contains(['/', '\\', '\0']) {
         return Err(format!("set name {name:?} contains a path separator"));
     }
+    if cfg!(windows) {
+        windows_portable(name)?;
+    }
+    Ok(())
+}
+
+/// What a Windows folder name cannot be: a device name (`CON`, `PRN`, `AUX`, `NUL`, `COM0`-`9`,
+/// `LPT0`-`9`, in any case, with or without an extension), one of `<>:"|?*` or a control
+/// character, or a name ending in a dot or a space (Windows drops those, so two names would
+/// meet). Unix allows these names, and sets made there keep them.
+pub fn windows_portable(name: &str) -> Result<(), String> {
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or(name)
+        .trim_end()
+        .to_ascii_uppercase();
+    let device = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit());
+    if device {
+        return Err(format!(
+            "set name {name:?} is a Windows device name, which no Windows folder can have"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| "<>:\"|?*".contains(*c) || c.is_control())
+    {
+        return Err(format!(
+            "set name {name:?} contains {c:?}, which Windows does not allow in a folder name"
+        ));
+    }
+    if name.ends_with(['.', ' ']) {
+        return Err(format!(
+            "set name {name:?} ends in a dot or a space, which Windows drops from folder names"
+        ));
+    }
     Ok(())
 }
 
@@ -108,5 +147,17 @@ mod test {
         let id = new_chain_id(jiff::Timestamp::now());
         assert!(is_chain_id(&id), "{id}");
         assert!(!is_chain_id("20261121T053550Z-ABCDEF12"));
+    }
+
+    #[test]
+    fn windows_refuses_device_names_and_characters_it_cannot_store() {
+        for bad in [
+            "CON", "nul", "Aux.db", "com1", "LPT9.x", "a:b", "q?", "end.", "end ",
+        ] {
+            assert!(windows_portable(bad).is_err(), "{bad}");
+        }
+        for good in ["app", "console", "com10", "nullable", "app.v2", "my app"] {
+            assert!(windows_portable(good).is_ok(), "{good}");
+        }
     }
 }

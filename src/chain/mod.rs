@@ -176,7 +176,9 @@ impl BackupSet {
     /// `Refused` if the set exists for a different database, or the folder exists and is not a
     /// set; `Io` if the destination cannot be created.
     pub fn open_or_create(dest: &Path, name: &str, source: &SourceIdentity) -> Result<Self> {
-        layout::check_set_name(name).map_err(Error::usage)?;
+        layout::check_set_name(name).map_err(|m| {
+            Error::usage(m).hint("name the set yourself: --name NAME, or `name` in the config")
+        })?;
         let (objects, local, dir) = stores(&Location::parse(dest)?.join(name))?;
         let exists = match &local {
             Some(store) => store.path(SET_FILE).exists(),

@@ -320,7 +320,13 @@ impl Config {
                     None if caps.is_empty() => stem,
                     None => format!("{stem}-{}", caps.join("-")),
                 };
-                if !names.insert((dest.clone(), name.clone())) {
+                // Windows and macOS file systems ignore case: `App` and `app` are one folder.
+                let key = if cfg!(any(windows, target_os = "macos")) {
+                    name.to_lowercase()
+                } else {
+                    name.clone()
+                };
+                if !names.insert((dest.clone(), key)) {
                     return Err(Error::usage(format!(
                         "two databases would share the set {} ({}): give the entry a `name` \
                          with {{1}} for the matched part",

@@ -124,12 +124,29 @@ pub fn path_bytes(p: &Path) -> std::borrow::Cow<'_, [u8]> {
 /// messages. Longer paths keep the prefix, which lifts the 260-character limit for SQLite and
 /// std alike.
 pub fn canonicalize(path: &Path) -> io::Result<std::path::PathBuf> {
-    let c = std::fs::canonicalize(path)?;
-    Ok(if cfg!(windows) {
-        plain_windows_path(c)
-    } else {
-        c
-    })
+    if !cfg!(windows) {
+        return std::fs::canonicalize(path);
+    }
+    match std::fs::canonicalize(path) {
+        Ok(c) => Ok(plain_windows_path(c)),
+        // Wine answers ERROR_MORE_DATA for paths past 260 characters: the absolute path of an
+        // existing file serves (it only skips resolving links), made verbatim when long.
+        Err(e) if e.raw_os_error() == Some(234) && path.exists() => {
+            Ok(verbatim_if_long(std::path::absolute(path)?))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn verbatim_if_long(p: std::path::PathBuf) -> std::path::PathBuf {
+    let Some(s) = p.to_str() else { return p };
+    if s.len() < 260 || s.starts_with(r"\\?\") {
+        return p;
+    }
+    match s.strip_prefix(r"\\") {
+        Some(unc) => format!(r"\\?\UNC\{unc}").into(),
+        None => format!(r"\\?\{s}").into(),
+    }
 }
 
 fn plain_windows_path(c: std::path::PathBuf) -> std::path::PathBuf {
@@ -158,5 +175,13 @@ mod tests {
         assert_eq!(p(r"\\?\Volume{1234}\x"), r"\\?\Volume{1234}\x");
         let long = format!(r"\\?\C:\{}", "a".repeat(300));
         assert_eq!(p(&long), long);
+        let v = |s: &str| super::verbatim_if_long(s.into()).display().to_string();
+        assert_eq!(v(r"C:\short"), r"C:\short");
+        assert_eq!(v(&long[4..]), long);
+        let unc = format!(r"\\server\share\{}", "b".repeat(300));
+        assert_eq!(
+            v(&unc),
+            format!(r"\\?\UNC\server\share\{}", "b".repeat(300))
+        );
     }
 }

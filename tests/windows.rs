@@ -1,0 +1,632 @@
+//! What a Windows user runs — snapshot, list, verify, restore, compact, status, the scheduled
+//! task's launcher — against databases that an application keeps writing, with the paths
+//! Windows users have (spaces, backslashes, long paths). Portable: it runs in the Linux suite as
+//! it is, and `.ci/run` cross-compiles it for `x86_64-pc-windows-gnu` and runs it under Wine
+//! (`scripts/wine-test.sh`), where the writers are this same test program in other threads
+//! and in another process (Python for Windows is not available there).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "walbundle failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+fn run(exe: &str, args: &[&OsStr]) -> Out {
+    let o = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("starting walbundle");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn wb<S: AsRef<OsStr>>(args: &[S]) -> Out {
+    let a: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    run(env!("CARGO_BIN_EXE_walbundle"), &a)
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("walbundle-win-")
+        .tempdir()
+        .expect("temporary folder")
+}
+
+/// An application's database: WAL mode, one table of rows written in pairs (a transaction
+/// inserts two rows with the same `n`).
+fn create_app_db(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let c = Connection::open(path).unwrap();
+    c.pragma_update(None, "journal_mode", "wal").unwrap();
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, writer TEXT NOT NULL, n INTEGER NOT NULL, \
+         payload BLOB NOT NULL); CREATE INDEX t_n ON t(writer, n);",
+    )
+    .unwrap();
+}
+
+/// Write pairs of rows until `stop` is set (or the file `stop_file` exists), as an application
+/// does: `BEGIN IMMEDIATE`, two inserts, commit; every 50 commits a checkpoint of its own.
+/// `busy_ms` 0 means no busy timeout: any `SQLITE_BUSY` is counted in `busy`.
+fn write_pairs(
+    db: &Path,
+    who: &str,
+    busy_ms: u64,
+    stop: &dyn Fn() -> bool,
+    busy: &AtomicU64,
+) -> u64 {
+    let c = Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_millis(busy_ms)).unwrap();
+    let mut n = 0u64;
+    while !stop() {
+        let payload: Vec<u8> = (0..600u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ n as u8)
+            .collect();
+        let r = (|| -> rusqlite::Result<()> {
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            for _ in 0..2 {
+                c.execute(
+                    "INSERT INTO t(writer, n, payload) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![who, n as i64, payload],
+                )?;
+            }
+            c.execute_batch("COMMIT")
+        })();
+        match r {
+            Ok(()) => n += 1,
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                busy.fetch_add(1, Ordering::SeqCst);
+                let _ = c.execute_batch("ROLLBACK");
+            }
+            Err(e) => panic!("{who}: {e}"),
+        }
+        if n % 50 == 49 {
+            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    n
+}
+
+/// The writer in another process: this test program again, running only this test.
+#[test]
+#[ignore = "run by writer_process() as a child process"]
+fn writer_process() {
+    let (Some(db), Some(stop)) = (
+        std::env::var_os("WB_WRITER_DB"),
+        std::env::var_os("WB_WRITER_STOP"),
+    ) else {
+        return;
+    };
+    let stop = PathBuf::from(stop);
+    let n = write_pairs(
+        Path::new(&db),
+        "process",
+        5000,
+        &|| stop.exists(),
+        &AtomicU64::new(0),
+    );
+    println!("committed {n}");
+}
+
+fn spawn_writer_process(db: &Path, stop: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "writer_process", "--ignored", "--nocapture"])
+        .env("WB_WRITER_DB", db)
+        .env("WB_WRITER_STOP", stop)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting the writer process")
+}
+
+/// Every row of `t` in order: what a restore must reproduce.
+fn rows(db: &Path) -> Vec<(String, i64, Vec<u8>)> {
+    let c = Connection::open(db).unwrap();
+    let mut s = c
+        .prepare("SELECT writer, n, payload FROM t ORDER BY id")
+        .unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+fn integrity(db: &Path) -> String {
+    Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Every committed transaction is whole in a restore taken while the writers ran: each
+/// writer's `n` values are 0..k, each exactly twice.
+fn assert_whole_transactions(db: &Path) {
+    let mut by: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (w, n, _) in rows(db) {
+        by.entry(w).or_default().push(n);
+    }
+    for (w, mut ns) in by {
+        ns.sort_unstable();
+        for (i, pair) in ns.chunks(2).enumerate() {
+            assert_eq!(pair, [i as i64, i as i64], "writer {w}: a torn transaction");
+        }
+    }
+}
+
+#[test]
+fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
+    let t = tmp();
+    // Spaces in every level, as in C:\Users\me\AppData\Roaming\My App\...
+    let db = t.path().join("My Data").join("app state").join("global.db");
+    create_app_db(&db);
+    let quiet = t.path().join("Other App").join("single.db");
+    create_app_db(&quiet);
+    let dest = t.path().join("Backups");
+    let stop_file = t.path().join("stop-writers");
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicU64::new(0));
+
+    let child = spawn_writer_process(&db, &stop_file);
+    let thread = {
+        let (db, stop, busy) = (db.clone(), Arc::clone(&stop), Arc::clone(&busy));
+        std::thread::spawn(move || {
+            write_pairs(&db, "thread", 5000, &|| stop.load(Ordering::SeqCst), &busy)
+        })
+    };
+    // A single long-lived connection with no busy timeout: walbundle must never make it fail.
+    let no_timeout_busy = Arc::new(AtomicU64::new(0));
+    let lone = {
+        let (db, stop, busy) = (
+            quiet.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&no_timeout_busy),
+        );
+        std::thread::spawn(move || {
+            write_pairs(&db, "lone", 0, &|| stop.load(Ordering::SeqCst), &busy)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        wb(&[
+            OsStr::new("snapshot"),
+            db.as_os_str(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ])
+        .ok();
+        wb(&[
+            OsStr::new("snapshot"),
+            quiet.as_os_str(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ])
+        .ok();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let set = dest.join("global");
+    let mid = t.path().join("restored mid.db");
+    wb(&[
+        OsStr::new("restore"),
+        set.as_os_str(),
+        "--out".as_ref(),
+        mid.as_os_str(),
+    ])
+    .ok();
+    assert_eq!(integrity(&mid), "ok");
+    assert_whole_transactions(&mid);
+
+    stop.store(true, Ordering::SeqCst);
+    std::fs::write(&stop_file, b"").unwrap();
+    let by_thread = thread.join().unwrap();
+    lone.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "writer process failed");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("committed"),
+        "the writer process wrote nothing"
+    );
+    assert!(by_thread > 0);
+    assert_eq!(
+        no_timeout_busy.load(Ordering::SeqCst),
+        0,
+        "an application connection without a busy timeout got SQLITE_BUSY"
+    );
+
+    wb(&[
+        OsStr::new("snapshot"),
+        db.as_os_str(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+    ])
+    .ok();
+    let l = wb(&[OsStr::new("list"), set.as_os_str()]);
+    l.ok();
+    let gens = l
+        .stdout
+        .lines()
+        .filter(|x| x.trim_start().starts_with("generation"))
+        .count();
+    assert_eq!(gens, 4, "four snapshots, four generations:\n{}", l.stdout);
+    let v = wb(&[OsStr::new("verify"), set.as_os_str()]);
+    v.ok();
+    assert!(v.stdout.contains("intact"), "{}", v.stdout);
+
+    let last = t.path().join("restored last.db");
+    wb(&[
+        OsStr::new("restore"),
+        set.as_os_str(),
+        "--out".as_ref(),
+        last.as_os_str(),
+    ])
+    .ok();
+    assert_eq!(
+        rows(&last),
+        rows(&db),
+        "the last snapshot restores the database exactly"
+    );
+    // The output exists: refused, and left as it was.
+    let before = std::fs::read(&last).unwrap();
+    let again = wb(&[
+        OsStr::new("restore"),
+        set.as_os_str(),
+        "--out".as_ref(),
+        last.as_os_str(),
+    ]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+
+    wb(&[OsStr::new("compact"), set.as_os_str()]).ok();
+    wb(&[OsStr::new("status"), set.as_os_str()]).ok();
+    let after = t.path().join("after compaction.db");
+    wb(&[
+        OsStr::new("restore"),
+        set.as_os_str(),
+        "--out".as_ref(),
+        after.as_os_str(),
+    ])
+    .ok();
+    assert_eq!(rows(&after), rows(&db));
+    let q = dest.join("single");
+    wb(&[OsStr::new("verify"), q.as_os_str()]).ok();
+}
+
+#[test]
+fn restore_refuses_an_output_an_application_has_open() {
+    let t = tmp();
+    let db = t.path().join("app").join("app.db");
+    create_app_db(&db);
+    let dest = t.path().join("bk");
+    wb(&[
+        OsStr::new("snapshot"),
+        db.as_os_str(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+    ])
+    .ok();
+    let out = t.path().join("live.db");
+    create_app_db(&out);
+    let app = Connection::open(&out).unwrap();
+    let _: i64 = app
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    let set = dest.join("app");
+    let r = wb(&[
+        OsStr::new("restore"),
+        set.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--force".as_ref(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is open in another process"),
+        "{}",
+        r.stderr
+    );
+    drop(app);
+    let r = wb(&[
+        OsStr::new("restore"),
+        set.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--force".as_ref(),
+    ]);
+    r.ok();
+    let aside = std::fs::read_dir(t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".walbundle-old-"))
+        .count();
+    assert!(aside >= 1, "the old file is kept beside the restored one");
+}
+
+#[test]
+fn a_damaged_generation_is_named_and_nothing_is_published() {
+    let t = tmp();
+    let db = t.path().join("app").join("app.db");
+    create_app_db(&db);
+    {
+        let c = Connection::open(&db).unwrap();
+        for i in 0..500 {
+            c.execute(
+                "INSERT INTO t(writer, n, payload) VALUES ('x', ?1, randomblob(300))",
+                [i],
+            )
+            .unwrap();
+        }
+    }
+    let dest = t.path().join("bk");
+    wb(&[
+        OsStr::new("snapshot"),
+        db.as_os_str(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+    ])
+    .ok();
+    let set = dest.join("app");
+    let image = find(&set, &|p| {
+        p.parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+            && p.file_name().is_some_and(|n| n != "manifest.json")
+    })
+    .expect("a generation image");
+    let mut bytes = std::fs::read(&image).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&image, &bytes).unwrap();
+    let v = wb(&[OsStr::new("verify"), set.as_os_str()]);
+    assert_ne!(v.code, 0, "verify passed a damaged image");
+    let name = image.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        v.stdout.contains(&name) || v.stderr.contains(&name),
+        "verify does not name {name}:\n{}{}",
+        v.stdout,
+        v.stderr
+    );
+    let out_dir = t.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("restored.db");
+    let r = wb(&[
+        OsStr::new("restore"),
+        set.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ne!(r.code, 0, "restore published a damaged image");
+    assert_eq!(
+        std::fs::read_dir(&out_dir).unwrap().count(),
+        0,
+        "a failed restore left files behind"
+    );
+}
+
+fn find(dir: &Path, want: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find(&p, want) {
+                return Some(f);
+            }
+        } else if want(&p) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn long_paths_snapshot_and_restore() {
+    let t = tmp();
+    let mut deep = t.path().to_path_buf();
+    for i in 0..6 {
+        deep.push(format!(
+            "a folder with a long name for the path limit {i:02}"
+        ));
+    }
+    let db = deep.join("app.db");
+    assert!(
+        db.as_os_str().len() > 260,
+        "the path is longer than MAX_PATH"
+    );
+    create_app_db(&db);
+    Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO t(writer, n, payload) VALUES ('x', 1, x'00ff')",
+            [],
+        )
+        .unwrap();
+    let dest = deep.join("..").join("..").join("bk");
+    wb(&[
+        OsStr::new("snapshot"),
+        db.as_os_str(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+    ])
+    .ok();
+    let out = deep.join("restored.db");
+    wb(&[
+        OsStr::new("restore"),
+        dest.join("app").as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ])
+    .ok();
+    assert_eq!(rows(&out), rows(&db));
+}
+
+/// What the scheduled task runs: walbundle through the launcher, output appended to the log,
+/// walbundle's exit code passed on.
+#[test]
+fn the_task_launcher_logs_and_passes_the_exit_code_on() {
+    let t = tmp();
+    let log = t.path().join("logs").join("app.log");
+    let launcher = env!("CARGO_BIN_EXE_walbundle-task");
+    let ok = run(
+        launcher,
+        &["--log".as_ref(), log.as_os_str(), "--version".as_ref()],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let missing = t.path().join("no such set");
+    let bad = run(
+        launcher,
+        &[
+            "--log".as_ref(),
+            log.as_os_str(),
+            "verify".as_ref(),
+            missing.as_os_str(),
+        ],
+    );
+    assert_eq!(bad.code, 2);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("walbundle 0.1"), "{text}");
+    assert!(
+        text.contains("walbundle: error:") && text.contains("exit 2"),
+        "{text}"
+    );
+    let usage = run(launcher, &["verify".as_ref()]);
+    assert_eq!(usage.code, 2);
+}
+
+/// Windows only: capture refuses and says what to use; set names Windows cannot store are
+/// refused with the fix; the task registers with the real `schtasks` and is removed.
+#[cfg(windows)]
+#[test]
+fn windows_refusals_and_the_scheduled_task() {
+    let t = tmp();
+    let db = t.path().join("app").join("app.db");
+    create_app_db(&db);
+    let dest = t.path().join("bk");
+    let c = wb(&[
+        OsStr::new("capture"),
+        db.as_os_str(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+    ]);
+    assert_eq!(c.code, 2);
+    assert!(
+        c.stderr.contains("not available on Windows") && c.stderr.contains("walbundle snapshot"),
+        "{}",
+        c.stderr
+    );
+    // No file can be called con.db on Windows, but a set can be named so: refused.
+    let named = |n: &str| {
+        wb(&[
+            OsStr::new("snapshot"),
+            db.as_os_str(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "--name".as_ref(),
+            n.as_ref(),
+        ])
+    };
+    for bad in ["CON", "nul.db", "a:b"] {
+        let r = named(bad);
+        assert_eq!(r.code, 2, "{bad}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("Windows") && r.stderr.contains("--name"),
+            "{}",
+            r.stderr
+        );
+    }
+    named("console").ok();
+
+    let cfg = t.path().join("walbundle.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[database]]\npath = '{}'\ndest = '{}'\nmode = \"snapshot\"\n",
+            db.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let tasks = t.path().join("tasks");
+    let name = format!("wbtest{}", std::process::id());
+    let install = || {
+        wb(&[
+            OsStr::new("schedule"),
+            "install".as_ref(),
+            "--name".as_ref(),
+            name.as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--mode".as_ref(),
+            "snapshot".as_ref(),
+            "--every".as_ref(),
+            "15m".as_ref(),
+            "--unit-dir".as_ref(),
+            tasks.as_os_str(),
+        ])
+    };
+    install().ok();
+    assert!(registered(&name), "the task is not registered");
+    install().ok();
+    let l = wb(&[
+        OsStr::new("schedule"),
+        "list".as_ref(),
+        "--unit-dir".as_ref(),
+        tasks.as_os_str(),
+    ]);
+    assert!(l.stdout.contains(&name), "{}", l.stdout);
+    wb(&[
+        OsStr::new("schedule"),
+        "remove".as_ref(),
+        "--name".as_ref(),
+        name.as_ref(),
+        "--unit-dir".as_ref(),
+        tasks.as_os_str(),
+    ])
+    .ok();
+    assert!(!registered(&name), "the task is still registered");
+}
+
+/// Whether `\walbundle\NAME` is registered: `schtasks /Query` on Windows; Wine's schtasks has no
+/// `/Query`, so there the task store's file is looked at.
+#[cfg(windows)]
+fn registered(name: &str) -> bool {
+    let q = Command::new("schtasks")
+        .args(["/Query", "/TN", &format!(r"\walbundle\{name}")])
+        .output();
+    match q {
+        // Wine's schtasks answers /Query with "unsupported" and exit code 0: the name must be
+        // in what it printed.
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).contains(name) => true,
+        _ => {
+            let windir = std::env::var("windir").unwrap_or_else(|_| r"C:\windows".into());
+            Path::new(&windir)
+                .join("system32")
+                .join("tasks")
+                .join("walbundle")
+                .join(name)
+                .exists()
+        }
+    }
+}
