@@ -186,6 +186,8 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
     create_app_db(&db);
     let quiet = t.path().join("Other App").join("single.db");
     create_app_db(&quiet);
+    let churn = t.path().join("Churn App").join("churn.db");
+    create_app_db(&churn);
     let dest = t.path().join("Backups");
     let stop_file = t.path().join("stop-writers");
     let stop = Arc::new(AtomicBool::new(false));
@@ -210,8 +212,38 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
             write_pairs(&db, "lone", 0, &|| stop.load(Ordering::SeqCst), &busy)
         })
     };
+    // An application that opens the database for each write and closes it again: SQLite
+    // deletes the WAL and wal-index at every last close and makes them anew at the next open,
+    // which fails on Windows if anyone holds them without delete sharing.
+    let churner = {
+        let (db, stop) = (churn.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                let c = Connection::open(&db).expect("the churning application opens its database");
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                c.execute(
+                    "INSERT INTO t(writer, n, payload) VALUES ('churn', ?1, x'01')",
+                    [n],
+                )
+                .expect("the churning application writes");
+                c.close()
+                    .expect("the churning application closes its database");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            n
+        })
+    };
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
+        wb(&[
+            OsStr::new("snapshot"),
+            churn.as_os_str(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ])
+        .ok();
         wb(&[
             OsStr::new("snapshot"),
             db.as_os_str(),
@@ -244,6 +276,10 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
     std::fs::write(&stop_file, b"").unwrap();
     let by_thread = thread.join().unwrap();
     lone.join().unwrap();
+    assert!(
+        churner.join().unwrap() > 0,
+        "the churning application wrote nothing"
+    );
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "writer process failed");
     assert!(
@@ -314,6 +350,7 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
     assert_eq!(rows(&after), rows(&db));
     let q = dest.join("single");
     wb(&[OsStr::new("verify"), q.as_os_str()]).ok();
+    wb(&[OsStr::new("verify"), dest.join("churn").as_os_str()]).ok();
 }
 
 #[test]
@@ -557,6 +594,51 @@ fn windows_refusals_and_the_scheduled_task() {
         );
     }
     named("console").ok();
+
+    // A verbatim path (`\\?\C:\...`) as some tools hand them over.
+    let verbatim = PathBuf::from(format!(
+        r"\\?\{}",
+        std::path::absolute(&db).unwrap().display()
+    ));
+    let vdest = t.path().join("verbatim");
+    wb(&[
+        OsStr::new("snapshot"),
+        verbatim.as_os_str(),
+        "--dest".as_ref(),
+        vdest.as_os_str(),
+    ])
+    .ok();
+    let vout = t.path().join("verbatim.db");
+    wb(&[
+        OsStr::new("restore"),
+        vdest.join("app").as_os_str(),
+        "--out".as_ref(),
+        vout.as_os_str(),
+    ])
+    .ok();
+    assert_eq!(rows(&vout), rows(&db));
+
+    // Windows folders ignore case: App.db and app.db from two folders cannot share a set name.
+    let upper = t.path().join("other").join("App.db");
+    create_app_db(&upper);
+    let clash = t.path().join("clash.toml");
+    std::fs::write(
+        &clash,
+        format!(
+            "dest = '{}'\n[[database]]\npath = '{}'\nmode = \"snapshot\"\n[[database]]\npath = '{}'\nmode = \"snapshot\"\n",
+            dest.display(),
+            db.display(),
+            upper.display()
+        ),
+    )
+    .unwrap();
+    let r = wb(&[
+        OsStr::new("snapshot"),
+        "--config".as_ref(),
+        clash.as_os_str(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("would share the set"), "{}", r.stderr);
 
     let cfg = t.path().join("walbundle.toml");
     std::fs::write(
