@@ -519,6 +519,23 @@ fn long_paths_snapshot_and_restore() {
     assert_eq!(rows(&out), rows(&db));
 }
 
+/// The quick start's one command: the whole job on a database it creates (on Windows with a
+/// second snapshot where Linux captures).
+#[test]
+fn the_demo_runs_end_to_end() {
+    let t = tmp();
+    let dir = t.path().join("demo");
+    let d = wb(&[
+        OsStr::new("demo"),
+        "--dir".as_ref(),
+        dir.as_os_str(),
+        "--seconds".as_ref(),
+        "1".as_ref(),
+    ]);
+    d.ok();
+    assert!(d.stdout.contains("demo ok"), "{}{}", d.stdout, d.stderr);
+}
+
 /// What the scheduled task runs: walbundle through the launcher, output appended to the log,
 /// walbundle's exit code passed on.
 #[test]

@@ -25,13 +25,9 @@ pub fn state_dir_of(dir: &Path) -> PathBuf {
     if matches!(Location::parse(dir), Ok(Location::Local(_)) | Err(_)) {
         return dir.to_path_buf();
     }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
+    let base = crate::sys::state_home();
     let url = dir.to_string_lossy().replace("://", "/");
-    base.join("walbundle/sets").join(url)
+    base.join("walbundle").join("sets").join(url)
 }
 
 fn not_a_set(dir: &Path) -> Error {

@@ -132,10 +132,10 @@ impl Resolved {
     }
 }
 
-/// `~/x` → `$HOME/x`.
+/// `~/x` → `$HOME/x` (Windows: `%USERPROFILE%\x` when `HOME` is unset).
 pub fn expand_home(p: &Path) -> PathBuf {
-    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+    match (p.strip_prefix("~"), crate::sys::home_dir()) {
+        (Ok(rest), Some(home)) => home.join(rest),
         _ => p.to_path_buf(),
     }
 }

@@ -123,7 +123,7 @@ pub fn check_name(n: &str) -> Result<()> {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
+    crate::sys::home_dir().unwrap_or_else(|| PathBuf::from("/"))
 }
 
 fn systemd_dir(over: Option<&Path>) -> PathBuf {
@@ -558,6 +558,7 @@ fn log_dir() -> PathBuf {
 
 fn local_app_data() -> PathBuf {
     std::env::var_os("LOCALAPPDATA")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| home().join(".local/state"))
 }

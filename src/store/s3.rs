@@ -147,7 +147,7 @@ impl S3Config {
     /// a host that is not loopback without `allow_http` (or `AWS_ALLOW_HTTP=true`).
     pub fn resolve(settings: &super::S3Settings) -> Result<Self> {
         settings.check()?;
-        let home = env("HOME").map(PathBuf::from).unwrap_or_default();
+        let home = crate::sys::home_dir().unwrap_or_default();
         let profile = settings
             .profile
             .clone()

@@ -165,6 +165,52 @@ fn plain_windows_path(c: std::path::PathBuf) -> std::path::PathBuf {
     c
 }
 
+/// The user's home folder: `HOME`, else on Windows `USERPROFILE`.
+pub fn home_dir() -> Option<std::path::PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    var("HOME")
+        .or_else(|| {
+            if cfg!(windows) {
+                var("USERPROFILE")
+            } else {
+                None
+            }
+        })
+        .map(std::path::PathBuf::from)
+}
+
+/// Where this user's walbundle state lives (locks and heartbeats of object-store sets):
+/// `XDG_STATE_HOME`, else `%LOCALAPPDATA%` on Windows, else `~/.local/state`, else the
+/// temporary folder.
+pub fn state_home() -> std::path::PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    var("XDG_STATE_HOME")
+        .or_else(|| {
+            if cfg!(windows) {
+                var("LOCALAPPDATA")
+            } else {
+                None
+            }
+        })
+        .map(std::path::PathBuf::from)
+        .or_else(|| home_dir().map(|h| h.join(".local").join("state")))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// A user's shell command line as the platform runs one: `sh -c` on Unix, `cmd /C` on
+/// Windows.
+pub fn shell(cmd: &str) -> std::process::Command {
+    if cfg!(windows) {
+        let mut c = std::process::Command::new("cmd");
+        c.arg("/C").arg(cmd);
+        c
+    } else {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c").arg(cmd);
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
