@@ -44,9 +44,17 @@ fn run(exe: &str, args: &[&OsStr]) -> Out {
     }
 }
 
-fn wb<S: AsRef<OsStr>>(args: &[S]) -> Out {
-    let a: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+fn wb(args: &[&dyn AsRef<OsStr>]) -> Out {
+    let a: Vec<&OsStr> = args.iter().map(|a| a.as_ref()).collect();
     run(env!("CARGO_BIN_EXE_walbundle"), &a)
+}
+
+fn snapshot(db: &Path, dest: &Path) -> Out {
+    wb(&[&"snapshot", &db, &"--dest", &dest])
+}
+
+fn restore(set: &Path, out: &Path) -> Out {
+    wb(&[&"restore", &set, &"--out", &out])
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -237,38 +245,14 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
     };
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
-        wb(&[
-            OsStr::new("snapshot"),
-            churn.as_os_str(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-        ])
-        .ok();
-        wb(&[
-            OsStr::new("snapshot"),
-            db.as_os_str(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-        ])
-        .ok();
-        wb(&[
-            OsStr::new("snapshot"),
-            quiet.as_os_str(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-        ])
-        .ok();
+        snapshot(&churn, &dest).ok();
+        snapshot(&db, &dest).ok();
+        snapshot(&quiet, &dest).ok();
         std::thread::sleep(Duration::from_millis(200));
     }
     let set = dest.join("global");
     let mid = t.path().join("restored mid.db");
-    wb(&[
-        OsStr::new("restore"),
-        set.as_os_str(),
-        "--out".as_ref(),
-        mid.as_os_str(),
-    ])
-    .ok();
+    restore(&set, &mid).ok();
     assert_eq!(integrity(&mid), "ok");
     assert_whole_transactions(&mid);
 
@@ -293,14 +277,8 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
         "an application connection without a busy timeout got SQLITE_BUSY"
     );
 
-    wb(&[
-        OsStr::new("snapshot"),
-        db.as_os_str(),
-        "--dest".as_ref(),
-        dest.as_os_str(),
-    ])
-    .ok();
-    let l = wb(&[OsStr::new("list"), set.as_os_str()]);
+    snapshot(&db, &dest).ok();
+    let l = wb(&[&"list", &set]);
     l.ok();
     let gens = l
         .stdout
@@ -308,18 +286,12 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
         .filter(|x| x.trim_start().starts_with("generation"))
         .count();
     assert_eq!(gens, 4, "four snapshots, four generations:\n{}", l.stdout);
-    let v = wb(&[OsStr::new("verify"), set.as_os_str()]);
+    let v = wb(&[&"verify", &set]);
     v.ok();
     assert!(v.stdout.contains("intact"), "{}", v.stdout);
 
     let last = t.path().join("restored last.db");
-    wb(&[
-        OsStr::new("restore"),
-        set.as_os_str(),
-        "--out".as_ref(),
-        last.as_os_str(),
-    ])
-    .ok();
+    restore(&set, &last).ok();
     assert_eq!(
         rows(&last),
         rows(&db),
@@ -327,30 +299,19 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
     );
     // The output exists: refused, and left as it was.
     let before = std::fs::read(&last).unwrap();
-    let again = wb(&[
-        OsStr::new("restore"),
-        set.as_os_str(),
-        "--out".as_ref(),
-        last.as_os_str(),
-    ]);
+    let again = restore(&set, &last);
     assert_eq!(again.code, 2, "{}", again.stderr);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert_eq!(std::fs::read(&last).unwrap(), before);
 
-    wb(&[OsStr::new("compact"), set.as_os_str()]).ok();
-    wb(&[OsStr::new("status"), set.as_os_str()]).ok();
+    wb(&[&"compact", &set]).ok();
+    wb(&[&"status", &set]).ok();
     let after = t.path().join("after compaction.db");
-    wb(&[
-        OsStr::new("restore"),
-        set.as_os_str(),
-        "--out".as_ref(),
-        after.as_os_str(),
-    ])
-    .ok();
+    restore(&set, &after).ok();
     assert_eq!(rows(&after), rows(&db));
     let q = dest.join("single");
-    wb(&[OsStr::new("verify"), q.as_os_str()]).ok();
-    wb(&[OsStr::new("verify"), dest.join("churn").as_os_str()]).ok();
+    wb(&[&"verify", &q]).ok();
+    wb(&[&"verify", &dest.join("churn")]).ok();
 }
 
 #[test]
@@ -359,13 +320,7 @@ fn restore_refuses_an_output_an_application_has_open() {
     let db = t.path().join("app").join("app.db");
     create_app_db(&db);
     let dest = t.path().join("bk");
-    wb(&[
-        OsStr::new("snapshot"),
-        db.as_os_str(),
-        "--dest".as_ref(),
-        dest.as_os_str(),
-    ])
-    .ok();
+    snapshot(&db, &dest).ok();
     let out = t.path().join("live.db");
     create_app_db(&out);
     let app = Connection::open(&out).unwrap();
@@ -373,13 +328,7 @@ fn restore_refuses_an_output_an_application_has_open() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     let set = dest.join("app");
-    let r = wb(&[
-        OsStr::new("restore"),
-        set.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--force".as_ref(),
-    ]);
+    let r = wb(&[&"restore", &set, &"--out", &out, &"--force"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("is open in another process"),
@@ -387,13 +336,7 @@ fn restore_refuses_an_output_an_application_has_open() {
         r.stderr
     );
     drop(app);
-    let r = wb(&[
-        OsStr::new("restore"),
-        set.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--force".as_ref(),
-    ]);
+    let r = wb(&[&"restore", &set, &"--out", &out, &"--force"]);
     r.ok();
     let aside = std::fs::read_dir(t.path())
         .unwrap()
@@ -419,13 +362,7 @@ fn a_damaged_generation_is_named_and_nothing_is_published() {
         }
     }
     let dest = t.path().join("bk");
-    wb(&[
-        OsStr::new("snapshot"),
-        db.as_os_str(),
-        "--dest".as_ref(),
-        dest.as_os_str(),
-    ])
-    .ok();
+    snapshot(&db, &dest).ok();
     let set = dest.join("app");
     let image = find(&set, &|p| {
         p.parent()
@@ -438,7 +375,7 @@ fn a_damaged_generation_is_named_and_nothing_is_published() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&image, &bytes).unwrap();
-    let v = wb(&[OsStr::new("verify"), set.as_os_str()]);
+    let v = wb(&[&"verify", &set]);
     assert_ne!(v.code, 0, "verify passed a damaged image");
     let name = image.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
@@ -450,12 +387,7 @@ fn a_damaged_generation_is_named_and_nothing_is_published() {
     let out_dir = t.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join("restored.db");
-    let r = wb(&[
-        OsStr::new("restore"),
-        set.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let r = restore(&set, &out);
     assert_ne!(r.code, 0, "restore published a damaged image");
     assert_eq!(
         std::fs::read_dir(&out_dir).unwrap().count(),
@@ -501,21 +433,9 @@ fn long_paths_snapshot_and_restore() {
         )
         .unwrap();
     let dest = deep.join("..").join("..").join("bk");
-    wb(&[
-        OsStr::new("snapshot"),
-        db.as_os_str(),
-        "--dest".as_ref(),
-        dest.as_os_str(),
-    ])
-    .ok();
+    snapshot(&db, &dest).ok();
     let out = deep.join("restored.db");
-    wb(&[
-        OsStr::new("restore"),
-        dest.join("app").as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ])
-    .ok();
+    restore(&dest.join("app"), &out).ok();
     assert_eq!(rows(&out), rows(&db));
 }
 
@@ -525,13 +445,7 @@ fn long_paths_snapshot_and_restore() {
 fn the_demo_runs_end_to_end() {
     let t = tmp();
     let dir = t.path().join("demo");
-    let d = wb(&[
-        OsStr::new("demo"),
-        "--dir".as_ref(),
-        dir.as_os_str(),
-        "--seconds".as_ref(),
-        "1".as_ref(),
-    ]);
+    let d = wb(&[&"demo", &"--dir", &dir, &"--seconds", &"1"]);
     d.ok();
     assert!(d.stdout.contains("demo ok"), "{}{}", d.stdout, d.stderr);
 }
@@ -578,12 +492,7 @@ fn windows_refusals_and_the_scheduled_task() {
     let db = t.path().join("app").join("app.db");
     create_app_db(&db);
     let dest = t.path().join("bk");
-    let c = wb(&[
-        OsStr::new("capture"),
-        db.as_os_str(),
-        "--dest".as_ref(),
-        dest.as_os_str(),
-    ]);
+    let c = wb(&[&"capture", &db, &"--dest", &dest]);
     assert_eq!(c.code, 2);
     assert!(
         c.stderr.contains("not available on Windows") && c.stderr.contains("walbundle snapshot"),
@@ -591,16 +500,7 @@ fn windows_refusals_and_the_scheduled_task() {
         c.stderr
     );
     // No file can be called con.db on Windows, but a set can be named so: refused.
-    let named = |n: &str| {
-        wb(&[
-            OsStr::new("snapshot"),
-            db.as_os_str(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "--name".as_ref(),
-            n.as_ref(),
-        ])
-    };
+    let named = |n: &str| wb(&[&"snapshot", &db, &"--dest", &dest, &"--name", &n]);
     for bad in ["CON", "nul.db", "a:b"] {
         let r = named(bad);
         assert_eq!(r.code, 2, "{bad}: {}", r.stderr);
@@ -618,21 +518,9 @@ fn windows_refusals_and_the_scheduled_task() {
         std::path::absolute(&db).unwrap().display()
     ));
     let vdest = t.path().join("verbatim");
-    wb(&[
-        OsStr::new("snapshot"),
-        verbatim.as_os_str(),
-        "--dest".as_ref(),
-        vdest.as_os_str(),
-    ])
-    .ok();
+    snapshot(&verbatim, &vdest).ok();
     let vout = t.path().join("verbatim.db");
-    wb(&[
-        OsStr::new("restore"),
-        vdest.join("app").as_os_str(),
-        "--out".as_ref(),
-        vout.as_os_str(),
-    ])
-    .ok();
+    restore(&vdest.join("app"), &vout).ok();
     assert_eq!(rows(&vout), rows(&db));
 
     // Windows folders ignore case: App.db and app.db from two folders cannot share a set name.
@@ -649,11 +537,7 @@ fn windows_refusals_and_the_scheduled_task() {
         ),
     )
     .unwrap();
-    let r = wb(&[
-        OsStr::new("snapshot"),
-        "--config".as_ref(),
-        clash.as_os_str(),
-    ]);
+    let r = wb(&[&"snapshot", &"--config", &clash]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("would share the set"), "{}", r.stderr);
 
@@ -671,37 +555,32 @@ fn windows_refusals_and_the_scheduled_task() {
     let name = format!("wbtest{}", std::process::id());
     let install = || {
         wb(&[
-            OsStr::new("schedule"),
-            "install".as_ref(),
-            "--name".as_ref(),
-            name.as_ref(),
-            "--config".as_ref(),
-            cfg.as_os_str(),
-            "--mode".as_ref(),
-            "snapshot".as_ref(),
-            "--every".as_ref(),
-            "15m".as_ref(),
-            "--unit-dir".as_ref(),
-            tasks.as_os_str(),
+            &"schedule",
+            &"install",
+            &"--name",
+            &name,
+            &"--config",
+            &cfg,
+            &"--mode",
+            &"snapshot",
+            &"--every",
+            &"15m",
+            &"--unit-dir",
+            &tasks,
         ])
     };
     install().ok();
     assert!(registered(&name), "the task is not registered");
     install().ok();
-    let l = wb(&[
-        OsStr::new("schedule"),
-        "list".as_ref(),
-        "--unit-dir".as_ref(),
-        tasks.as_os_str(),
-    ]);
+    let l = wb(&[&"schedule", &"list", &"--unit-dir", &tasks]);
     assert!(l.stdout.contains(&name), "{}", l.stdout);
     wb(&[
-        OsStr::new("schedule"),
-        "remove".as_ref(),
-        "--name".as_ref(),
-        name.as_ref(),
-        "--unit-dir".as_ref(),
-        tasks.as_os_str(),
+        &"schedule",
+        &"remove",
+        &"--name",
+        &name,
+        &"--unit-dir",
+        &tasks,
     ])
     .ok();
     assert!(!registered(&name), "the task is still registered");

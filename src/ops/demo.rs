@@ -102,16 +102,12 @@ pub fn run(
 
     let mut set = BackupSet::open_or_create(&dest, &src.default_set_name(), &src.identity())?;
     set.lock_writer()?;
+    let snap_opts = SnapshotOptions {
+        reason: "demo".into(),
+        ..Default::default()
+    };
     let t0 = Instant::now();
-    let rep = snapshot(
-        &set,
-        &src,
-        &SnapshotOptions {
-            reason: "demo".into(),
-            ..Default::default()
-        },
-        progress,
-    )?;
+    let rep = snapshot(&set, &src, &snap_opts, progress)?;
     say(&format!(
         "1/6 snapshot under a live writer (no lock taken): {} ({}, stored {}) in {:.0} ms",
         rep.generation_dir.display(),
@@ -131,15 +127,7 @@ pub fn run(
         // snapshot once the writer has stopped holds every transaction it committed.
         std::thread::sleep(half);
         finish_writer(writer)?;
-        let rep = snapshot(
-            &set,
-            &src,
-            &SnapshotOptions {
-                reason: "demo".into(),
-                ..Default::default()
-            },
-            progress,
-        )?;
+        let rep = snapshot(&set, &src, &snap_opts, progress)?;
         say(&format!(
             "2/6 a second snapshot (continuous capture is not available on Windows): {}",
             rep.generation_dir.display()
