@@ -35,6 +35,8 @@ cp "$out/bcryptprimitives.dll" "$out/deps/"
 
 # A Wine prefix of our own, made once per target folder (about 15 s).
 export WINEPREFIX="$PWD/target/wine-prefix" WINEDEBUG=-all
+# Wine's server outlives its last program by a few seconds: end it with us.
+trap '/usr/lib/wine/wineserver -k 2>/dev/null || true' EXIT
 if [ ! -d "$WINEPREFIX" ]; then
   /usr/lib/wine/wine64 wineboot --init >/dev/null 2>&1 || true
   /usr/lib/wine/wineserver -w || true
