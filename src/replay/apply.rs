@@ -1,8 +1,10 @@
 //! Applying a plan to a staged file: the base image written sequentially, then each bundle's
 //! transactions page by page with positional writes, every link and checksum checked on the way.
 //!
-//! Memory is bounded by one page-sized buffer, one bundle file, and one 8-byte state term per
-//! page of the database — never by the chain's length.
+//! Pages are held in memory across bundles (up to [`DIRTY_LIMIT`]) and written once per
+//! flush, newest version only, contiguous pages in one write: a page that consecutive bundles
+//! rewrite reaches the file once. Memory is bounded by that limit, one bundle file, and one
+//! 8-byte state term per page of the database — never by the chain's length.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -35,9 +37,10 @@ pub struct Replayed {
     pub txns_applied: u64,
 }
 
-/// Replay state shared by the per-page and per-transaction callbacks.
-struct Live {
-    /// Newest version of every page written since the last flush (one bundle's worth).
+/// Pages replay holds before writing them, kept from bundle to bundle.
+#[derive(Default)]
+struct Held {
+    /// Newest version of every page written since the last flush.
     dirty: std::collections::BTreeMap<u32, Vec<u8>>,
     /// Lowest page count reached since the last flush: the file is cut there first, so pages
     /// that come back later without being written read as zeros, as they do in SQLite.
@@ -46,6 +49,11 @@ struct Live {
     dirty_bytes: usize,
     /// The output file's length, in pages, as last flushed.
     file_pages: u32,
+}
+
+/// Replay state shared by the per-page and per-transaction callbacks.
+struct Live {
+    held: Held,
     terms: Vec<u64>,
     state: StateChecksum,
     page_count: u32,
@@ -55,32 +63,62 @@ struct Live {
     stopped: bool,
 }
 
-/// Hold at most this much of a bundle's pages before writing them out.
-const DIRTY_LIMIT: usize = 16 << 20;
+/// Hold at most this much of the newest page versions before writing them out.
+const DIRTY_LIMIT: usize = 32 << 20;
 
-impl Live {
+/// Largest single write of contiguous pages.
+const WRITE_RUN: usize = 1 << 20;
+
+impl Held {
+    fn new(page_count: u32) -> Self {
+        Self {
+            min_count: page_count,
+            file_pages: page_count,
+            ..Self::default()
+        }
+    }
+
     /// Write the held pages: cut the file to the lowest size reached, write the newest version
-    /// of each page in order, set the current size.
-    fn flush(&mut self, f: &File, ps: u32, out_path: &Path) -> Result<()> {
+    /// of each page in order, set the size to `page_count`.
+    fn flush(&mut self, page_count: u32, f: &File, ps: u32, out_path: &Path) -> Result<()> {
         let len_of = |pages: u32| u64::from(pages) * u64::from(ps);
         if self.min_count < self.file_pages {
             f.set_len(len_of(self.min_count))
                 .ctx(out_path, "resizing")?;
         }
-        for (pgno, page) in &self.dirty {
-            crate::sys::write_all_at(f, page, len_of(pgno - 1)).ctx(out_path, "writing")?;
+        // Runs of consecutive pages go out in one write each (at most WRITE_RUN bytes).
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u32;
+        let mut next = 0u32;
+        for (&pgno, page) in &self.dirty {
+            if !run.is_empty() && (pgno != next || run.len() + page.len() > WRITE_RUN) {
+                crate::sys::write_all_at(f, &run, len_of(run_start - 1))
+                    .ctx(out_path, "writing")?;
+                run.clear();
+            }
+            if run.is_empty() {
+                run_start = pgno;
+            }
+            run.extend_from_slice(page);
+            next = pgno + 1;
         }
-        if self.page_count != self.min_count.min(self.file_pages)
-            || self.file_pages != self.page_count
-        {
-            f.set_len(len_of(self.page_count))
-                .ctx(out_path, "resizing")?;
+        if !run.is_empty() {
+            crate::sys::write_all_at(f, &run, len_of(run_start - 1)).ctx(out_path, "writing")?;
+        }
+        if page_count != self.min_count.min(self.file_pages) || self.file_pages != page_count {
+            f.set_len(len_of(page_count)).ctx(out_path, "resizing")?;
         }
         self.dirty.clear();
         self.dirty_bytes = 0;
-        self.file_pages = self.page_count;
-        self.min_count = self.page_count;
+        self.file_pages = page_count;
+        self.min_count = page_count;
         Ok(())
+    }
+}
+
+impl Live {
+    fn flush(&mut self, f: &File, ps: u32, out_path: &Path) -> Result<()> {
+        self.held.flush(self.page_count, f, ps, out_path)
     }
 }
 
@@ -91,25 +129,32 @@ pub(crate) fn time_string(us: i64) -> String {
 }
 
 /// The contents of a version 2 bundle's reference pages `refs` in the state replay reached
-/// (the output file, flushed; zeros past its end), each checked against its state-checksum term
-/// so that a bundle never decodes against bytes the capturer did not have.
+/// (a held page, else zeros for a page cut since the last flush, else the output file with
+/// zeros past its end), each checked against its state-checksum term so that a bundle never
+/// decodes against bytes the capturer did not have.
 ///
 /// # Errors
 /// `Io` reading `out`; `Corrupt` naming the bundle at `bundle` if a page disagrees with the state.
 fn reference_pages(
     refs: &[u32],
+    live: &Live,
     out: &File,
     out_path: &Path,
     ps: u32,
-    terms: &[u64],
     bundle: &Path,
 ) -> Result<Vec<u8>> {
     let mut reference = vec![0u8; refs.len() * ps as usize];
     for (&pgno, page) in refs.iter().zip(reference.chunks_exact_mut(ps as usize)) {
-        let n = crate::sys::pread_full(out, page, u64::from(pgno - 1) * u64::from(ps))
-            .ctx(out_path, "reading")?;
-        page[n..].fill(0);
-        let want = terms.get(pgno as usize - 1).copied();
+        if let Some(held) = live.held.dirty.get(&pgno) {
+            page.copy_from_slice(held);
+        } else if pgno > live.held.min_count {
+            page.fill(0);
+        } else {
+            let n = crate::sys::pread_full(out, page, u64::from(pgno - 1) * u64::from(ps))
+                .ctx(out_path, "reading")?;
+            page[n..].fill(0);
+        }
+        let want = live.terms.get(pgno as usize - 1).copied();
         if want != Some(term_or_zero(ps, pgno, page)) {
             return Err(Error::corrupt(
                 bundle,
@@ -163,6 +208,8 @@ pub fn replay_into(
     let zeros = vec![0u8; ps as usize];
     let set_id = wbb::set_id_bytes(&plan.set_id).unwrap_or([0; 16]);
     let mut done = matches!(plan.stop, Stop::Txn(n) if n <= txn);
+    // Held pages, carried from bundle to bundle until they pass DIRTY_LIMIT.
+    let mut held = Held::new(page_count);
     // The next bundles are fetched (from an object store, several at once) and their digests
     // checked on another thread while one replays.
     let keys = plan.bundles.iter().map(|b| b.key.clone()).collect();
@@ -230,13 +277,9 @@ pub fn replay_into(
                 h.first_txn
             )));
         }
-        let reference = reference_pages(&b.refs, out, out_path, ps, &terms, path)?;
         let stop = plan.stop;
         let st = std::cell::RefCell::new(Live {
-            dirty: std::collections::BTreeMap::new(),
-            min_count: page_count,
-            dirty_bytes: 0,
-            file_pages: page_count,
+            held: std::mem::take(&mut held),
             terms: std::mem::take(&mut terms),
             state,
             page_count,
@@ -245,8 +288,9 @@ pub fn replay_into(
             txns_applied,
             stopped: false,
         });
+        let reference = reference_pages(&b.refs, &st.borrow(), out, out_path, ps, path);
         let f: &File = out;
-        let res = b.replay(
+        let res = reference.and_then(|reference| b.replay(
             path,
             &reference,
             |_, rec| {
@@ -271,8 +315,8 @@ pub fn replay_into(
                 let old = s.terms[i];
                 s.state.0 ^= old ^ t;
                 s.terms[i] = t;
-                if s.dirty.insert(pgno, page.to_vec()).is_none() {
-                    s.dirty_bytes += page.len();
+                if s.held.dirty.insert(pgno, page.to_vec()).is_none() {
+                    s.held.dirty_bytes += page.len();
                 }
                 Ok(())
             },
@@ -290,11 +334,11 @@ pub fn replay_into(
                     s.state.0 ^= t;
                     s.terms.push(t);
                 }
-                if (count as u32) < s.min_count {
-                    s.min_count = count as u32;
+                if (count as u32) < s.held.min_count {
+                    s.held.min_count = count as u32;
                 }
-                let dropped = s.dirty.split_off(&(count as u32 + 1));
-                s.dirty_bytes -= dropped.len() * ps as usize;
+                let dropped = s.held.dirty.split_off(&(count as u32 + 1));
+                s.held.dirty_bytes -= dropped.len() * ps as usize;
                 if s.state.0 != rec.state_after {
                     return Err(Error::corrupt(
                         path,
@@ -306,7 +350,7 @@ pub fn replay_into(
                     ));
                 }
                 s.page_count = rec.page_count;
-                if s.dirty_bytes > DIRTY_LIMIT {
+                if s.held.dirty_bytes > DIRTY_LIMIT {
                     s.flush(f, ps, out_path)?;
                 }
                 s.txn = n;
@@ -321,10 +365,12 @@ pub fn replay_into(
                 }
                 Ok(more)
             },
-        );
-        let s = st.into_inner();
-        let mut s = s;
-        s.flush(out, ps, out_path)?;
+        ));
+        let mut s = st.into_inner();
+        if s.held.dirty_bytes > DIRTY_LIMIT {
+            s.flush(out, ps, out_path)?;
+        }
+        held = s.held;
         terms = s.terms;
         state = s.state;
         page_count = s.page_count;
@@ -359,6 +405,7 @@ pub fn replay_into(
             format!("replay ended at txn {txn}, short of the planned txn {n}"),
         ));
     }
+    held.flush(page_count, out, ps, out_path)?;
     out.sync_all().ctx(out_path, "syncing")?;
     Ok(Replayed {
         txn,

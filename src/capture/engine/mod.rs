@@ -414,9 +414,9 @@ fn open_readers(src: &SourceDb, busy: Duration) -> Result<(Vec<Connection>, Shm)
 /// Continuous capture needs to see, without taking them, the locks SQLite connections hold on
 /// the wal-index (whether a checkpoint runs, whether anyone still has the database open): on
 /// Windows those byte-range locks are mandatory and cannot be probed without being taken, and
-/// taking one even briefly makes the application's next write fail with `SQLITE_BUSY` when it
-/// has no busy timeout. So capture refuses there, pointing to snapshot mode (tested under
-/// Wine: `tests/windows.rs`).
+/// a lock held while the application commits makes that commit wait and then fail with
+/// `SQLITE_BUSY` when it has no busy timeout (measured under Wine: `tests/windows.rs`). So
+/// capture refuses there, pointing to snapshot mode.
 ///
 /// # Errors
 /// `Refused` on Windows.
