@@ -16,9 +16,11 @@ pub struct CaptureLog {
     json: bool,
     quiet: bool,
     /// Print each failure here (config mode); a single database's ends the run and is printed
-    /// by `main`.
+    /// by `main` — unless the run still ends normally (a failure while stopping), when
+    /// [`CaptureLog::unreported`] hands it over.
     print_errors: bool,
     failed: AtomicBool,
+    unreported: std::sync::Mutex<Vec<String>>,
 }
 
 impl CaptureLog {
@@ -28,7 +30,18 @@ impl CaptureLog {
             quiet,
             print_errors,
             failed: AtomicBool::new(false),
+            unreported: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Failures not printed yet (single-database mode), taken once.
+    pub fn unreported(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .unreported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Whether any database failed during the run.
@@ -58,6 +71,11 @@ impl Observer for CaptureLog {
         self.failed.store(true, Ordering::SeqCst);
         if self.print_errors {
             eprintln!("walbundle: error: {db}: {e}");
+        } else {
+            self.unreported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(format!("{db}: {e}"));
         }
     }
 

@@ -160,5 +160,10 @@ pub fn run(a: Args) -> Result<u8> {
         let all = serde_json::json!({ "event": "stopped", "databases": all });
         ui::out(&format!("{all}\n"));
     }
+    // A failure that did not end the run early (one while stopping: the last bundles could not
+    // be published) has not been printed by `main`: say it, never exit 2 in silence.
+    for e in cli.unreported() {
+        eprintln!("walbundle: error: {e}");
+    }
     Ok(if cli.failed() { 2 } else { 0 })
 }
