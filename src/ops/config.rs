@@ -15,7 +15,7 @@
 //! [[database]]
 //! path = "~/projects/*/.app/project.db"   # a pattern: * and ? within one path component
 //! name = "project-{1}"          # {1}: what the first wildcard component matched
-//! mode = "snapshot"             # or "capture" (the default)
+//! mode = "snapshot"             # or "capture" (the default; on Windows "snapshot" is)
 //! every = "1h"                  # snapshot mode: how often the schedule snapshots
 //! keep = 24                     # snapshot retention
 //! retain_days = 7
@@ -49,6 +49,19 @@ pub enum Mode {
     Capture,
     /// Periodic snapshots (`snapshot --config`, from a schedule).
     Snapshot,
+}
+
+impl Mode {
+    /// A database's mode when its entry names none: capture, except on Windows, where capture
+    /// is not available and snapshots are the way.
+    pub const PLATFORM_DEFAULT: Mode = if cfg!(windows) {
+        Mode::Snapshot
+    } else {
+        Mode::Capture
+    };
+
+    /// [`Mode::PLATFORM_DEFAULT`] as its command-line name.
+    pub const PLATFORM_DEFAULT_NAME: &str = if cfg!(windows) { "snapshot" } else { "capture" };
 }
 
 /// The file as written.
@@ -339,7 +352,7 @@ impl Config {
                     db,
                     name,
                     dest: dest.clone(),
-                    mode: d.mode.unwrap_or(Mode::Capture),
+                    mode: d.mode.unwrap_or(Mode::PLATFORM_DEFAULT),
                     entry: d.clone(),
                     allow_inside_source: d
                         .allow_inside_source

@@ -54,8 +54,8 @@ pub struct InstallArgs {
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// capture (continuous, plus hourly compaction) or snapshot (periodic snapshot +
-    /// compaction).
-    #[arg(long, value_enum, default_value = "capture")]
+    /// compaction). Default: capture; on Windows snapshot.
+    #[arg(long, value_enum, default_value = Mode::PLATFORM_DEFAULT_NAME)]
     pub mode: Mode,
     /// Snapshot mode: how often (e.g. 30m, 1h, 1d).
     #[arg(long, default_value = "1h", value_parser = config::duration)]
