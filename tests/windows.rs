@@ -124,32 +124,32 @@ fn write_pairs(
 #[test]
 #[ignore = "run by writer_process() as a child process"]
 fn writer_process() {
-    let (Some(db), Some(stop)) = (
-        std::env::var_os("WB_WRITER_DB"),
-        std::env::var_os("WB_WRITER_STOP"),
-    ) else {
+    let Some((db, stop)) = child_args() else {
         return;
     };
-    let stop = PathBuf::from(stop);
-    let n = write_pairs(
-        Path::new(&db),
-        "process",
-        5000,
-        &|| stop.exists(),
-        &AtomicU64::new(0),
-    );
+    let n = write_pairs(&db, "process", 5000, &|| stop.exists(), &AtomicU64::new(0));
     println!("committed {n}");
 }
 
-fn spawn_writer_process(db: &Path, stop: &Path) -> std::process::Child {
+/// Run the ignored test `test` of this program in a child process, working on `target` until
+/// the file `stop` exists (the child reads both with [`child_args`]); its stdout is piped.
+fn spawn_child_test(test: &str, target: &Path, stop: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "writer_process", "--ignored", "--nocapture"])
-        .env("WB_WRITER_DB", db)
-        .env("WB_WRITER_STOP", stop)
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .env("WB_CHILD_TARGET", target)
+        .env("WB_CHILD_STOP", stop)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("starting the writer process")
+        .expect("starting a child test process")
+}
+
+/// In a child test: (target, stop file) as [`spawn_child_test`] gave them; `None` when the
+/// test was run directly.
+fn child_args() -> Option<(PathBuf, PathBuf)> {
+    let target = std::env::var_os("WB_CHILD_TARGET")?;
+    let stop = std::env::var_os("WB_CHILD_STOP")?;
+    Some((target.into(), stop.into()))
 }
 
 /// Every row of `t` in order: what a restore must reproduce.
@@ -201,7 +201,7 @@ fn snapshots_of_a_database_being_written_restore_exactly_and_compact() {
     let stop = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicU64::new(0));
 
-    let child = spawn_writer_process(&db, &stop_file);
+    let child = spawn_child_test("writer_process", &db, &stop_file);
     let thread = {
         let (db, stop, busy) = (db.clone(), Arc::clone(&stop), Arc::clone(&busy));
         std::thread::spawn(move || {
@@ -610,13 +610,11 @@ fn probing_sqlite_locks_on_windows_breaks_an_application_without_busy_timeout() 
         .unwrap();
     // Another process (locks of one process do not conflict with each other under Wine).
     let stop_file = t.path().join("stop-prober");
-    let prober = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_prober_process", "--ignored", "--nocapture"])
-        .env("WB_PROBE_SHM", db.with_file_name("app.db-shm"))
-        .env("WB_PROBE_STOP", &stop_file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let prober = spawn_child_test(
+        "lock_prober_process",
+        &db.with_file_name("app.db-shm"),
+        &stop_file,
+    );
     std::thread::sleep(Duration::from_millis(300));
     let mut busy = 0;
     let mut worst = Duration::ZERO;
@@ -659,10 +657,7 @@ fn probing_sqlite_locks_on_windows_breaks_an_application_without_busy_timeout() 
 #[test]
 #[ignore = "run by probing_sqlite_locks_on_windows_breaks_an_application_without_busy_timeout"]
 fn lock_prober_process() {
-    let (Some(shm), Some(stop)) = (
-        std::env::var_os("WB_PROBE_SHM"),
-        std::env::var_os("WB_PROBE_STOP"),
-    ) else {
+    let Some((shm, stop)) = child_args() else {
         return;
     };
     let f = std::fs::OpenOptions::new()
@@ -671,7 +666,7 @@ fn lock_prober_process() {
         .open(&shm)
         .unwrap();
     let (mut n, mut held) = (0u64, 0u64);
-    while !Path::new(&stop).exists() {
+    while !stop.exists() {
         // The write lock's byte (120), exclusively, failing at once if taken: what "does the
         // application hold the write lock?" costs on Windows.
         n += 1;

@@ -557,10 +557,7 @@ fn log_dir() -> PathBuf {
 }
 
 fn local_app_data() -> PathBuf {
-    std::env::var_os("LOCALAPPDATA")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".local/state"))
+    crate::sys::local_app_data().unwrap_or_else(|| home().join(".local/state"))
 }
 
 fn launcher_beside(exe: &Path) -> PathBuf {

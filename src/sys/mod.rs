@@ -60,15 +60,14 @@ pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 }
 
 /// Write all of `buf` at `offset` (see [`read_at`] about the cursor).
-pub fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     #[cfg(unix)]
     {
-        let _ = &mut buf;
-        let _ = &mut offset;
         std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
     }
     #[cfg(windows)]
     {
+        let (mut buf, mut offset) = (buf, offset);
         while !buf.is_empty() {
             match std::os::windows::fs::FileExt::seek_write(file, buf, offset) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -165,34 +164,41 @@ fn plain_windows_path(c: std::path::PathBuf) -> std::path::PathBuf {
     c
 }
 
+/// A non-empty environment variable as a path.
+fn env_path(key: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(key)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// [`env_path`] on Windows only.
+fn windows_env_path(key: &str) -> Option<std::path::PathBuf> {
+    if cfg!(windows) { env_path(key) } else { None }
+}
+
 /// The user's home folder: `HOME`, else on Windows `USERPROFILE`.
 pub fn home_dir() -> Option<std::path::PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    var("HOME")
-        .or_else(|| {
-            if cfg!(windows) {
-                var("USERPROFILE")
-            } else {
-                None
-            }
-        })
-        .map(std::path::PathBuf::from)
+    env_path("HOME").or_else(|| windows_env_path("USERPROFILE"))
+}
+
+/// `%LOCALAPPDATA%`, where Windows keeps a user's per-machine program data (read on every
+/// platform, so what a Windows schedule writes can be generated and tested elsewhere).
+pub fn local_app_data() -> Option<std::path::PathBuf> {
+    env_path("LOCALAPPDATA")
 }
 
 /// Where this user's walbundle state lives (locks and heartbeats of object-store sets):
 /// `XDG_STATE_HOME`, else `%LOCALAPPDATA%` on Windows, else `~/.local/state`, else the
 /// temporary folder.
 pub fn state_home() -> std::path::PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    var("XDG_STATE_HOME")
+    env_path("XDG_STATE_HOME")
         .or_else(|| {
             if cfg!(windows) {
-                var("LOCALAPPDATA")
+                local_app_data()
             } else {
                 None
             }
         })
-        .map(std::path::PathBuf::from)
         .or_else(|| home_dir().map(|h| h.join(".local").join("state")))
         .unwrap_or_else(std::env::temp_dir)
 }
@@ -200,15 +206,14 @@ pub fn state_home() -> std::path::PathBuf {
 /// A user's shell command line as the platform runs one: `sh -c` on Unix, `cmd /C` on
 /// Windows.
 pub fn shell(cmd: &str) -> std::process::Command {
-    if cfg!(windows) {
-        let mut c = std::process::Command::new("cmd");
-        c.arg("/C").arg(cmd);
-        c
+    let (program, flag) = if cfg!(windows) {
+        ("cmd", "/C")
     } else {
-        let mut c = std::process::Command::new("sh");
-        c.arg("-c").arg(cmd);
-        c
-    }
+        ("sh", "-c")
+    };
+    let mut c = std::process::Command::new(program);
+    c.arg(flag).arg(cmd);
+    c
 }
 
 #[cfg(test)]
