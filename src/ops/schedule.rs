@@ -267,11 +267,7 @@ fn cron_lines(name: &str, exe: &str, cfg: &str, mode: Mode, every: Duration) -> 
 }
 
 fn launchd_plist(name: &str, exe: &str, cfg: &str, mode: Mode, every: Duration) -> String {
-    let x = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
+    let x = xml_escape;
     let (verb, extra) = match mode {
         Mode::Capture => ("capture", "  <key>KeepAlive</key>\n  <true/>\n".to_string()),
         Mode::Snapshot => (
