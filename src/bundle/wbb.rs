@@ -406,6 +406,7 @@ fn compress_with_prefix(
     use zstd::zstd_safe::{CCtx, CParameter};
     let e = |c: usize| io::Error::other(zstd::zstd_safe::get_error_name(c));
     let ref_len = reference.len();
+    reference.reserve_exact(body.len());
     reference.extend_from_slice(body);
     let joined = reference;
     let (prefix, src) = joined.split_at(ref_len);

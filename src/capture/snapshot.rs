@@ -52,7 +52,7 @@ impl Default for SnapshotOptions {
     fn default() -> Self {
         Self {
             check: CheckLevel::Full,
-            level: 3,
+            level: crate::bundle::image::DEFAULT_LEVEL,
             workers: 2,
             busy_timeout: Duration::from_secs(10),
             scratch_dir: None,

@@ -89,7 +89,7 @@ impl Default for CompactOptions {
             policy: CompactPolicy::default(),
             dry_run: false,
             check: CheckLevel::Full,
-            level: 3,
+            level: crate::bundle::image::DEFAULT_LEVEL,
             workers: 2,
             now: None,
         }

@@ -49,6 +49,9 @@ struct Held {
     dirty_bytes: usize,
     /// The output file's length, in pages, as last flushed.
     file_pages: u32,
+    /// Page buffers a flush emptied, reused for the next pages held (no allocation and no
+    /// fresh memory a page: their number never passes what `DIRTY_LIMIT` lets `dirty` hold).
+    spare: Vec<Vec<u8>>,
 }
 
 /// Replay state shared by the per-page and per-transaction callbacks.
@@ -80,6 +83,25 @@ impl Held {
 
     /// Write the held pages: cut the file to the lowest size reached, write the newest version
     /// of each page in order, set the size to `page_count`.
+    /// Hold `page` as the newest version of `pgno`.
+    fn hold(&mut self, pgno: u32, page: &[u8]) {
+        use std::collections::btree_map::Entry;
+        match self.dirty.entry(pgno) {
+            Entry::Occupied(mut e) => e.get_mut().copy_from_slice(page),
+            Entry::Vacant(e) => {
+                let buf = match self.spare.pop() {
+                    Some(mut b) if b.len() == page.len() => {
+                        b.copy_from_slice(page);
+                        b
+                    }
+                    _ => page.to_vec(),
+                };
+                e.insert(buf);
+                self.dirty_bytes += page.len();
+            }
+        }
+    }
+
     fn flush(&mut self, page_count: u32, f: &File, ps: u32, out_path: &Path) -> Result<()> {
         let len_of = |pages: u32| u64::from(pages) * u64::from(ps);
         if self.min_count < self.file_pages {
@@ -108,7 +130,7 @@ impl Held {
         if page_count != self.min_count.min(self.file_pages) || self.file_pages != page_count {
             f.set_len(len_of(page_count)).ctx(out_path, "resizing")?;
         }
-        self.dirty.clear();
+        self.spare.extend(std::mem::take(&mut self.dirty).into_values());
         self.dirty_bytes = 0;
         self.file_pages = page_count;
         self.min_count = page_count;
@@ -181,6 +203,16 @@ pub fn replay_into(
     let m = &plan.base;
     let ps = m.page_size;
     let mut terms: Vec<u64> = Vec::with_capacity(m.page_count as usize);
+    // The bundles are fetched (from an object store, several at once) and their digests
+    // checked on another thread, from the start: the first ones are ready by the time the
+    // image is written, and each next one while one replays.
+    let keys = plan.bundles.iter().map(|b| b.key.clone()).collect();
+    let mut fetch = crate::store::Prefetch::start(
+        &plan.objects,
+        keys,
+        crate::store::PARALLEL_REQUESTS,
+        |copy| read_bundle(&copy.path),
+    );
     progress.begin("restoring", m.image.raw_size);
     {
         let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
@@ -210,15 +242,6 @@ pub fn replay_into(
     let mut done = matches!(plan.stop, Stop::Txn(n) if n <= txn);
     // Held pages, carried from bundle to bundle until they pass DIRTY_LIMIT.
     let mut held = Held::new(page_count);
-    // The next bundles are fetched (from an object store, several at once) and their digests
-    // checked on another thread while one replays.
-    let keys = plan.bundles.iter().map(|b| b.key.clone()).collect();
-    let mut fetch = crate::store::Prefetch::start(
-        &plan.objects,
-        keys,
-        crate::store::PARALLEL_REQUESTS,
-        |copy| read_bundle(&copy.path),
-    );
     for (expect_seq, pb) in (m.seq + 1..).zip(plan.bundles.iter()) {
         if done {
             break;
@@ -315,9 +338,7 @@ pub fn replay_into(
                 let old = s.terms[i];
                 s.state.0 ^= old ^ t;
                 s.terms[i] = t;
-                if s.held.dirty.insert(pgno, page.to_vec()).is_none() {
-                    s.held.dirty_bytes += page.len();
-                }
+                s.held.hold(pgno, page);
                 Ok(())
             },
             |n, rec| {
@@ -339,6 +360,7 @@ pub fn replay_into(
                 }
                 let dropped = s.held.dirty.split_off(&(count as u32 + 1));
                 s.held.dirty_bytes -= dropped.len() * ps as usize;
+                s.held.spare.extend(dropped.into_values());
                 if s.state.0 != rec.state_after {
                     return Err(Error::corrupt(
                         path,

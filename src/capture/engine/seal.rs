@@ -21,7 +21,14 @@ impl Capturer {
                 p.refs
             };
             let refs: Vec<u32> = taken.keys().copied().collect();
-            let mut reference = Vec::with_capacity(refs.len() * header_ps);
+            // Room for the body too: the compressor joins the two in this buffer (the
+            // reference as the body's prefix), so the join does not copy the reference again.
+            let body_room = if refs.is_empty() {
+                0
+            } else {
+                usize::try_from(p.body.raw_len()).unwrap_or(0)
+            };
+            let mut reference = Vec::with_capacity(refs.len() * header_ps + body_room);
             for page in taken.values() {
                 reference.extend_from_slice(page);
             }

@@ -70,8 +70,8 @@ pub struct Args {
     /// SQLite check of the new generation before it is published.
     #[arg(long, value_enum, default_value = "full")]
     pub check: Check,
-    /// zstd level of the new image (1 fastest, 19 smallest).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    /// zstd level of the new image (1 fastest, 19 smallest; 2 by default, as for snapshots).
+    #[arg(long, default_value_t = walbundle::bundle::image::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub level: i32,
     /// zstd compression threads.
     #[arg(long, default_value_t = 2)]
