@@ -3,8 +3,10 @@
 //!
 //! Pages are held in memory across bundles (up to [`DIRTY_LIMIT`]) and written once per
 //! flush, newest version only, contiguous pages in one write: a page that consecutive bundles
-//! rewrite reaches the file once. Memory is bounded by that limit, one bundle file, and one
-//! 8-byte state term per page of the database — never by the chain's length.
+//! rewrite reaches the file once. A flush is written by a writer thread while replay decodes
+//! the next pages (at most one flush at a time; its pages stay readable as reference pages
+//! until it is done). Memory is bounded by twice that limit, the bundles fetched ahead, and
+//! one 8-byte state term per page of the database — never by the chain's length.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -50,8 +52,67 @@ struct Held {
     /// The output file's length, in pages, as last flushed.
     file_pages: u32,
     /// Page buffers a flush emptied, reused for the next pages held (no allocation and no
-    /// fresh memory a page: their number never passes what `DIRTY_LIMIT` lets `dirty` hold).
+    /// fresh memory a page: their number never passes what `DIRTY_LIMIT` lets `dirty` and the
+    /// flush in flight hold).
     spare: Vec<Vec<u8>>,
+    /// The flush being written on another thread while replay goes on (at most one).
+    inflight: Option<InFlight>,
+}
+
+/// A flush handed to a writer thread: its pages stay readable here until it is done.
+struct InFlight {
+    pages: std::sync::Arc<std::collections::BTreeMap<u32, Vec<u8>>>,
+    /// The flush cuts the file to this many pages before it writes (`u32::MAX`: no cut), so a
+    /// page above it that the flush does not write reads as zeros once it is done — and
+    /// meanwhile may still read as its old bytes from the file.
+    cut: u32,
+    /// The writer (taken when waited for).
+    job: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Cut `f` to `cut` pages if given, write `pages` (runs of consecutive pages in one call,
+/// at most [`WRITE_RUN`] bytes each), then set its length to `len` pages if given.
+fn write_pages(
+    f: &File,
+    pages: &std::collections::BTreeMap<u32, Vec<u8>>,
+    ps: u32,
+    cut: Option<u32>,
+    len: Option<u32>,
+) -> std::io::Result<()> {
+    let len_of = |pages: u32| u64::from(pages) * u64::from(ps);
+    if let Some(c) = cut {
+        f.set_len(len_of(c))?;
+    }
+    let mut run: Vec<u8> = Vec::with_capacity(WRITE_RUN);
+    let mut run_start = 0u32;
+    let mut next = 0u32;
+    for (&pgno, page) in pages {
+        if !run.is_empty() && (pgno != next || run.len() + page.len() > WRITE_RUN) {
+            crate::sys::write_all_at(f, &run, len_of(run_start - 1))?;
+            run.clear();
+        }
+        if run.is_empty() {
+            run_start = pgno;
+        }
+        run.extend_from_slice(page);
+        next = pgno + 1;
+    }
+    if !run.is_empty() {
+        crate::sys::write_all_at(f, &run, len_of(run_start - 1))?;
+    }
+    if let Some(l) = len {
+        f.set_len(len_of(l))?;
+    }
+    Ok(())
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // A replay that fails mid-way still lets its writer finish before the staged file goes.
+        if let Some(job) = self.job.take() {
+            let _ = job.join();
+        }
+    }
 }
 
 /// Replay state shared by the per-page and per-transaction callbacks.
@@ -66,8 +127,11 @@ struct Live {
     stopped: bool,
 }
 
-/// Hold at most this much of the newest page versions before writing them out.
-const DIRTY_LIMIT: usize = 32 << 20;
+/// Hold at most this much of the newest page versions before writing them out (a second set
+/// this large may be in flight on the writer thread). Measured on a 383 MB database replayed
+/// from 105 bundles: 32 MiB held with no writer thread 1.45-1.58 s at 70 MB peak RSS; with
+/// the writer, 32 MiB 1.16-1.30 s at 107 MB, 16 MiB 1.16-1.21 s at 80 MB.
+const DIRTY_LIMIT: usize = 16 << 20;
 
 /// Largest single write of contiguous pages.
 const WRITE_RUN: usize = 1 << 20;
@@ -81,8 +145,45 @@ impl Held {
         }
     }
 
-    /// Write the held pages: cut the file to the lowest size reached, write the newest version
-    /// of each page in order, set the size to `page_count`.
+    /// Wait for the flush in flight, if any, and take its page buffers back.
+    fn wait(&mut self, out_path: &Path) -> Result<()> {
+        let Some(mut w) = self.inflight.take() else {
+            return Ok(());
+        };
+        match w.job.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => return Err(Error::io(out_path, "writing", e)),
+            Some(Err(_)) => {
+                return Err(Error::io(
+                    out_path,
+                    "writing",
+                    std::io::Error::other("the writer thread failed"),
+                ));
+            }
+        }
+        if let Some(pages) = std::sync::Arc::get_mut(&mut w.pages) {
+            self.spare.extend(std::mem::take(pages).into_values());
+        }
+        Ok(())
+    }
+
+    /// The newest version of `pgno` held here or in the flush in flight; `Some(None)` when it
+    /// reads as zeros (cut since, or by the flush in flight); `None` when the file holds it.
+    fn lookup(&self, pgno: u32) -> Option<Option<&[u8]>> {
+        if let Some(p) = self.dirty.get(&pgno) {
+            return Some(Some(p));
+        }
+        if pgno > self.min_count {
+            return Some(None);
+        }
+        let w = self.inflight.as_ref()?;
+        match w.pages.get(&pgno) {
+            Some(p) => Some(Some(p)),
+            None if pgno > w.cut => Some(None),
+            None => None,
+        }
+    }
+
     /// Hold `page` as the newest version of `pgno`.
     fn hold(&mut self, pgno: u32, page: &[u8]) {
         use std::collections::btree_map::Entry;
@@ -102,35 +203,27 @@ impl Held {
         }
     }
 
+    /// Write the held pages on a writer thread while replay goes on: cut the file to the lowest
+    /// size reached, write the newest version of each page in order, set the size to
+    /// `page_count`. The previous flush is waited for first, so writes never overlap.
     fn flush(&mut self, page_count: u32, f: &File, ps: u32, out_path: &Path) -> Result<()> {
-        let len_of = |pages: u32| u64::from(pages) * u64::from(ps);
-        if self.min_count < self.file_pages {
-            f.set_len(len_of(self.min_count))
-                .ctx(out_path, "resizing")?;
-        }
-        // Runs of consecutive pages go out in one write each (at most WRITE_RUN bytes).
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = 0u32;
-        let mut next = 0u32;
-        for (&pgno, page) in &self.dirty {
-            if !run.is_empty() && (pgno != next || run.len() + page.len() > WRITE_RUN) {
-                crate::sys::write_all_at(f, &run, len_of(run_start - 1))
-                    .ctx(out_path, "writing")?;
-                run.clear();
-            }
-            if run.is_empty() {
-                run_start = pgno;
-            }
-            run.extend_from_slice(page);
-            next = pgno + 1;
-        }
-        if !run.is_empty() {
-            crate::sys::write_all_at(f, &run, len_of(run_start - 1)).ctx(out_path, "writing")?;
-        }
-        if page_count != self.min_count.min(self.file_pages) || self.file_pages != page_count {
-            f.set_len(len_of(page_count)).ctx(out_path, "resizing")?;
-        }
-        self.spare.extend(std::mem::take(&mut self.dirty).into_values());
+        self.wait(out_path)?;
+        let cut = (self.min_count < self.file_pages).then_some(self.min_count);
+        let len = (page_count != self.min_count.min(self.file_pages)
+            || self.file_pages != page_count)
+            .then_some(page_count);
+        let pages = std::sync::Arc::new(std::mem::take(&mut self.dirty));
+        let file = f.try_clone().ctx(out_path, "writing")?;
+        let theirs = std::sync::Arc::clone(&pages);
+        let job = std::thread::Builder::new()
+            .name("restore-writer".into())
+            .spawn(move || write_pages(&file, &theirs, ps, cut, len))
+            .ctx(out_path, "starting the writer")?;
+        self.inflight = Some(InFlight {
+            pages,
+            cut: cut.unwrap_or(u32::MAX),
+            job: Some(job),
+        });
         self.dirty_bytes = 0;
         self.file_pages = page_count;
         self.min_count = page_count;
@@ -167,14 +260,14 @@ fn reference_pages(
 ) -> Result<Vec<u8>> {
     let mut reference = vec![0u8; refs.len() * ps as usize];
     for (&pgno, page) in refs.iter().zip(reference.chunks_exact_mut(ps as usize)) {
-        if let Some(held) = live.held.dirty.get(&pgno) {
-            page.copy_from_slice(held);
-        } else if pgno > live.held.min_count {
-            page.fill(0);
-        } else {
-            let n = crate::sys::pread_full(out, page, u64::from(pgno - 1) * u64::from(ps))
-                .ctx(out_path, "reading")?;
-            page[n..].fill(0);
+        match live.held.lookup(pgno) {
+            Some(Some(held)) => page.copy_from_slice(held),
+            Some(None) => page.fill(0),
+            None => {
+                let n = crate::sys::pread_full(out, page, u64::from(pgno - 1) * u64::from(ps))
+                    .ctx(out_path, "reading")?;
+                page[n..].fill(0);
+            }
         }
         let want = live.terms.get(pgno as usize - 1).copied();
         if want != Some(term_or_zero(ps, pgno, page)) {
@@ -199,6 +292,22 @@ pub fn replay_into(
     out: &mut File,
     out_path: &Path,
     progress: &dyn Progress,
+) -> Result<Replayed> {
+    replay_into_holding(plan, out, out_path, progress, DIRTY_LIMIT)
+}
+
+/// [`replay_into`], holding at most `hold_bytes` of page versions before a flush (the
+/// default is [`DIRTY_LIMIT`]; a small value makes nearly every transaction wait on the flush
+/// before it, which the model test uses to check reference pages read while one is in flight).
+///
+/// # Errors
+/// As [`replay_into`].
+pub fn replay_into_holding(
+    plan: &RestorePlan,
+    out: &mut File,
+    out_path: &Path,
+    progress: &dyn Progress,
+    hold_bytes: usize,
 ) -> Result<Replayed> {
     let m = &plan.base;
     let ps = m.page_size;
@@ -372,7 +481,7 @@ pub fn replay_into(
                     ));
                 }
                 s.page_count = rec.page_count;
-                if s.held.dirty_bytes > DIRTY_LIMIT {
+                if s.held.dirty_bytes > hold_bytes {
                     s.flush(f, ps, out_path)?;
                 }
                 s.txn = n;
@@ -389,7 +498,7 @@ pub fn replay_into(
             },
         ));
         let mut s = st.into_inner();
-        if s.held.dirty_bytes > DIRTY_LIMIT {
+        if s.held.dirty_bytes > hold_bytes {
             s.flush(out, ps, out_path)?;
         }
         held = s.held;
@@ -428,6 +537,7 @@ pub fn replay_into(
         ));
     }
     held.flush(page_count, out, ps, out_path)?;
+    held.wait(out_path)?;
     out.sync_all().ctx(out_path, "syncing")?;
     Ok(Replayed {
         txn,

@@ -17,7 +17,7 @@ use serde::Serialize;
 pub mod apply;
 pub mod plan;
 
-pub use apply::{Replayed, replay_into};
+pub use apply::{Replayed, replay_into, replay_into_holding};
 pub use plan::{RestorePlan, Stop, Target, parse_time, plan};
 
 use crate::bundle::image::{ImageSummary, decode_image_unchecked};
