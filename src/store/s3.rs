@@ -869,8 +869,14 @@ impl Store for S3Store {
         if self.put_if_absent(key, &url, data)? {
             return Ok(());
         }
+        // Compare by size (one HEAD), then content. A store that does not answer is an error
+        // to retry, never "other contents": the first PUT may have landed with its answer lost
+        // (seen through a proxy that resets connections), and the object is then ours.
         self.taken(key, |s| {
-            Ok(s.get_inner(key, None, data.len() as u64).ok().as_deref() == Some(data))
+            if s.head_size(key)? != Some(data.len() as u64) {
+                return Ok(false);
+            }
+            Ok(s.get_inner(key, None, data.len() as u64)? == data)
         })
     }
 

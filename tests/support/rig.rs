@@ -316,5 +316,7 @@ pub fn spawn_logged(args: &[&str], env: &[(&str, String)], log: &std::path::Path
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().expect("spawn walbundle")
+    let child = c.spawn().expect("spawn walbundle");
+    remember_log(&child, log.to_path_buf());
+    child
 }
