@@ -62,12 +62,19 @@ struct Held {
 /// A flush handed to a writer thread: its pages stay readable here until it is done.
 struct InFlight {
     pages: std::sync::Arc<std::collections::BTreeMap<u32, Vec<u8>>>,
-    /// The flush cuts the file to this many pages before it writes (`u32::MAX`: no cut), so a
-    /// page above it that the flush does not write reads as zeros once it is done — and
-    /// meanwhile may still read as its old bytes from the file.
-    cut: u32,
+    /// The flush cuts the file to this many pages before it writes, so a page above it that
+    /// the flush does not write reads as zeros once it is done — and meanwhile may still read
+    /// as its old bytes from the file.
+    cut: Option<u32>,
     /// The writer (taken when waited for).
     job: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Where a page's newest version is ([`Held::lookup`]).
+enum Found<'a> {
+    Held(&'a [u8]),
+    Zeros,
+    InFile,
 }
 
 /// Cut `f` to `cut` pages if given, write `pages` (runs of consecutive pages in one call,
@@ -167,20 +174,22 @@ impl Held {
         Ok(())
     }
 
-    /// The newest version of `pgno` held here or in the flush in flight; `Some(None)` when it
-    /// reads as zeros (cut since, or by the flush in flight); `None` when the file holds it.
-    fn lookup(&self, pgno: u32) -> Option<Option<&[u8]>> {
+    /// Where the newest version of `pgno` is: held here or in the flush in flight, zeros (cut
+    /// since, or by the flush in flight), or in the file.
+    fn lookup(&self, pgno: u32) -> Found<'_> {
         if let Some(p) = self.dirty.get(&pgno) {
-            return Some(Some(p));
+            return Found::Held(p);
         }
         if pgno > self.min_count {
-            return Some(None);
+            return Found::Zeros;
         }
-        let w = self.inflight.as_ref()?;
+        let Some(w) = &self.inflight else {
+            return Found::InFile;
+        };
         match w.pages.get(&pgno) {
-            Some(p) => Some(Some(p)),
-            None if pgno > w.cut => Some(None),
-            None => None,
+            Some(p) => Found::Held(p),
+            None if w.cut.is_some_and(|c| pgno > c) => Found::Zeros,
+            None => Found::InFile,
         }
     }
 
@@ -212,6 +221,9 @@ impl Held {
         let len = (page_count != self.min_count.min(self.file_pages)
             || self.file_pages != page_count)
             .then_some(page_count);
+        if self.dirty.is_empty() && cut.is_none() && len.is_none() {
+            return Ok(()); // nothing to write: no writer
+        }
         let pages = std::sync::Arc::new(std::mem::take(&mut self.dirty));
         let file = f.try_clone().ctx(out_path, "writing")?;
         let theirs = std::sync::Arc::clone(&pages);
@@ -221,7 +233,7 @@ impl Held {
             .ctx(out_path, "starting the writer")?;
         self.inflight = Some(InFlight {
             pages,
-            cut: cut.unwrap_or(u32::MAX),
+            cut,
             job: Some(job),
         });
         self.dirty_bytes = 0;
@@ -261,9 +273,9 @@ fn reference_pages(
     let mut reference = vec![0u8; refs.len() * ps as usize];
     for (&pgno, page) in refs.iter().zip(reference.chunks_exact_mut(ps as usize)) {
         match live.held.lookup(pgno) {
-            Some(Some(held)) => page.copy_from_slice(held),
-            Some(None) => page.fill(0),
-            None => {
+            Found::Held(held) => page.copy_from_slice(held),
+            Found::Zeros => page.fill(0),
+            Found::InFile => {
                 let n = crate::sys::pread_full(out, page, u64::from(pgno - 1) * u64::from(ps))
                     .ctx(out_path, "reading")?;
                 page[n..].fill(0);
