@@ -295,7 +295,9 @@ fn reference_pages(
     Ok(reference)
 }
 
-/// Replay `plan` into `out` (an empty file at `out_path`), checking everything.
+/// Replay `plan` into `out` (an empty file at `out_path`), checking everything. Every write
+/// has reached `out` when this returns, but nothing is synced: a caller that publishes the file
+/// syncs it (restore does, while the integrity check runs); scratch copies need not.
 ///
 /// # Errors
 /// `Corrupt` naming the artifact and the link or checksum that failed; `Io` for the output.
@@ -550,7 +552,6 @@ pub fn replay_into_holding(
     }
     held.flush(page_count, out, ps, out_path)?;
     held.wait(out_path)?;
-    out.sync_all().ctx(out_path, "syncing")?;
     Ok(Replayed {
         txn,
         time,

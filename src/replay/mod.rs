@@ -323,8 +323,25 @@ pub fn restore(
         }
     };
     let reached = replay_into(plan, &mut f, tmp.path(), progress).map_err(hint)?;
+    // The check reads the staged pages while the kernel writes them to disk: the fsync and the
+    // check overlap, and both must succeed before anything is published.
+    let (synced, checked) = std::thread::scope(|s| {
+        let sync = s.spawn(|| f.sync_all());
+        let checked = integrity_check(tmp.path(), opts.check);
+        (sync.join(), checked)
+    });
+    match synced {
+        Ok(r) => r.ctx(tmp.path(), "syncing")?,
+        Err(_) => {
+            return Err(Error::io(
+                tmp.path(),
+                "syncing",
+                std::io::Error::other("the syncing thread failed"),
+            ));
+        }
+    }
+    checked.map_err(hint)?;
     drop(f);
-    integrity_check(tmp.path(), opts.check).map_err(hint)?;
 
     let mut moved = Vec::new();
     if !existing.is_empty() {
