@@ -19,6 +19,12 @@ use crate::error::{Error, Result};
 /// honest walbundle image uses far less; a crafted one cannot make us allocate more.
 pub const MAX_WINDOW_LOG: u32 = 27;
 
+/// Bytes of pages the image decoder hands over at a time.
+const DECODE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks decoded ahead of the pages being hashed and written.
+const DECODE_CHUNKS: usize = 4;
+
 /// A reader that hashes and counts what passes through it.
 #[derive(Debug)]
 pub struct HashingReader<R> {
@@ -287,52 +293,94 @@ pub fn decode_image_unchecked(
             format!("image is {file_len} bytes, manifest field `image.size` says {want}"),
         ));
     }
-    let hr = HashingReader::new(file);
-    let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 17, hr))
-        .map_err(|e| Error::io(path, "starting decompression", e))?;
-    dec.window_log_max(MAX_WINDOW_LOG)
-        .map_err(|e| Error::io(path, "configuring decoder", e))?;
-    let mut dec = dec.single_frame();
-    let mut page = vec![0u8; page_size as usize];
+    // Two threads: one reads, hashes and decompresses the frame into chunks of pages; this one
+    // hashes the pages, adds up the state checksum and hands them to `sink`. The chunks go
+    // round between the two (at most DECODE_CHUNKS in use), so memory stays a few MiB.
+    let ps = page_size as usize;
+    let chunk_pages = (DECODE_CHUNK_BYTES / ps).max(1);
+    let total = u64::from(page_size) * u64::from(page_count);
     let mut raw_sha = Sha256::new();
     let mut state = StateChecksum::default();
-    let zerr = |e: io::Error| {
-        Error::corrupt(
-            path,
-            format!("compressed stream is damaged or truncated ({e})"),
-        )
-    };
-    for pgno in 1..=page_count {
-        if super::read_up_to(&mut dec, &mut page).map_err(zerr)? != page.len() {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "image ends at page {} of {page_count} (manifest `page_count`): truncated",
-                    pgno - 1
-                ),
-            ));
+    let (size, sha256) = std::thread::scope(|s| -> Result<(u64, String)> {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(DECODE_CHUNKS);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let decoder = s.spawn(move || -> Result<(u64, String)> {
+            let zerr = |e: io::Error| {
+                Error::corrupt(
+                    path,
+                    format!("compressed stream is damaged or truncated ({e})"),
+                )
+            };
+            let hr = HashingReader::new(file);
+            let mut dec =
+                zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 17, hr))
+                    .map_err(|e| Error::io(path, "starting decompression", e))?;
+            dec.window_log_max(MAX_WINDOW_LOG)
+                .map_err(|e| Error::io(path, "configuring decoder", e))?;
+            let mut dec = dec.single_frame();
+            let mut left = total;
+            while left > 0 {
+                let want = usize::try_from(left.min((chunk_pages * ps) as u64)).unwrap_or(ps);
+                let mut buf = free_rx.try_recv().unwrap_or_default();
+                buf.resize(want, 0);
+                let n = match super::read_up_to(&mut dec, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = full_tx.send(Err(zerr(e)));
+                        return Ok((0, String::new()));
+                    }
+                };
+                buf.truncate(n);
+                if full_tx.send(Ok(buf)).is_err() {
+                    return Ok((0, String::new())); // the reader stopped (its sink failed)
+                }
+                if n < want {
+                    return Ok((0, String::new())); // truncated: the reader says where
+                }
+                left -= n as u64;
+            }
+            drop(full_tx);
+            // The frame must end exactly here: one more byte means the image lies about its size.
+            let mut extra = [0u8; 1];
+            if dec.read(&mut extra).map_err(zerr)? != 0 {
+                return Err(Error::corrupt(
+                    path,
+                    format!("image decompresses to more than page_size x page_count ({total})"),
+                ));
+            }
+            dec.finish()
+                .into_inner()
+                .drain()
+                .map_err(|e| Error::io(path, "reading", e))
+        });
+        let mut pgno = 0u32;
+        for chunk in &full_rx {
+            let chunk = chunk?;
+            for page in chunk.chunks_exact(ps) {
+                pgno += 1;
+                raw_sha.update(page);
+                state.toggle(page_size, pgno, page);
+                sink(pgno, page)?;
+                progress(u64::from(page_size));
+            }
+            if chunk.len() % ps != 0 || (chunk.len() < chunk_pages * ps && pgno < page_count) {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "image ends at page {pgno} of {page_count} (manifest `page_count`): truncated"
+                    ),
+                ));
+            }
+            let _ = free_tx.send(chunk);
         }
-        raw_sha.update(&page);
-        state.toggle(page_size, pgno, &page);
-        sink(pgno, &page)?;
-        progress(u64::from(page_size));
-    }
-    // The frame must end exactly here: one more byte means the image lies about its size.
-    let mut extra = [0u8; 1];
-    if dec.read(&mut extra).map_err(zerr)? != 0 {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "image decompresses to more than page_size x page_count ({})",
-                u64::from(page_size) * u64::from(page_count)
-            ),
-        ));
-    }
-    let (size, sha256) = dec
-        .finish()
-        .into_inner()
-        .drain()
-        .map_err(|e| Error::io(path, "reading", e))?;
+        decoder.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                path,
+                "decompressing",
+                io::Error::other("the decoding thread failed"),
+            ))
+        })
+    })?;
     Ok(ImageSummary {
         size,
         sha256,
@@ -341,4 +389,128 @@ pub fn decode_image_unchecked(
         state,
         pages: page_count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PS: u32 = 4096;
+
+    /// A plain zstd frame of `pages` pages, page `i` filled with byte `i`.
+    fn image(pages: u32) -> tempfile::NamedTempFile {
+        let raw: Vec<u8> = (1..=pages)
+            .flat_map(|i| std::iter::repeat_n(i as u8, PS as usize))
+            .collect();
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), zstd::encode_all(&raw[..], 1).unwrap()).unwrap();
+        t
+    }
+
+    fn decode(t: &tempfile::NamedTempFile, pages: u32) -> (Result<ImageSummary>, Vec<u32>) {
+        let mut seen = Vec::new();
+        let r = decode_image_unchecked(
+            t.path(),
+            PS,
+            pages,
+            None,
+            |pgno, page| {
+                assert!(page.iter().all(|&b| b == pgno as u8), "page {pgno}");
+                seen.push(pgno);
+                Ok(())
+            },
+            |_| {},
+        );
+        (r, seen)
+    }
+
+    /// Pages come in order across the decoder's chunks, with the hashes of a one-pass decode.
+    #[test]
+    fn pages_across_chunks_in_order_with_their_hashes() {
+        let per_chunk = (DECODE_CHUNK_BYTES / PS as usize) as u32;
+        for pages in [
+            0,
+            1,
+            per_chunk - 1,
+            per_chunk,
+            per_chunk + 1,
+            3 * per_chunk + 7,
+        ] {
+            let t = image(pages);
+            let (r, seen) = decode(&t, pages);
+            let s = r.unwrap();
+            assert_eq!(seen, (1..=pages).collect::<Vec<_>>());
+            let raw: Vec<u8> = (1..=pages)
+                .flat_map(|i| std::iter::repeat_n(i as u8, PS as usize))
+                .collect();
+            assert_eq!(s.raw_sha256, hex(&Sha256::digest(&raw)));
+            let file = std::fs::read(t.path()).unwrap();
+            assert_eq!(
+                (s.size, s.sha256),
+                (file.len() as u64, hex(&Sha256::digest(&file)))
+            );
+        }
+    }
+
+    /// A frame shorter or longer than the pages claimed is refused, saying where it ended,
+    /// whether it ends at a chunk boundary or inside one.
+    #[test]
+    fn short_and_long_frames_are_refused() {
+        let per_chunk = (DECODE_CHUNK_BYTES / PS as usize) as u32;
+        for (have, claim) in [
+            (per_chunk, per_chunk + 5),
+            (per_chunk + 3, 2 * per_chunk),
+            (0, 1),
+        ] {
+            let (r, seen) = decode(&image(have), claim);
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("ends at page {have} of {claim}")),
+                "{e}"
+            );
+            assert_eq!(seen.len() as u32, have);
+        }
+        let (r, _) = decode(&image(per_chunk + 1), per_chunk);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("more than page_size x page_count"), "{e}");
+        // A partial page at the end.
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), zstd::encode_all(&[7u8; 5000][..], 1).unwrap()).unwrap();
+        let e = decode_image_unchecked(t.path(), PS, 2, None, |_, _| Ok(()), |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ends at page 1 of 2"), "{e}");
+    }
+
+    /// A damaged stream and a failing sink both stop the decode with their own error.
+    #[test]
+    fn damage_and_sink_errors_stop_the_decode() {
+        let t = image(600);
+        let mut b = std::fs::read(t.path()).unwrap();
+        let n = b.len();
+        b[n / 2] ^= 0x55;
+        std::fs::write(t.path(), &b).unwrap();
+        // Pages before the frame's checksum may be wrong; the decode as a whole fails.
+        let r = decode_image_unchecked(t.path(), PS, 600, None, |_, _| Ok(()), |_| {});
+        assert!(r.is_err());
+        let t = image(600);
+        let mut calls = 0;
+        let r = decode_image_unchecked(
+            t.path(),
+            PS,
+            600,
+            None,
+            |pgno, _| {
+                calls += 1;
+                if pgno == 300 {
+                    Err(Error::usage("stop here"))
+                } else {
+                    Ok(())
+                }
+            },
+            |_| {},
+        );
+        assert!(r.unwrap_err().to_string().contains("stop here"));
+        assert_eq!(calls, 300);
+    }
 }
