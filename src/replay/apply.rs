@@ -90,22 +90,23 @@ fn write_pages(
     if let Some(c) = cut {
         f.set_len(len_of(c))?;
     }
-    let mut run: Vec<u8> = Vec::with_capacity(WRITE_RUN);
+    // Runs of consecutive pages, each written with one vectored call (no copy into a buffer).
+    let mut run: Vec<&[u8]> = Vec::with_capacity(WRITE_RUN / ps as usize);
     let mut run_start = 0u32;
     let mut next = 0u32;
     for (&pgno, page) in pages {
-        if !run.is_empty() && (pgno != next || run.len() + page.len() > WRITE_RUN) {
-            crate::sys::write_all_at(f, &run, len_of(run_start - 1))?;
+        if !run.is_empty() && (pgno != next || (run.len() + 1) * ps as usize > WRITE_RUN) {
+            crate::sys::write_all_vectored_at(f, &run, len_of(run_start - 1))?;
             run.clear();
         }
         if run.is_empty() {
             run_start = pgno;
         }
-        run.extend_from_slice(page);
+        run.push(page);
         next = pgno + 1;
     }
     if !run.is_empty() {
-        crate::sys::write_all_at(f, &run, len_of(run_start - 1))?;
+        crate::sys::write_all_vectored_at(f, &run, len_of(run_start - 1))?;
     }
     if let Some(l) = len {
         f.set_len(len_of(l))?;

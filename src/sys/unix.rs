@@ -150,3 +150,58 @@ pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
     }
     Ok((old, lim.rlim_cur))
 }
+
+/// Linux: `pwritev` until every byte of `bufs` is written at `offset` (a short write resumes
+/// where it stopped; at most `IOV_MAX` pieces a call).
+#[cfg(target_os = "linux")]
+pub(super) fn pwritev_all(file: &std::fs::File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const IOV_MAX: usize = 1024;
+    let (mut bufs, mut skip, mut offset) = (bufs, 0usize, offset);
+    while bufs.first().is_some_and(|b| b.len() == skip) {
+        (bufs, skip) = (&bufs[1..], 0);
+    }
+    let mut iov = Vec::with_capacity(bufs.len().min(IOV_MAX));
+    while !bufs.is_empty() {
+        iov.clear();
+        iov.extend(bufs.iter().take(IOV_MAX).enumerate().map(|(i, b)| {
+            let b = if i == 0 { &b[skip..] } else { b };
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            }
+        }));
+        let at = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: every iovec points into a slice borrowed for the duration of the call, and
+        // the count is the vector's length (at most IOV_MAX).
+        let n =
+            unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, at) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n as usize; // never more than the pieces hold
+        offset += n as u64;
+        while n > 0 {
+            let left = bufs[0].len() - skip;
+            if n >= left {
+                n -= left;
+                (bufs, skip) = (&bufs[1..], 0);
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        while bufs.first().is_some_and(|b| b.len() == skip) {
+            (bufs, skip) = (&bufs[1..], 0);
+        }
+    }
+    Ok(())
+}
