@@ -363,23 +363,25 @@ pub fn decode_image_unchecked(
                 sink(pgno, page)?;
                 progress(u64::from(page_size));
             }
-            if chunk.len() % ps != 0 || (chunk.len() < chunk_pages * ps && pgno < page_count) {
-                return Err(Error::corrupt(
-                    path,
-                    format!(
-                        "image ends at page {pgno} of {page_count} (manifest `page_count`): truncated"
-                    ),
-                ));
-            }
             let _ = free_tx.send(chunk);
         }
-        decoder.join().unwrap_or_else(|_| {
+        let decoded = decoder.join().unwrap_or_else(|_| {
             Err(Error::io(
                 path,
                 "decompressing",
                 io::Error::other("the decoding thread failed"),
             ))
-        })
+        })?;
+        // The decoder stops at the first short chunk; a partial last page does not count.
+        if pgno < page_count {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "image ends at page {pgno} of {page_count} (manifest `page_count`): truncated"
+                ),
+            ));
+        }
+        Ok(decoded)
     })?;
     Ok(ImageSummary {
         size,

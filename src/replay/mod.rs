@@ -328,18 +328,12 @@ pub fn restore(
     let (synced, checked) = std::thread::scope(|s| {
         let sync = s.spawn(|| f.sync_all());
         let checked = integrity_check(tmp.path(), opts.check);
-        (sync.join(), checked)
+        let synced = sync
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the syncing thread failed")));
+        (synced, checked)
     });
-    match synced {
-        Ok(r) => r.ctx(tmp.path(), "syncing")?,
-        Err(_) => {
-            return Err(Error::io(
-                tmp.path(),
-                "syncing",
-                std::io::Error::other("the syncing thread failed"),
-            ));
-        }
-    }
+    synced.ctx(tmp.path(), "syncing")?;
     checked.map_err(hint)?;
     drop(f);
 

@@ -158,11 +158,14 @@ pub(super) fn pwritev_all(file: &std::fs::File, bufs: &[&[u8]], offset: u64) -> 
     use std::os::fd::AsRawFd;
     const IOV_MAX: usize = 1024;
     let (mut bufs, mut skip, mut offset) = (bufs, 0usize, offset);
-    while bufs.first().is_some_and(|b| b.len() == skip) {
-        (bufs, skip) = (&bufs[1..], 0);
-    }
     let mut iov = Vec::with_capacity(bufs.len().min(IOV_MAX));
-    while !bufs.is_empty() {
+    loop {
+        while bufs.first().is_some_and(|b| b.len() == skip) {
+            (bufs, skip) = (&bufs[1..], 0); // written, or empty
+        }
+        if bufs.is_empty() {
+            return Ok(());
+        }
         iov.clear();
         iov.extend(bufs.iter().take(IOV_MAX).enumerate().map(|(i, b)| {
             let b = if i == 0 { &b[skip..] } else { b };
@@ -199,9 +202,5 @@ pub(super) fn pwritev_all(file: &std::fs::File, bufs: &[&[u8]], offset: u64) -> 
                 n = 0;
             }
         }
-        while bufs.first().is_some_and(|b| b.len() == skip) {
-            (bufs, skip) = (&bufs[1..], 0);
-        }
     }
-    Ok(())
 }
