@@ -181,9 +181,32 @@ impl Capturer {
 
     /// Scan frames (cursor, bound], all committed, emitting each transaction at its commit frame.
     pub(super) fn scan(&mut self, wal: &File, hdr: &WalHeader, bound: u32) -> Result<Step> {
+        let flen = hdr.page_size as usize + FRAME_HEADER_LEN as usize;
+        // Frames are read several at a time (all of them at or below the committed frontier,
+        // which the pin keeps from being overwritten), each then checked on its own.
+        let batch = (SCAN_READ_BYTES / flen).max(1);
+        let mut block = std::mem::take(&mut self.scan_buf);
+        let left = bound.saturating_sub(self.cur.frame).max(1) as usize;
+        let len = flen * batch.min(left);
+        if block.len() < len {
+            block.resize(len, 0);
+        }
+        let res = self.scan_frames(wal, hdr, bound, &mut block[..len]);
+        self.scan_buf = block;
+        res
+    }
+
+    fn scan_frames(
+        &mut self,
+        wal: &File,
+        hdr: &WalHeader,
+        bound: u32,
+        block: &mut [u8],
+    ) -> Result<Step> {
         let ps = hdr.page_size as usize;
         let wp = self.src.wal_path();
-        let mut buf = vec![0u8; ps + FRAME_HEADER_LEN as usize];
+        let flen = ps + FRAME_HEADER_LEN as usize;
+        let (mut have, mut at) = (0usize, 0usize);
         // Frame 1 chains from the header the writer wrote for this cycle (the wal-index's own
         // running checksum is stale after a TRUNCATE).
         let mut cksum = if self.cur.frame == 0 {
@@ -202,11 +225,19 @@ impl Capturer {
         let mut i = self.cur.frame + 1;
         let mut next_look = i + MARK_LAG_FRAMES / 4;
         while i <= bound {
-            let n = pread_full(wal, &mut buf, hdr.frame_offset(i)).ctx(&wp, "reading WAL frame")?;
-            if n < buf.len() {
-                debug(|| format!("scan: frame {i} short read {n} (bound {bound})"));
-                return Ok(Ok(())); // shorter than the index says: look again later
+            if at == have {
+                let want = (bound - i + 1) as usize * flen;
+                let want = want.min(block.len());
+                let n = pread_full(wal, &mut block[..want], hdr.frame_offset(i))
+                    .ctx(&wp, "reading WAL frame")?;
+                (have, at) = (n / flen, 0);
+                if have == 0 {
+                    debug(|| format!("scan: frame {i} short read {n} (bound {bound})"));
+                    return Ok(Ok(())); // shorter than the index says: look again later
+                }
             }
+            let buf = &block[at * flen..(at + 1) * flen];
+            at += 1;
             let fh = FrameHeader::parse(&buf[..24]);
             if fh.salts != hdr.salts {
                 if fh.salts == (0, 0) && fh.checksum == (0, 0) {
@@ -489,15 +520,18 @@ impl Capturer {
                 .begin_txn(&meta, n_pages)
                 .ctx(&wp, "compressing")?;
             for ((pgno, frame), t) in order.iter().zip(&new_terms) {
+                // Kept bytes are the ones the term was computed from; a page read again must
+                // read back the same.
                 let page: &[u8] = if let Some(p) = kept.get(pgno) {
                     p
                 } else {
                     read_page(&mut buf, *pgno, *frame)?;
-                    &buf[FRAME_HEADER_LEN as usize..]
+                    let p = &buf[FRAME_HEADER_LEN as usize..];
+                    if term_of(*pgno, p) != *t {
+                        return Err(changed(*frame));
+                    }
+                    p
                 };
-                if term_of(*pgno, page) != *t {
-                    return Err(changed(*frame));
-                }
                 pend.body.page(*pgno, page).ctx(&wp, "compressing")?;
             }
             pend.body.end_txn().ctx(&wp, "compressing")?;
