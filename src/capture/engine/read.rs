@@ -182,8 +182,9 @@ impl Capturer {
     /// Scan frames (cursor, bound], all committed, emitting each transaction at its commit frame.
     pub(super) fn scan(&mut self, wal: &File, hdr: &WalHeader, bound: u32) -> Result<Step> {
         let flen = hdr.page_size as usize + FRAME_HEADER_LEN as usize;
-        // Frames are read several at a time (all of them at or below the committed frontier,
-        // which the pin keeps from being overwritten), each then checked on its own.
+        // Frames are read several at a time, all at or below the committed frontier, and each
+        // is then checked on its own (salts, running checksum): a run read while the WAL
+        // restarts stops at the first frame that is not of this cycle, as one read a frame did.
         let batch = (SCAN_READ_BYTES / flen).max(1);
         let mut block = std::mem::take(&mut self.scan_buf);
         let left = bound.saturating_sub(self.cur.frame).max(1) as usize;
