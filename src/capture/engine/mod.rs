@@ -278,8 +278,6 @@ pub struct Capturer {
     /// The wal-index header seen by the last `capture_new`.
     last_shm: Option<ShmHeader>,
     pending: Option<Pending>,
-    /// Where [`Self::scan`] reads frames (kept between polls, at most [`SCAN_READ_BYTES`]).
-    scan_buf: Vec<u8>,
     /// Bundles sealed into local files whose publication an unreachable object store refused
     /// so far, oldest first; published in order at every step.
     unpublished: std::collections::VecDeque<seal::Sealed>,
@@ -330,7 +328,8 @@ const CAPTURE_REF_BYTES: u64 = 8 << 20;
 /// it, pages first written later in the cycle get no reference (compression only).
 const CYCLE_FRAMES_MAX: usize = 1 << 20;
 
-/// The most bytes of WAL frames one read of [`Capturer`]'s scan takes.
+/// The most bytes of WAL frames one read of [`Capturer`]'s scan takes (its buffer, one per
+/// capturing thread).
 const SCAN_READ_BYTES: usize = 256 << 10;
 
 /// Per transaction, keep up to this many bytes of page content from the checksum pass instead of
@@ -493,7 +492,6 @@ impl Capturer {
             cycle_frames: HashMap::new(),
             last_shm: None,
             pending: None,
-            scan_buf: Vec::new(),
             unpublished: std::collections::VecDeque::new(),
             store_down_since: None,
             stuck: None,

@@ -185,15 +185,20 @@ impl Capturer {
         // Frames are read several at a time, all at or below the committed frontier, and each
         // is then checked on its own (salts, running checksum): a run read while the WAL
         // restarts stops at the first frame that is not of this cycle, as one read a frame did.
+        // The buffer is scratch, shared by the databases one thread captures (a process may
+        // capture thousands), not kept per database.
+        thread_local! {
+            static SCAN_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let batch = (SCAN_READ_BYTES / flen).max(1);
-        let mut block = std::mem::take(&mut self.scan_buf);
+        let mut block = SCAN_BUF.with_borrow_mut(std::mem::take);
         let left = bound.saturating_sub(self.cur.frame).max(1) as usize;
         let len = flen * batch.min(left);
         if block.len() < len {
             block.resize(len, 0);
         }
         let res = self.scan_frames(wal, hdr, bound, &mut block[..len]);
-        self.scan_buf = block;
+        SCAN_BUF.with_borrow_mut(|b| *b = block);
         res
     }
 
