@@ -420,12 +420,13 @@ fn compress_with_prefix(
     reference.extend_from_slice(body);
     let joined = reference;
     let (prefix, src) = joined.split_at(ref_len);
+    let tables = reference_hash_log(joined.len() as u64);
     let mut cctx = CCtx::create();
     for p in [
         CParameter::CompressionLevel(level),
         CParameter::WindowLog(reference_window(ref_len, src.len() as u64, window_log)),
-        CParameter::HashLog(reference_hash_log((ref_len + src.len()) as u64)),
-        CParameter::ChainLog(reference_hash_log((ref_len + src.len()) as u64)),
+        CParameter::HashLog(tables),
+        CParameter::ChainLog(tables),
         CParameter::ChecksumFlag(false),
         CParameter::DictIdFlag(false),
         CParameter::ContentSizeFlag(true),
