@@ -391,15 +391,18 @@ const REF_HASH_LOG: u32 = 19;
 /// 0.1% more bytes, and capture's memory drops by 3 – 4 MB; a 16 MiB span (a burst's full
 /// bundle and its reference) keeps 2^19, which it needs (see [`reference_encoder`]).
 fn reference_hash_log(span: u64) -> u32 {
-    let log2 = 64 - span.max(1).saturating_sub(1).leading_zeros();
-    log2.saturating_sub(5).clamp(17, REF_HASH_LOG)
+    ceil_log2(span).saturating_sub(5).clamp(17, REF_HASH_LOG)
+}
+
+/// The smallest `k` with 2^`k` ≥ `n` (0 for 0 and 1).
+fn ceil_log2(n: u64) -> u32 {
+    64 - n.saturating_sub(1).leading_zeros()
 }
 
 /// The window (log2) that lets the end of a `raw_len` body reach the start of a reference of
 /// `ref_len` bytes, at least `window_log`, within what readers accept.
 fn reference_window(ref_len: usize, raw_len: u64, window_log: u32) -> u32 {
-    let span = (ref_len as u64 + raw_len).max(1 << 10);
-    let need = 64 - (span - 1).leading_zeros();
+    let need = ceil_log2((ref_len as u64 + raw_len).max(1 << 10));
     need.max(window_log).clamp(10, super::image::MAX_WINDOW_LOG)
 }
 
