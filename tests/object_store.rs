@@ -594,3 +594,119 @@ fn dead_processes_scratch_files_are_removed() {
         assert_eq!(gone, i < 3, "{n}: gone = {gone}");
     }
 }
+
+/// Every `.wbb` file in the spool under `state` (the capture's `XDG_STATE_HOME`).
+fn spooled(state: &std::path::Path) -> Vec<std::path::PathBuf> {
+    all_files(state)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wbb"))
+        .collect()
+}
+
+/// Bundles sealed while the object store is down wait in a spool on this machine. A capture
+/// `kill -9`ed during the outage loses none of them: after the application checkpointed its
+/// WAL away meanwhile (so the WAL cannot bring them back), the next capture publishes them in
+/// order before it starts its new chain, and a point-in-time restore inside the outage works.
+/// A spooled file that does not continue its chain, or is damaged, is removed with a warning.
+/// (Before the spool, they sat in a scratch file nobody looked at again: `restore --at` inside
+/// the outage fell back to the last bundle before it.)
+#[test]
+fn bundles_sealed_while_the_store_is_down_survive_a_killed_capture() {
+    let r = Rig::new(300);
+    let mut server = S3Server::start(&r.t.mkdir("s3"), "walbundle-spool");
+    let state = r.t.mkdir("state");
+    let mut env = server.env();
+    env.push(("XDG_STATE_HOME", s(&state).to_string()));
+    let dest = format!("s3://{}/sp", server.bucket);
+    let set = format!("{dest}/app");
+    let log = r.t.path("capture.log");
+    let args = ["capture", s(&r.db), "--dest", &dest, "--interval", "200ms"];
+    let mut cap = spawn_with(&env, &args, &log);
+    wait_for("the first generation in the bucket", 60, || {
+        objects_under(&server, "sp/app")
+            .iter()
+            .any(|k| k.ends_with("manifest.json"))
+    });
+    r.write(&["--txns", "100", "--rate", "100"]);
+    std::thread::sleep(Duration::from_secs(1));
+
+    server.kill();
+    r.write(&["--txns", "300", "--rate", "150", "--large-every", "100"]);
+    let hb_path = state.join("walbundle/sets/s3/walbundle-spool/sp/app/.walbundle-capture.json");
+    wait_for("every commit sealed into the spool", 60, || {
+        let Ok(text) = std::fs::read_to_string(&hb_path) else {
+            return false;
+        };
+        let hb: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        hb["txns"].as_u64() >= Some(400)
+            && hb["oldest_unsealed_us"] == 0
+            && hb["unpublished"].as_u64() > Some(0)
+    });
+    // `status` during the outage: stale, the store named, the waiting bundles counted.
+    let mut status = Command::new(bin());
+    status.args(["status", &set, "--json"]).envs(env.iter().cloned());
+    let st = run(status);
+    assert_eq!(st.code, 1, "{}{}", st.stdout, st.stderr);
+    let row = &st.json()["databases"][0];
+    assert!(row["unpublished"].as_u64() > Some(0), "{row}");
+    assert!(row["problems"].to_string().contains("cannot be read"), "{row}");
+    cap.kill().unwrap(); // kill -9, the store still down
+    cap.wait().unwrap();
+    let waiting = spooled(&state);
+    assert!(!waiting.is_empty(), "nothing waits in the spool");
+
+    // The application checkpoints with walbundle gone: the WAL restarts, so the next capture
+    // cannot continue this chain from it and must start a new one.
+    r.write(&["--txns", "50", "--rate", "100"]);
+    let (busy, _, _) = app_checkpoint(r.holder.as_ref().unwrap(), "TRUNCATE");
+    assert_eq!(busy, 0);
+
+    // Two files that must not be published: one that skips a sequence number, one damaged.
+    let newest = waiting.iter().max().unwrap();
+    let seq = walbundle::bundle::wbb::parse_file_name(
+        newest.file_name().unwrap().to_str().unwrap(),
+    )
+    .unwrap();
+    let folder = newest.parent().unwrap();
+    let skips = folder.join(walbundle::bundle::wbb::file_name(seq + 5));
+    std::fs::copy(newest, &skips).unwrap();
+    let damaged = folder.join(walbundle::bundle::wbb::file_name(seq + 6));
+    std::fs::write(&damaged, b"not a bundle").unwrap();
+
+    server.up();
+    let mut cap = spawn_with(&env, &args, &log);
+    wait_for("the spool published", 60, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("that an earlier capture sealed"))
+    });
+    r.write(&["--txns", "30", "--rate", "50"]);
+    std::thread::sleep(Duration::from_secs(2));
+    stop_capture(&mut cap);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("does not continue the chain"), "{text}");
+    assert!(text.contains("it is damaged"), "{text}");
+    assert!(spooled(&state).is_empty(), "{:?}", spooled(&state));
+
+    wb_s3(&server, &["verify", &set, "--deep"]).ok();
+    let committed = r.committed();
+    assert_eq!(committed, 480);
+    let out = r.t.path("newest.db");
+    wb_s3(&server, &["restore", &set, "--out", s(&out)]).ok();
+    assert_eq!(check_prefix(&out), committed, "{text}");
+    // Inside the outage: everything up to commit 400, nothing of the 50 written after the kill.
+    let t400 = std::fs::read_to_string(&r.log)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let mut cols = l.split('\t');
+            let (id, t) = (cols.next()?, cols.next()?);
+            (id == "400").then(|| t.parse::<f64>().ok()).flatten()
+        })
+        .expect("commit 400 in the log");
+    #[expect(clippy::cast_possible_truncation)]
+    let at = jiff::Timestamp::from_microsecond(((t400 + 0.5) * 1e6) as i64)
+        .unwrap()
+        .to_string();
+    let mid = r.t.path("mid.db");
+    wb_s3(&server, &["restore", &set, "--out", s(&mid), "--at", &at]).ok();
+    assert_eq!(check_prefix(&mid), 400, "restore --at {at}\n{text}");
+}

@@ -39,6 +39,13 @@ pub struct Heartbeat {
     pub oldest_unsealed_us: i64,
     /// Since when committed frames could not be read (µs; 0: not stuck).
     pub stuck_since_us: i64,
+    /// Bundles sealed but not yet in the set: they wait in the spool on this machine for an
+    /// object store that does not answer (0 for a local set).
+    #[serde(default)]
+    pub unpublished: u64,
+    /// Commit time of the oldest transaction in those bundles (µs; 0: none wait).
+    #[serde(default)]
+    pub oldest_unpublished_us: i64,
     /// Bundles, transactions, bytes published this run.
     pub bundles: u64,
     /// Transactions captured this run.
@@ -62,10 +69,15 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Seconds the newest committed transaction has waited to reach the set, as of `now_us`:
-    /// since the oldest captured-but-unsealed transaction, or since capture got stuck.
+    /// Seconds the oldest committed transaction not yet in the set has waited, as of
+    /// `now_us`: since the oldest transaction sealed but waiting for the store, else the oldest
+    /// captured-but-unsealed one, or since capture got stuck.
     pub fn lag_s(&self, now_us: i64) -> f64 {
-        let since = [self.oldest_unsealed_us, self.stuck_since_us]
+        let since = [
+            self.oldest_unpublished_us,
+            self.oldest_unsealed_us,
+            self.stuck_since_us,
+        ]
             .into_iter()
             .filter(|&t| t > 0)
             .min();

@@ -62,6 +62,10 @@ pub const HEARTBEAT_FILE: &str = ".walbundle-capture.json";
 pub const MAINTENANCE_LOCK: &str = ".walbundle-maintenance.lock";
 /// The writer lock on Windows, where a folder cannot be locked (format section 2).
 pub const WRITER_LOCK: &str = ".walbundle-writer.lock";
+/// For a set in an object store, the folder of this machine's state folder where sealed
+/// bundles wait until the store has them (`spool/<chain id>/<bundle file>`). Never in a
+/// local set, whose bundles are published by a rename in the set itself.
+pub const SPOOL_DIR: &str = "spool";
 
 /// True for the files walbundle keeps at a set's root besides its chains: the set record, the
 /// maintenance lock and capture's heartbeat.

@@ -22,12 +22,17 @@ use layout::{IMAGE_FILE, MANIFEST_FILE, SET_FILE};
 
 /// [`BackupSet::state_dir`] of the set at `dir` (a folder, or an object-store URL).
 pub fn state_dir_of(dir: &Path) -> PathBuf {
-    if matches!(Location::parse(dir), Ok(Location::Local(_)) | Err(_)) {
+    if is_local(dir) {
         return dir.to_path_buf();
     }
     let base = crate::sys::state_home();
     let url = dir.to_string_lossy().replace("://", "/");
     base.join("walbundle").join("sets").join(url)
+}
+
+/// Whether `dir` names a local (or mounted) folder rather than an object-store URL.
+pub fn is_local(dir: &Path) -> bool {
+    matches!(Location::parse(dir), Ok(Location::Local(_)) | Err(_))
 }
 
 fn not_a_set(dir: &Path) -> Error {
@@ -358,8 +363,9 @@ impl BackupSet {
     }
 
     /// A new temporary file for what will be published as `dir_key/final_name` with
-    /// [`Self::publish_file`]: in the set's folder (the same file system, for a rename), or in
-    /// the system temp folder for a set in an object store.
+    /// [`Self::publish_file`]: in the set's folder (the same file system, for a rename), or for
+    /// a set in an object store in its spool folder ([`Self::spool`]), where
+    /// [`Self::spool_file`] gives it its final name.
     ///
     /// # Errors
     /// `Io` naming the folder.
@@ -367,19 +373,44 @@ impl BackupSet {
         if let Some(l) = &self.local {
             return l.temp_file(dir_key, final_name);
         }
-        let path = crate::store::scratch_path("upload", final_name);
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .ctx(&path, "creating temporary file")?;
-        Ok((path, f))
+        let spool = self.spool_store();
+        spool.ensure_dir(dir_key)?;
+        spool.temp_file(dir_key, final_name)
     }
 
-    /// Publish the temporary file `tmp` of [`Self::temp_file`] (written and fsynced) as `key`:
-    /// a rename without replace, or one put-if-absent upload. The temporary is gone afterwards,
-    /// except after an `Io` failure of an object store (unreachable: try again later).
+    /// For a set in an object store: the folder on this machine where sealed bundles wait
+    /// until the store has them (`<state dir>/spool/<chain>/<bundle>`, see
+    /// [`layout::SPOOL_DIR`]). A bundle there survives the capture process (a `kill -9`, a
+    /// crash, a reboot): the next capture publishes it before anything else
+    /// (`capture::Capturer::start`). `None` for a local set.
+    pub fn spool(&self) -> Option<LocalStore> {
+        self.is_remote().then(|| self.spool_store())
+    }
+
+    fn spool_store(&self) -> LocalStore {
+        LocalStore::new(self.state_dir().join(layout::SPOOL_DIR), layout::is_own_name)
+    }
+
+    /// Make the temporary `tmp` of [`Self::temp_file`] (written and fsynced) durable under the
+    /// name it will be published as, `key`, and return where it now is: for a set in an object
+    /// store, a rename into the spool and an fsync of its folder, so a bundle sealed while the
+    /// store cannot be reached outlives this process; a local set's temporary stays where it is
+    /// (its publication is itself a rename).
+    ///
+    /// # Errors
+    /// `Io` naming the spool; `Refused` if the spool already holds `key`.
+    pub fn spool_file(&self, tmp: &Path, key: &str) -> Result<PathBuf> {
+        let Some(spool) = self.spool() else {
+            return Ok(tmp.to_path_buf());
+        };
+        spool.publish_temp(tmp, key)?;
+        Ok(spool.path(key))
+    }
+
+    /// Publish the file `tmp` of [`Self::temp_file`] (or [`Self::spool_file`]), written and
+    /// fsynced, as `key`: a rename without replace, or one put-if-absent upload. The file is
+    /// gone afterwards, except after an `Io` failure of an object store (unreachable: it waits
+    /// in the spool for the next try, by this process or the next capture).
     ///
     /// # Errors
     /// `Refused` if `key` holds other bytes; `Io` otherwise.
@@ -391,6 +422,9 @@ impl BackupSet {
         // An unreachable store (`Io`) leaves the file for the next try.
         if !matches!(&res, Err(e) if e.kind() == ErrorKind::Io) {
             let _ = std::fs::remove_file(tmp);
+            if let (Some(spool), Some((dir, _))) = (self.spool(), key.rsplit_once('/')) {
+                let _ = spool.remove_dir_if_empty(dir);
+            }
         }
         res
     }

@@ -55,6 +55,10 @@ pub struct Row {
     pub lag_s: Option<f64>,
     /// Size of the database's WAL file now.
     pub wal_bytes: Option<u64>,
+    /// Bundles capture sealed that wait on this machine for an object store that does not
+    /// answer (capture mode; a restore cannot reach their transactions until they are in the
+    /// set).
+    pub unpublished: Option<u64>,
     /// Newest generation.
     pub last_generation: Option<GenInfo>,
     /// Restorable range (first, last txn) across chains.
@@ -116,6 +120,7 @@ pub fn row(
         last_time: None,
         lag_s: None,
         wal_bytes: None,
+        unpublished: hb.as_ref().map(|h| h.unpublished),
         last_generation: None,
         restorable: None,
         last_error: hb
@@ -209,8 +214,17 @@ pub fn row(
                         _ => {}
                     }
                     if lag > stale.as_secs_f64() {
+                        let waiting = if h.unpublished > 0 {
+                            format!(
+                                "; {} sealed bundle(s) wait on this machine for the store",
+                                h.unpublished
+                            )
+                        } else {
+                            String::new()
+                        };
                         r.problems.push(format!(
-                            "the oldest commit not yet in the set has waited {lag:.0} s (limit {} s)",
+                            "the oldest commit not yet in the set has waited {lag:.0} s (limit {} \
+                             s){waiting}",
                             stale.as_secs()
                         ));
                     }
@@ -245,8 +259,14 @@ pub fn row(
 /// # Errors
 /// `Usage` if the folder is not a backup set.
 pub fn status_of_set(set: &Path, stale_after: Option<Duration>) -> Result<Row> {
-    if !BackupSet::exists(set)? {
-        return Err(Error::usage("is not a walbundle backup set").at(set));
+    match BackupSet::exists(set) {
+        Ok(true) => {}
+        Ok(false) => return Err(Error::usage("is not a walbundle backup set").at(set)),
+        // An object store that does not answer: what capture's heartbeat on this machine says
+        // (bundles waiting for the store among it) still tells the user where they stand, and
+        // the row names the store's failure as a problem.
+        Err(e) if e.kind() == crate::error::ErrorKind::Io && !crate::chain::is_local(set) => {}
+        Err(e) => return Err(e),
     }
     Ok(row(None, set, None, stale_after, true))
 }
@@ -378,6 +398,13 @@ pub fn prometheus(rows: &[Row]) -> String {
         "counter",
         "Bytes of bundles sealed by this capture process.",
         &|r| r.hb.as_ref().map(|h| h.bundle_bytes as f64),
+    );
+    metric(
+        &mut s,
+        "walbundle_unpublished_bundles",
+        "gauge",
+        "Bundles sealed on this machine that the object store has not taken yet.",
+        &|r| r.hb.as_ref().map(|h| h.unpublished as f64),
     );
     metric(
         &mut s,

@@ -60,6 +60,7 @@ mod describe;
 mod read;
 mod resume;
 mod seal;
+mod spool;
 mod window;
 
 use seal::Pending;
@@ -506,6 +507,13 @@ impl Capturer {
             hb_mark: (u64::MAX, 0, 0, false),
             started_us: now_us(),
         };
+        // Bundles an earlier capture sealed while the store could not be reached: published
+        // first, so the chain's end below is where history really ends.
+        let inv = if me.drain_spool(&inv)? {
+            me.set.inventory()?
+        } else {
+            inv
+        };
         match me.resume(&inv)? {
             Ok(()) => {}
             Err(gap) => me.new_chain(gap)?,
@@ -583,6 +591,8 @@ impl Capturer {
             sealed_txn: self.stats.sealed_txn,
             last_seal_us: self.stats.last_seal_us,
             oldest_unsealed_us: self.pending.as_ref().map_or(0, |p| p.header.first_time_us),
+            unpublished: self.unpublished.len() as u64,
+            oldest_unpublished_us: self.unpublished.front().map_or(0, |s| s.first_time_us),
             stuck_since_us: self.stuck.as_ref().map_or(0, |s| {
                 now_us() - i64::try_from(s.2.elapsed().as_micros()).unwrap_or(i64::MAX / 2)
             }),
@@ -635,14 +645,17 @@ impl Capturer {
                 ErrorKind::Io,
                 format!(
                     "{} sealed bundle(s) from txn {} on could not be published: the store does \
-                     not answer; they are lost with this process, the WAL still holds them if \
-                     the application has not restarted it",
+                     not answer; they wait on this machine in {}",
                     self.unpublished.len(),
-                    s.txns.0
+                    s.txns.0,
+                    s.tmp.parent().unwrap_or(&s.tmp).display()
                 ),
             )
             .at(self.set.objects().location(&s.key))
-            .hint("start capture again once the store answers; it resumes from the set"));
+            .hint(
+                "start capture again once the store answers: it publishes them before anything \
+                 else (until then, restores cannot reach those transactions)",
+            ));
         }
         Ok(())
     }

@@ -53,6 +53,15 @@ impl Capturer {
         };
         let seq = header.seq;
         let key = format!("{}/{}", self.cur.chain_id, wbb::file_name(seq));
+        // Sealed: for an object store it is now durable on this machine under its final name,
+        // so neither an unreachable store nor the end of this process loses it.
+        let tmp = match self.set.spool_file(&tmp, &key) {
+            Ok(path) => path,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         // The chain continues from this bundle now; publication may wait for the store.
         self.cur.next_seq = seq + 1;
         self.cur.prev_digest = digest;
@@ -64,6 +73,7 @@ impl Capturer {
             seq,
             txns: (header.first_txn, header.last_txn()),
             frames: (header.first_frame, header.last_frame),
+            first_time_us: header.first_time_us,
             len,
             started: t0,
         });
@@ -71,9 +81,10 @@ impl Capturer {
     }
 
     /// Publish the sealed bundles in order. An object store that cannot be reached leaves them
-    /// queued (their files stay on this machine) and capture goes on reading commits; while any
-    /// wait, the read mark holds the WAL (up to `max_wal_bytes`), so a capture killed meanwhile
-    /// resumes from the WAL.
+    /// queued in the set's spool on this machine ([`BackupSet::spool`]) and capture goes on
+    /// reading commits. A capture killed meanwhile loses none of them: the next one publishes
+    /// the spool first (`spool.rs`). While any wait, the read mark also holds the WAL (up to
+    /// `max_wal_bytes`), so that next capture can often continue the same chain.
     pub(super) fn publish_sealed(&mut self) -> Result<()> {
         while let Some(s) = self.unpublished.front() {
             match self.set.publish_file(&s.tmp, &s.key) {
@@ -83,9 +94,11 @@ impl Capturer {
                         self.store_down_since = Some(Instant::now());
                         self.events.push(Event::Warning {
                             message: format!(
-                                "cannot publish bundle {} ({e}); it waits on this machine and \
-                                 capture goes on; retrying every poll",
-                                s.seq
+                                "cannot publish bundle {} ({e}); it waits in {} and capture goes \
+                                 on; retrying every poll (a capture started later publishes it \
+                                 too)",
+                                s.seq,
+                                s.tmp.display()
                             ),
                         });
                     }
@@ -132,6 +145,8 @@ pub(super) struct Sealed {
     pub(super) seq: u64,
     pub(super) txns: (u64, u64),
     pub(super) frames: (u32, u32),
+    /// Commit time of its first transaction (µs).
+    pub(super) first_time_us: i64,
     pub(super) len: u64,
     pub(super) started: Instant,
 }

@@ -74,6 +74,9 @@ pub fn run(a: Args) -> Result<u8> {
             if let Some(l) = r.lag_s {
                 facts.push(format!("lag {l:.1} s"));
             }
+            if let Some(n) = r.unpublished.filter(|&n| n > 0) {
+                facts.push(format!("{n} bundle(s) waiting for the store"));
+            }
             if let Some(w) = r.wal_bytes {
                 facts.push(format!("WAL {}", ui::bytes(w)));
             }
