@@ -644,12 +644,17 @@ fn bundles_sealed_while_the_store_is_down_survive_a_killed_capture() {
     });
     // `status` during the outage: stale, the store named, the waiting bundles counted.
     let mut status = Command::new(bin());
-    status.args(["status", &set, "--json"]).envs(env.iter().cloned());
+    status
+        .args(["status", &set, "--json"])
+        .envs(env.iter().cloned());
     let st = run(status);
     assert_eq!(st.code, 1, "{}{}", st.stdout, st.stderr);
     let row = &st.json()["databases"][0];
     assert!(row["unpublished"].as_u64() > Some(0), "{row}");
-    assert!(row["problems"].to_string().contains("cannot be read"), "{row}");
+    assert!(
+        row["problems"].to_string().contains("cannot be read"),
+        "{row}"
+    );
     cap.kill().unwrap(); // kill -9, the store still down
     cap.wait().unwrap();
     let waiting = spooled(&state);
@@ -663,10 +668,9 @@ fn bundles_sealed_while_the_store_is_down_survive_a_killed_capture() {
 
     // Two files that must not be published: one that skips a sequence number, one damaged.
     let newest = waiting.iter().max().unwrap();
-    let seq = walbundle::bundle::wbb::parse_file_name(
-        newest.file_name().unwrap().to_str().unwrap(),
-    )
-    .unwrap();
+    let seq =
+        walbundle::bundle::wbb::parse_file_name(newest.file_name().unwrap().to_str().unwrap())
+            .unwrap();
     let folder = newest.parent().unwrap();
     let skips = folder.join(walbundle::bundle::wbb::file_name(seq + 5));
     std::fs::copy(newest, &skips).unwrap();

@@ -78,9 +78,9 @@ impl Heartbeat {
             self.oldest_unsealed_us,
             self.stuck_since_us,
         ]
-            .into_iter()
-            .filter(|&t| t > 0)
-            .min();
+        .into_iter()
+        .filter(|&t| t > 0)
+        .min();
         since.map_or(0.0, |t| (now_us - t).max(0) as f64 / 1e6)
     }
 }

@@ -388,7 +388,10 @@ impl BackupSet {
     }
 
     fn spool_store(&self) -> LocalStore {
-        LocalStore::new(self.state_dir().join(layout::SPOOL_DIR), layout::is_own_name)
+        LocalStore::new(
+            self.state_dir().join(layout::SPOOL_DIR),
+            layout::is_own_name,
+        )
     }
 
     /// Make the temporary `tmp` of [`Self::temp_file`] (written and fsynced) durable under the
