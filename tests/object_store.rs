@@ -676,8 +676,17 @@ fn bundles_sealed_while_the_store_is_down_survive_a_killed_capture() {
     std::fs::copy(newest, &skips).unwrap();
     let damaged = folder.join(walbundle::bundle::wbb::file_name(seq + 6));
     std::fs::write(&damaged, b"not a bundle").unwrap();
-
+    // And one the set has had since before the outage (a spool file that outlived its upload):
+    // removed quietly, never uploaded again.
     server.up();
+    let chain = folder.file_name().unwrap().to_str().unwrap();
+    let first = walbundle::bundle::wbb::file_name(1);
+    let bytes = server
+        .store("sp/app")
+        .get(&format!("{chain}/{first}"), 1 << 30)
+        .unwrap();
+    std::fs::write(folder.join(&first), bytes).unwrap();
+
     let mut cap = spawn_with(&env, &args, &log);
     wait_for("the spool published", 60, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("that an earlier capture sealed"))
@@ -688,6 +697,7 @@ fn bundles_sealed_while_the_store_is_down_survive_a_killed_capture() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("does not continue the chain"), "{text}");
     assert!(text.contains("it is damaged"), "{text}");
+    assert!(!text.contains(&format!("{first}: removed")), "{text}");
     assert!(spooled(&state).is_empty(), "{:?}", spooled(&state));
 
     wb_s3(&server, &["verify", &set, "--deep"]).ok();

@@ -2,9 +2,9 @@
 //! machine rebooted) while the store could not be reached left them sealed in the set's spool on
 //! this machine ([`BackupSet::spool`]). The next capture publishes them before it decides where
 //! the chain ends, so that history is never silently dropped: each only where it continues its
-//! chain (the next sequence number, linked to its predecessor's digest) — a bundle the store
-//! already holds byte for byte is simply done — and anything that cannot be placed is removed
-//! with a warning that says why.
+//! chain (the next sequence number, linked to its predecessor's digest) — one the chain in the
+//! set already goes past was published before and is simply removed — and anything that cannot
+//! be placed is removed with a warning that says why.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -109,17 +109,35 @@ impl Capturer {
                 continue;
             }
             let Some((end_seq, end_digest)) = tail else {
+                if chain.is_some() {
+                    // The chain's end in the set cannot be read: nothing to link to now, but
+                    // `verify` names that damage, and these stay for a capture after a repair.
+                    self.events.push(Event::Warning {
+                        message: format!(
+                            "{}: left in the spool: the newest bundle of chain {chain_id} in the \
+                             set is damaged, so it cannot be linked to (run `walbundle verify`)",
+                            path.display()
+                        ),
+                    });
+                    continue;
+                }
                 drop_it(
                     self,
                     format!(
-                        "its chain {chain_id} is no longer in the set (retired, or its newest \
-                         bundle there is damaged), so nothing can link to it"
+                        "its chain {chain_id} is no longer in the set (retired by compaction or \
+                         by hand), so nothing can link to it"
                     ),
                 )?;
                 continue;
             };
-            let links = *seq == end_seq + 1 && h.prev_sha256 == end_digest;
-            if *seq > end_seq && !links {
+            if *seq <= end_seq {
+                // Published already: bundles are published strictly in order, and the chain in
+                // the set goes on past it (the file outlived its upload, or retention has since
+                // retired it: either way it must not go up again).
+                spool.remove_file(&key)?;
+                continue;
+            }
+            if *seq != end_seq + 1 || h.prev_sha256 != end_digest {
                 drop_it(
                     self,
                     format!(
@@ -129,8 +147,6 @@ impl Capturer {
                 )?;
                 continue;
             }
-            // At or before the chain's end: published already (the spool file outlived its
-            // upload), which put-if-absent confirms byte for byte.
             match self.set.publish_file(&path, &key) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Refused => {
@@ -145,21 +161,19 @@ impl Capturer {
                 }
                 Err(e) => return Err(e),
             }
-            if links {
-                tail = Some((*seq, b.digest));
-                published += 1;
-                self.stats.bundles += 1;
-                self.stats.bundle_bytes += len;
-                let t = (h.first_txn, h.last_txn());
-                txns = Some(txns.map_or(t, |(a, _)| (a, t.1)));
-                self.events.push(Event::Bundle {
-                    chain_id: chain_id.to_string(),
-                    seq: *seq,
-                    txns: t,
-                    bytes: len,
-                    frames: (h.first_frame, h.last_frame),
-                });
-            }
+            tail = Some((*seq, b.digest));
+            published += 1;
+            self.stats.bundles += 1;
+            self.stats.bundle_bytes += len;
+            let t = (h.first_txn, h.last_txn());
+            txns = Some(txns.map_or(t, |(a, _)| (a, t.1)));
+            self.events.push(Event::Bundle {
+                chain_id: chain_id.to_string(),
+                seq: *seq,
+                txns: t,
+                bytes: len,
+                frames: (h.first_frame, h.last_frame),
+            });
         }
         Ok((published, txns))
     }
