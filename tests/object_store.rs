@@ -687,6 +687,23 @@ fn bundles_sealed_while_the_store_is_down_survive_a_killed_capture() {
         .unwrap();
     std::fs::write(folder.join(&first), bytes).unwrap();
 
+    // Store back, capture not yet: `list` and `restore` on this host say what waits here.
+    let on_host = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args).envs(env.iter().cloned());
+        run(c)
+    };
+    let l = on_host(&["list", &set, "--json"]).ok().json();
+    assert_eq!(
+        l["spooled"].as_array().map(Vec::len),
+        Some(waiting.len() + 3),
+        "{l}"
+    );
+    let early = r.t.path("early.db");
+    on_host(&["restore", &set, "--out", s(&early)])
+        .ok()
+        .stderr_has("still wait for the store");
+
     let mut cap = spawn_with(&env, &args, &log);
     wait_for("the spool published", 60, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("that an earlier capture sealed"))

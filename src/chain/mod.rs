@@ -387,6 +387,26 @@ impl BackupSet {
         self.is_remote().then(|| self.spool_store())
     }
 
+    /// The bundles sealed on this host that wait in the set's spool for the store, oldest
+    /// chain and sequence first (none for a local set, or when the spool cannot be read).
+    pub fn spooled(&self) -> Vec<PathBuf> {
+        let Some(spool) = self.spool() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (chain, is_dir) in spool.list_names("").unwrap_or_default() {
+            if !is_dir || !layout::is_chain_id(&chain) {
+                continue;
+            }
+            for (name, _) in spool.list_names(&chain).unwrap_or_default() {
+                if crate::bundle::wbb::parse_file_name(&name).is_some() {
+                    out.push(spool.path(&format!("{chain}/{name}")));
+                }
+            }
+        }
+        out
+    }
+
     fn spool_store(&self) -> LocalStore {
         LocalStore::new(
             self.state_dir().join(layout::SPOOL_DIR),

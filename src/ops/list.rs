@@ -77,6 +77,9 @@ pub struct Listing {
     pub restorable: Vec<Range>,
     pub unrelated: Vec<String>,
     pub stored_bytes: u64,
+    /// Bundles sealed on this host that wait in the set's spool for an object store that did
+    /// not answer: no restore reaches their transactions until a capture publishes them.
+    pub spooled: Vec<PathBuf>,
 }
 
 fn t(us: i64) -> String {
@@ -222,6 +225,7 @@ pub fn list(set: &BackupSet) -> Result<Listing> {
         chains,
         unrelated,
         stored_bytes: total,
+        spooled: set.spooled(),
     };
     Ok(listing)
 }

@@ -57,6 +57,15 @@ pub fn run(a: Args) -> Result<u8> {
         (None, Some(n)) => Target::Txn(n),
         (None, None) => Target::Latest,
     };
+    let waiting = set.spooled();
+    if !waiting.is_empty() && !a.common.quiet {
+        eprintln!(
+            "walbundle: note: {} bundle(s) sealed on this host still wait for the store (in {}); \
+             this restore cannot reach their transactions until a capture publishes them",
+            waiting.len(),
+            waiting[0].parent().unwrap_or(&waiting[0]).display()
+        );
+    }
     let plan = replay::plan::plan_with(&set, &target, a.until_break)?;
     if a.dry_run {
         if a.common.json {
