@@ -45,34 +45,10 @@ impl Capturer {
             && self.last_restart_try.elapsed() >= self.opts.interval
         {
             self.last_restart_try = Instant::now();
-            // SQLite's checkpoint syncs the WAL and then the database while it holds the
-            // checkpoint lock (an application's own checkpoint meanwhile gets SQLITE_BUSY at
-            // once, whatever its busy timeout), and a commit that lands while it runs keeps the
-            // WAL from restarting at its end. The database's sync is the long part: it writes
-            // back every page the application's auto-checkpoints copied since the last full
-            // backfill (they never sync it themselves). So both files are flushed first, with
-            // no lock held, while the application goes on committing; then the pin moves to the
-            // newest commit and the checkpoint copies and syncs only what is left. Measured at
-            // 200 commits/s: the lock held 2 – 3 ms instead of 14 – 16 (p50), and the WAL
-            // restarting 4 – 12 times in 4,000 – 6,000 commits instead of once (it grew to 100 MB).
-            // Fresh headers throughout, not `last_shm`: that one must stay the header of the
-            // last scan, or the idle fast path would skip commits made since it.
-            if let Some((f, _)) = &self.wal {
-                let _ = f.sync_data();
-            }
-            let _ = crate::sqlite::source::sync_main_file(&self.readers[1 - self.active]);
-            if let Some(h) = self.shm.header()?
-                && h.salts == self.cur.salts
-                && self.is_behind(&h)
-            {
+            if self.is_behind(&h) {
                 self.advance()?;
             }
-            if let Some(h) = self.shm.header()?
-                && h.salts == self.cur.salts
-                && self.pin.mx == h.mx_frame
-                && self.cur.frame == h.mx_frame
-                && h.n_backfill < h.mx_frame
-            {
+            if self.pin.mx == h.mx_frame && h.n_backfill < h.mx_frame {
                 let idle = &self.readers[1 - self.active];
                 // PASSIVE never takes the write lock and never waits; a busy checkpoint lock (the
                 // application is checkpointing) is not an error.
@@ -81,13 +57,10 @@ impl Capturer {
                 let took = us(t0.elapsed());
                 self.stats.checkpoints += 1;
                 self.stats.checkpoint_max_us = self.stats.checkpoint_max_us.max(took);
-                debug(|| {
-                    format!(
-                        "own checkpoint: {took} us, from frame {} to {}",
-                        h.n_backfill, h.mx_frame
-                    )
-                });
+                debug(|| format!("own checkpoint: {took} us"));
             }
+            // A fresh header, not `last_shm`: that one must stay the header of the last scan,
+            // or the idle fast path would skip commits made since it.
             if let Some(h2) = self.shm.header()?
                 && self.can_free(&h2)
             {
@@ -98,18 +71,13 @@ impl Capturer {
         // At most an interval behind, and never more than SQLite's own auto-checkpoint unit:
         // the application's auto-checkpoint runs inside a commit and backfills up to our mark,
         // so a far-behind mark would make that one commit copy a whole interval of a burst.
-        // Past `max_wal_bytes`, every poll: the application's auto-checkpoints then copy nearly
-        // all of the WAL in small steps, leaving capture's own attempt to restart it (above) a
-        // short residue, whose shorter lock a steady writer's next commit lands in less often.
         let lag = if h.salts == self.pin.salts {
             h.mx_frame.saturating_sub(self.pin.mx)
         } else {
             h.mx_frame
         };
         if self.is_behind(&h)
-            && (live > self.opts.max_wal_bytes
-                || self.last_move.elapsed() >= self.opts.interval
-                || lag >= MARK_LAG_FRAMES)
+            && (self.last_move.elapsed() >= self.opts.interval || lag >= MARK_LAG_FRAMES)
         {
             self.advance()?;
         }
