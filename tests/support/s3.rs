@@ -59,7 +59,19 @@ impl S3Server {
             pid: None,
             bucket: bucket.to_string(),
         };
-        s.up();
+        // A first start can lose its ports to another test's server starting at the same
+        // moment (the probe and SeaweedFS's bind race; seen as a fatal bind error in weed.out):
+        // try fresh ports, twice more, before failing with the last log.
+        for attempt in 1..=3 {
+            match s.try_up() {
+                Ok(()) => break,
+                Err(why) if attempt == 3 => panic!("{why}"),
+                Err(_) => {
+                    s.port = free_ports();
+                    s.dir = dir.join(format!("retry-{attempt}"));
+                }
+            }
+        }
         let store = s.store("");
         let mut tries = 0;
         while let Err(e) = store.create_bucket() {
@@ -72,6 +84,12 @@ impl S3Server {
 
     /// (Re)start the server process on the same ports and data.
     pub fn up(&mut self) {
+        if let Err(why) = self.try_up() {
+            panic!("{why}");
+        }
+    }
+
+    fn try_up(&mut self) -> Result<(), String> {
         let out = Command::new(script())
             .arg(&self.dir)
             .arg(self.port.to_string())
@@ -81,12 +99,12 @@ impl S3Server {
         if !out.status.success() {
             let log = std::fs::read_to_string(self.dir.join("logs/weed.out")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            panic!(
+            return Err(format!(
                 "starting SeaweedFS on port {} failed: {text}{}\nweed.out (last lines, newest first):\n{}",
                 self.port,
                 String::from_utf8_lossy(&out.stderr),
                 tail.join("\n")
-            );
+            ));
         }
         let pid = text
             .split_whitespace()
@@ -94,6 +112,7 @@ impl S3Server {
             .and_then(|p| p.parse().ok())
             .expect("S3_PID in the script's output");
         self.pid = Some(pid);
+        Ok(())
     }
 
     /// `kill -9` the server (all its data stays for [`Self::up`]).
