@@ -357,8 +357,12 @@ pub fn wait_for_pause(c: &mut Child, pause_file: &Path, limit: std::time::Durati
 /// attempt, attempts). A checkpoint refused at once (within 20 ms) found the checkpoint lock
 /// taken — SQLite gives a second checkpointer BUSY immediately, and the application's own
 /// auto-checkpoints take that lock after commits, with or without walbundle — so it is tried
-/// again, up to five times, as applications do; one that waited is never retried.
+/// again every 20 ms for up to half a second (the brief's bar for the application's own
+/// checkpoint beside capture), as applications do; one that waited is never retried. (Five
+/// tries, 100 ms, were too few on a loaded machine: a checkpoint that fsyncs holds the lock
+/// longer there, and the torture run's RESTART was refused five times in a row.)
 pub fn app_checkpoint(c: &rusqlite::Connection, mode: &str) -> (i64, std::time::Duration, u32) {
+    let first = std::time::Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -367,7 +371,10 @@ pub fn app_checkpoint(c: &rusqlite::Connection, mode: &str) -> (i64, std::time::
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
             .unwrap();
         let took = t0.elapsed();
-        if busy == 0 || took >= std::time::Duration::from_millis(20) || attempts == 5 {
+        if busy == 0
+            || took >= std::time::Duration::from_millis(20)
+            || first.elapsed() >= std::time::Duration::from_millis(500)
+        {
             return (busy, took, attempts);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
