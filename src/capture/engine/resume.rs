@@ -17,12 +17,8 @@ impl Capturer {
             let Some(base) = chain.base() else { continue };
             let Some(wal) = base.wal else { continue };
             let cur = if let Some(last) = chain.bundles.last() {
-                let b = match crate::store::local_copy(objects, &last.key)
-                    .and_then(|c| wbb::read_bundle(&c.path).map_err(|e| c.relocate(e)))
-                {
-                    Ok(b) => b,
-                    Err(e) if e.kind() == ErrorKind::Corrupt => continue,
-                    Err(e) => return Err(e),
+                let Some(b) = read_readable(objects, &last.key)? else {
+                    continue;
                 };
                 let h = &b.header;
                 Cursor {
@@ -295,6 +291,24 @@ impl Capturer {
             }
         }
         Ok(self.wal.as_ref().map(|(f, _)| f))
+    }
+}
+
+/// The bundle at `key` of the set, read and checked (through a download for an object store);
+/// `None` if it is damaged, which the caller treats as "no usable end here".
+///
+/// # Errors
+/// The store cannot be read.
+pub(super) fn read_readable(
+    objects: &dyn crate::store::Store,
+    key: &str,
+) -> Result<Option<wbb::Bundle>> {
+    match crate::store::local_copy(objects, key)
+        .and_then(|c| wbb::read_bundle(&c.path).map_err(|e| c.relocate(e)))
+    {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == ErrorKind::Corrupt => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

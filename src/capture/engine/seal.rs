@@ -55,13 +55,8 @@ impl Capturer {
         let key = format!("{}/{}", self.cur.chain_id, wbb::file_name(seq));
         // Sealed: for an object store it is now durable on this machine under its final name,
         // so neither an unreachable store nor the end of this process loses it.
-        let tmp = match self.set.spool_file(&tmp, &key) {
-            Ok(path) => path,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        // (A failed rename removes the temporary itself.)
+        let tmp = self.set.spool_file(&tmp, &key)?;
         // The chain continues from this bundle now; publication may wait for the store.
         self.cur.next_seq = seq + 1;
         self.cur.prev_digest = digest;

@@ -188,11 +188,5 @@ fn chain_tail(
     let Some(last) = c.bundles.last() else {
         return Ok(c.base().map(|m| (m.seq, m.link())));
     };
-    match crate::store::local_copy(objects, &last.key)
-        .and_then(|copy| wbb::read_bundle(&copy.path).map_err(|e| copy.relocate(e)))
-    {
-        Ok(b) => Ok(Some((last.seq, b.digest))),
-        Err(e) if e.kind() == ErrorKind::Corrupt => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(super::resume::read_readable(objects, &last.key)?.map(|b| (last.seq, b.digest)))
 }

@@ -110,17 +110,13 @@ pub fn run(a: Args) -> Result<u8> {
     for u in &listing.unrelated {
         s.push_str(&format!("not walbundle's (left alone): {u}\n"));
     }
-    if let Some(first) = listing.spooled.first() {
+    if let (false, Some(spool)) = (listing.spooled.is_empty(), set.spool()) {
         s.push_str(&format!(
             "\n{} bundle(s) sealed on this host wait for the store in {}: no restore reaches \
              them until a capture publishes them (a running one retries every poll; a new one \
              publishes them first)\n",
             listing.spooled.len(),
-            first
-                .parent()
-                .and_then(std::path::Path::parent)
-                .unwrap_or(first)
-                .display()
+            spool.root().display()
         ));
     }
     ui::out(&s);

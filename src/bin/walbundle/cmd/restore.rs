@@ -58,12 +58,14 @@ pub fn run(a: Args) -> Result<u8> {
         (None, None) => Target::Latest,
     };
     let waiting = set.spooled();
-    if !waiting.is_empty() && !a.common.quiet {
+    if let (false, Some(spool)) = (waiting.is_empty(), set.spool())
+        && !a.common.quiet
+    {
         eprintln!(
             "walbundle: note: {} bundle(s) sealed on this host still wait for the store (in {}); \
              this restore cannot reach their transactions until a capture publishes them",
             waiting.len(),
-            waiting[0].parent().unwrap_or(&waiting[0]).display()
+            spool.root().display()
         );
     }
     let plan = replay::plan::plan_with(&set, &target, a.until_break)?;
