@@ -282,3 +282,47 @@ pub fn each_page(
     }
     Ok(())
 }
+
+/// Make the main database file of `c` durable (fsync) through SQLite's own file handle, taking
+/// no lock: capture flushes what the application's checkpoints copied into the database before
+/// it takes the checkpoint lock itself, so that its checkpoint's own sync (inside that lock) has
+/// little left to write. Going through SQLite's handle, not a descriptor of our own, matters:
+/// closing any descriptor on the file would drop the POSIX locks of this process's SQLite
+/// connections (see the brief's note on `-shm`).
+///
+/// # Errors
+/// SQLite's error code from the file control or the sync, as an `io::Error`.
+#[expect(unsafe_code)]
+pub fn sync_main_file(c: &Connection) -> std::io::Result<()> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `c.handle()` is a live connection for the duration of this call (borrowed), the
+    // schema name is a NUL-terminated literal, and SQLITE_FCNTL_FILE_POINTER writes one
+    // `sqlite3_file*` through the pointer we pass, which points at a local of that type.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            c.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return Err(std::io::Error::other(format!(
+            "file pointer: SQLite code {rc}"
+        )));
+    }
+    // SAFETY: SQLite returned the connection's open main-database file; an open file always has
+    // its methods, and xSync only syncs that file's descriptor (no lock is taken or released).
+    let rc = unsafe {
+        match (*file).pMethods.as_ref().and_then(|m| m.xSync) {
+            Some(sync) => sync(file, ffi::SQLITE_SYNC_NORMAL),
+            None => ffi::SQLITE_OK,
+        }
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("sync: SQLite code {rc}")))
+    }
+}
