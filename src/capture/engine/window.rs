@@ -55,9 +55,10 @@ impl Capturer {
             // once, whatever its busy timeout), and a commit that lands while it runs keeps the
             // WAL from restarting at its end. The database's sync is the long part: it writes
             // back every page the application's auto-checkpoints copied since the last full
-            // backfill (they sync it only when they reach the WAL's end). So both files are flushed first, with
-            // no lock held, while the application goes on committing; then the pin moves to the
-            // newest commit and the checkpoint copies and syncs only what is left. Measured at
+            // backfill (they sync it only when they reach the WAL's end). So both files are
+            // flushed first, with no lock held, while the application goes on committing; then
+            // the pin moves to the newest commit and the checkpoint copies and syncs only what
+            // is left. Measured at
             // 200 commits/s: the lock held 2 – 3 ms instead of 14 – 16 (p50); with a try every
             // poll the WAL restarts about 20 times in 6,000 commits and peaks at 6 – 7 MB, where
             // one try per interval with the whole copy inside the lock let it grow to 100 MB.
@@ -280,9 +281,9 @@ impl Capturer {
 }
 
 /// Failed tries in a row to let a large WAL restart before capture tries less often.
-/// At 200 commits/s about one try in four succeeds; at 1,000 commits/s none does, and a try
-/// every poll then costs a fifth more CPU for nothing.
-pub(super) const RESTART_TRIES: u32 = 8;
+/// At 200 commits/s about one try in three succeeds; at 1,000 commits/s none does, and a try
+/// every poll then only costs CPU (its flushes and checkpoint) for nothing.
+pub(super) const RESTART_TRIES: u32 = 32;
 
 /// The wait before the next try after `fails` failed tries in a row: a poll, then doubling up
 /// to `interval`.
