@@ -50,9 +50,11 @@ pub struct Args {
     /// (e.g. 1s, 250ms, 10ms).
     #[arg(long, default_value = "1s", value_parser = config::duration)]
     pub interval: Duration,
-    /// Once the WAL's committed frames pass this many MiB, help it restart: backfill with
-    /// PASSIVE checkpoints of our own and move the read mark onto the fully backfilled WAL
-    /// (under writes that never pause for a few milliseconds the WAL grows until they do).
+    /// Once the WAL's committed frames pass this many MiB, help it restart: every poll, move
+    /// the read mark to the newest commit, flush the WAL and the database, backfill the rest
+    /// with a PASSIVE checkpoint of our own and move the mark onto the fully backfilled WAL if
+    /// nothing was committed meanwhile (under writes that never pause for a few milliseconds
+    /// the WAL grows until they do; walbundle never takes the write lock).
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub max_wal_mib: u64,
     /// Seal a bundle early once it holds this many MiB of pages (under a burst: smaller
