@@ -273,7 +273,9 @@ pub fn kill_processes_naming(dir: &std::path::Path) {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
-    let needle = dir.as_os_str().as_encoded_bytes();
+    // With the separator: another rig's folder may share this one's name as a prefix.
+    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
     let me = std::process::id();
     for e in procs.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -285,7 +287,7 @@ pub fn kill_processes_naming(dir: &std::path::Path) {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        if cmd.windows(needle.len()).any(|w| w == needle) {
+        if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .stderr(Stdio::null())
