@@ -38,6 +38,46 @@ impl Tmp {
     }
 }
 
+/// A test that panics leaves the processes it started running (`Child` is not killed on drop):
+/// a temporary folder kills, when it goes, every process whose command line names a path inside
+/// it — the test's captures, writers, compactions and object-store servers, whoever started
+/// them — before the folder is removed. Nothing else is touched: the folder's name is unique.
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        kill_processes_naming(self.dir.path());
+    }
+}
+
+/// SIGKILL every process (but this one) whose command line names a path inside `dir`. (A killed
+/// child of ours stays a zombie, holding nothing but its process id, until the test program
+/// exits.)
+pub fn kill_processes_naming(dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    // With the separator: another folder's name may start with this one's.
+    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    let me = std::process::id();
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// What a walbundle run printed and returned.
 #[derive(Debug)]
 pub struct Out {

@@ -257,45 +257,6 @@ impl Rig {
     }
 }
 
-/// A test that panics leaves the processes it started running (`Child` is not killed on drop):
-/// a rig kills, when it goes, every process whose command line names its temporary folder —
-/// its captures, writers and compactions, whoever started them. Nothing else is touched: the
-/// folder's name is unique to the rig. A process already gone is skipped.
-impl Drop for Rig {
-    fn drop(&mut self) {
-        kill_processes_naming(self.t.dir.path());
-    }
-}
-
-/// SIGKILL every process (but this one) whose command line mentions `dir`. (A killed child of
-/// ours stays a zombie, holding nothing but its process id, until the test program exits.)
-pub fn kill_processes_naming(dir: &std::path::Path) {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    // With the separator: another rig's folder may share this one's name as a prefix.
-    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
-    needle.push(b'/');
-    let me = std::process::id();
-    for e in procs.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// True once the set at `set` holds a generation.
 pub fn has_generation(set: &std::path::Path) -> bool {
     set.is_dir() && !generation_dirs(set).is_empty()
