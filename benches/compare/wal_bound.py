@@ -113,7 +113,7 @@ def one(tool, rate, args):
             time.sleep(1.0)
             p.send_signal(signal.SIGTERM)
             _, _, ru = os.wait4(p.pid, 0)
-            p.returncode = 0
+            p.returncode = 0  # reaped by wait4 (for its rusage): Popen must not wait again
             cpu = ru.ru_utime + ru.ru_stime
         pct = lambda q: lat[min(len(lat) - 1, int(q / 100 * len(lat)))] * 1000  # noqa: E731
         return dict(p50=pct(50), p99=pct(99), max=lat[-1] * 1000, cpu=cpu, **seen)

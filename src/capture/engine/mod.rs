@@ -293,8 +293,8 @@ pub struct Capturer {
     /// When the pin last moved, and when capture last tried to let a large WAL restart.
     last_move: Instant,
     last_restart_try: Instant,
-    /// How long after the last try to try again, and the tries that failed in a row.
-    restart_wait: Duration,
+    /// Tries to let a large WAL restart that failed in a row (they set the wait before the
+    /// next one: `window::restart_wait`).
     restart_fails: u32,
     /// When the files' identity was last checked.
     identity_at: Instant,
@@ -503,7 +503,6 @@ impl Capturer {
             last_seal: Instant::now(),
             last_move: Instant::now(),
             last_restart_try: Instant::now(),
-            restart_wait: Duration::ZERO,
             restart_fails: 0,
             identity_at: Instant::now(),
             events: Vec::new(),

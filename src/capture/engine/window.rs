@@ -31,23 +31,20 @@ impl Capturer {
         let Some(h) = self.last_shm else {
             return Ok(());
         };
+        let live = u64::from(h.mx_frame) * (u64::from(self.cur.page_size) + FRAME_HEADER_LEN);
         // Bundles wait for an unreachable store: hold the WAL (the application's checkpoints
         // cannot restart it past the mark) until they are published, up to `max_wal_bytes`.
-        let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
-        if !self.unpublished.is_empty()
-            && u64::from(h.mx_frame) * frame_bytes <= self.opts.max_wal_bytes
-        {
+        if !self.unpublished.is_empty() && live <= self.opts.max_wal_bytes {
             return Ok(());
         }
         if self.can_free(&h) {
             return self.advance();
         }
-        let frame_bytes = u64::from(self.cur.page_size) + FRAME_HEADER_LEN;
-        let live = u64::from(h.mx_frame) * frame_bytes;
         if live > self.opts.max_wal_bytes
             && h.salts == self.cur.salts
             && self.cur.frame == h.mx_frame
-            && self.last_restart_try.elapsed() >= self.restart_wait
+            && self.last_restart_try.elapsed()
+                >= restart_wait(self.restart_fails, self.opts.poll, self.opts.interval)
         {
             self.last_restart_try = Instant::now();
             // SQLite's checkpoint syncs the WAL and then the database while it holds the
@@ -58,10 +55,10 @@ impl Capturer {
             // backfill (they sync it only when they reach the WAL's end). So both files are
             // flushed first, with no lock held, while the application goes on committing; then
             // the pin moves to the newest commit and the checkpoint copies and syncs only what
-            // is left. Measured at
-            // 200 commits/s: the lock held 2 – 3 ms instead of 14 – 16 (p50); with a try every
-            // poll the WAL restarts about 20 times in 6,000 commits and peaks at 6 – 7 MB, where
-            // one try per interval with the whole copy inside the lock let it grow to 100 MB.
+            // is left. Measured at 200 commits/s: the lock held 2 – 3 ms instead of 14 – 16
+            // (p50); with a try every poll the WAL restarts about 20 times in 6,000 commits and
+            // peaks at 6 – 7 MB, where one try per interval with the whole copy inside the lock
+            // let it grow to 100 MB.
             // Fresh headers throughout, not `last_shm`: that one must stay the header of the
             // last scan, or the idle fast path would skip commits made since it.
             if let Some((f, _)) = &self.wal {
@@ -104,9 +101,11 @@ impl Capturer {
                 }
                 _ => false,
             };
-            self.restart_fails = if freed { 0 } else { self.restart_fails + 1 };
-            self.restart_wait =
-                restart_wait(self.restart_fails, self.opts.poll, self.opts.interval);
+            self.restart_fails = if freed {
+                0
+            } else {
+                self.restart_fails.saturating_add(1)
+            };
             return Ok(());
         }
         // At most an interval behind, and never more than SQLite's own auto-checkpoint unit:
