@@ -354,6 +354,9 @@ pub struct BodyEncoder<W: Write = Vec<u8>> {
     enc: Stage<W>,
     /// Compress at [`BodyEncoder::finish_with_reference`], never before (reference pages).
     deferred: bool,
+    /// Bytes kept free at the start of a staged body for the reference pages, so that the
+    /// reference can be put just before the body without copying the body ([`Self::reserve`]).
+    front: usize,
     level: i32,
     window_log: u32,
     raw_len: u64,
@@ -411,17 +414,13 @@ fn reference_window(ref_len: usize, raw_len: u64, window_log: u32) -> u32 {
 /// dictionary (measured: twice as fast at the same size). Decodes with `reference` as a
 /// raw-content dictionary like any other version 2 frame.
 fn compress_with_prefix(
-    mut reference: Vec<u8>,
-    body: &[u8],
+    joined: &[u8],
+    ref_len: usize,
     level: i32,
     window_log: u32,
 ) -> io::Result<Vec<u8>> {
     use zstd::zstd_safe::{CCtx, CParameter};
     let e = |c: usize| io::Error::other(zstd::zstd_safe::get_error_name(c));
-    let ref_len = reference.len();
-    reference.reserve_exact(body.len());
-    reference.extend_from_slice(body);
-    let joined = reference;
     let (prefix, src) = joined.split_at(ref_len);
     let tables = reference_hash_log(joined.len() as u64);
     let mut cctx = CCtx::create();
@@ -503,6 +502,7 @@ impl<W: Write> BodyEncoder<W> {
         Ok(Self {
             enc: Stage::Staged(Vec::new(), w),
             deferred: false,
+            front: 0,
             level,
             window_log,
             raw_len: 0,
@@ -526,6 +526,22 @@ impl<W: Write> BodyEncoder<W> {
         Ok(e)
     }
 
+    /// Size the memory of a deferred body before anything is written: room for `front` bytes of
+    /// reference pages before it (zeroed now, so the reference later goes there without moving
+    /// the body) and `body` bytes of body (reserved, not touched). Guesses: a reference that
+    /// does not fit, or a body that outgrows its room, costs one copy, as with no guess.
+    pub fn reserve(&mut self, front: usize, body: usize) {
+        if let Stage::Staged(buf, _) = &mut self.enc
+            && self.deferred
+            && buf.is_empty()
+        {
+            let front = front.min(MAX_REF_BYTES as usize);
+            buf.reserve(front + body.min(DEFER_BYTES));
+            buf.resize(front, 0);
+            self.front = front;
+        }
+    }
+
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
         self.crc.update(b);
         self.raw_len += b.len() as u64;
@@ -541,7 +557,7 @@ impl<W: Write> BodyEncoder<W> {
         match &mut self.enc {
             Stage::Streaming(e) => return e.write_all(b),
             Stage::Spilled(f, _) => return f.write_all(b),
-            Stage::Staged(buf, _) if buf.len() + b.len() <= hold => {
+            Stage::Staged(buf, _) if buf.len() - self.front + b.len() <= hold => {
                 buf.extend_from_slice(b);
                 return Ok(());
             }
@@ -552,7 +568,7 @@ impl<W: Write> BodyEncoder<W> {
                 return Err(io::Error::other("bundle body encoder used after a failure"));
             };
             let mut f = std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
-            f.write_all(&buf)?;
+            f.write_all(&buf[self.front..])?;
             f.write_all(b)?;
             self.enc = Stage::Spilled(f, w);
             return Ok(());
@@ -568,7 +584,7 @@ impl<W: Write> BodyEncoder<W> {
         match std::mem::replace(&mut self.enc, Stage::Empty) {
             Stage::Staged(buf, w) => {
                 let mut e = encoder(w, self.level, self.window_log)?;
-                e.write_all(&buf)?;
+                e.write_all(&buf[self.front..])?;
                 Ok(e)
             }
             Stage::Streaming(e) => Ok(e),
@@ -635,12 +651,30 @@ impl<W: Write> BodyEncoder<W> {
     /// # Errors
     /// On zstd or temporary-file failure, or reference pages given to an encoder that already
     /// streamed (not [`BodyEncoder::deferred`]).
-    pub fn finish_with_reference(
+    pub fn finish_with_reference(self, refs: &[u32], reference: Vec<u8>) -> io::Result<(W, u64)> {
+        if reference.len() != refs.len() * self.page_size as usize {
+            return Err(io::Error::other(
+                "reference pages and their contents disagree",
+            ));
+        }
+        let ps = self.page_size as usize;
+        self.finish_with_pages(refs, reference.chunks(ps.max(1)))
+    }
+
+    /// [`BodyEncoder::finish_with_reference`] with the reference pages given one by one (each
+    /// `page_size` bytes, in the order of `refs`): they go straight into the room
+    /// [`BodyEncoder::reserve`] kept before the body, if they fit.
+    ///
+    /// # Errors
+    /// As [`BodyEncoder::finish_with_reference`].
+    pub fn finish_with_pages<'a>(
         mut self,
         refs: &[u32],
-        reference: Vec<u8>,
+        pages: impl IntoIterator<Item = &'a [u8]>,
     ) -> io::Result<(W, u64)> {
         let raw_len = self.raw_len;
+        let ps = self.page_size as usize;
+        let disagree = || io::Error::other("reference pages and their contents disagree");
         if refs.is_empty() {
             if let Stage::Spilled(..) = self.enc {
                 // Deferred with nothing to refer to: the raw body goes through a plain encoder.
@@ -649,23 +683,46 @@ impl<W: Write> BodyEncoder<W> {
             let e = self.start_stream()?;
             return Ok((e.finish()?, raw_len));
         }
-        if reference.len() != refs.len() * self.page_size as usize {
-            return Err(io::Error::other(
-                "reference pages and their contents disagree",
-            ));
-        }
+        let ref_len = refs.len() * ps;
         match std::mem::replace(&mut self.enc, Stage::Empty) {
-            Stage::Staged(buf, mut w) => {
+            Stage::Staged(mut buf, mut w) => {
                 for p in refs {
                     w.write_all(&p.to_le_bytes())?;
                 }
-                let frame = compress_with_prefix(reference, &buf, self.level, self.window_log)?;
+                let front = self.front;
+                if ref_len > front {
+                    // No room (or not enough) before the body: one copy of it behind the pages.
+                    let mut joined = Vec::with_capacity(ref_len + buf.len() - front);
+                    joined.resize(ref_len, 0);
+                    joined.extend_from_slice(&buf[front..]);
+                    buf = joined;
+                }
+                let at = front.saturating_sub(ref_len);
+                let mut n = 0;
+                for (room, p) in buf[at..at + ref_len].chunks_mut(ps.max(1)).zip(pages) {
+                    if p.len() != ps {
+                        return Err(disagree());
+                    }
+                    room.copy_from_slice(p);
+                    n += 1;
+                }
+                if n != refs.len() {
+                    return Err(disagree());
+                }
+                let frame = compress_with_prefix(&buf[at..], ref_len, self.level, self.window_log)?;
                 drop(buf);
                 w.write_all(&frame)?;
                 Ok((w, raw_len))
             }
             other @ Stage::Spilled(..) => {
                 self.enc = other;
+                let mut reference = Vec::with_capacity(ref_len);
+                for p in pages {
+                    reference.extend_from_slice(p);
+                }
+                if reference.len() != ref_len {
+                    return Err(disagree());
+                }
                 self.compress_spilled(refs, &reference)
             }
             Stage::Streaming(_) | Stage::Empty => Err(io::Error::other(
@@ -1165,6 +1222,54 @@ mod test {
         assert_eq!(super::reference_hash_log(8 << 20), 18);
         assert_eq!(super::reference_hash_log(16 << 20), 19);
         assert_eq!(super::reference_hash_log(u64::MAX), 19);
+    }
+
+    /// Room reserved before a deferred body changes no byte of what it encodes, whether the
+    /// reference fits the room, fills it exactly, does not fit, or the body spills anyway; and
+    /// pages of the wrong size or number are refused.
+    #[test]
+    fn reserved_room_changes_no_byte_of_the_body() {
+        let ps = 4096usize;
+        let encode = |room: Option<(usize, usize)>, pages: u32, refs: &[u32]| {
+            let mut body = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
+            if let Some((front, raw)) = room {
+                body.reserve(front, raw);
+            }
+            let meta = TxnMeta {
+                time_us: 1,
+                page_count: pages,
+                commit_frame: pages,
+                state_after: 1,
+            };
+            body.begin_txn(&meta, pages).unwrap();
+            for p in 1..=pages {
+                let v: Vec<u8> = (0..ps).map(|i| ((i / 7) as u32 ^ p) as u8).collect();
+                body.page(p, &v).unwrap();
+            }
+            body.end_txn().unwrap();
+            let reference: Vec<u8> = (0..refs.len() * ps).map(|i| (i / 5) as u8).collect();
+            body.finish_with_pages(refs, reference.chunks(ps)).unwrap()
+        };
+        let spill = (DEFER_BYTES / ps) as u32 + 2;
+        for (pages, refs) in [(5u32, vec![1u32, 2, 3]), (5, vec![]), (spill, vec![1, 2])] {
+            let want = encode(None, pages, &refs);
+            let fill = refs.len() * ps;
+            for room in [(0, 0), (ps, 10), (fill, 1 << 20), (fill + 3 * ps, 1 << 30)] {
+                assert!(
+                    encode(Some(room), pages, &refs) == want,
+                    "{pages} pages, room {room:?}"
+                );
+            }
+        }
+        let body = || {
+            let mut b = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
+            b.reserve(8 * ps, 0);
+            b
+        };
+        let short = vec![0u8; ps - 1];
+        assert!(body().finish_with_pages(&[1], [short.as_slice()]).is_err());
+        let one = vec![0u8; ps];
+        assert!(body().finish_with_pages(&[1, 2], [one.as_slice()]).is_err());
     }
 
     /// A deferred body with reference pages round-trips in memory and spilled to a temporary

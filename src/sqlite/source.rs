@@ -283,17 +283,9 @@ pub fn each_page(
     Ok(())
 }
 
-/// Make the main database file of `c` durable (fsync) through SQLite's own file handle, taking
-/// no lock: capture flushes what the application's checkpoints copied into the database before
-/// it takes the checkpoint lock itself, so that its checkpoint's own sync (inside that lock) has
-/// little left to write. Going through SQLite's handle, not a descriptor of our own, matters:
-/// closing any descriptor on the file would drop the POSIX locks of this process's SQLite
-/// connections (see the brief's note on `-shm`).
-///
-/// # Errors
-/// SQLite's error code from the file control or the sync, as an `io::Error`.
+/// The main database file of `c` as SQLite holds it open (`SQLITE_FCNTL_FILE_POINTER`).
 #[expect(unsafe_code)]
-pub fn sync_main_file(c: &Connection) -> std::io::Result<()> {
+fn main_file(c: &Connection) -> std::io::Result<*mut rusqlite::ffi::sqlite3_file> {
     use rusqlite::ffi;
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
     // SAFETY: `c.handle()` is a live connection for the duration of this call (borrowed), the
@@ -312,17 +304,57 @@ pub fn sync_main_file(c: &Connection) -> std::io::Result<()> {
             "file pointer: SQLite code {rc}"
         )));
     }
-    // SAFETY: SQLite returned the connection's open main-database file; an open file always has
-    // its methods, and xSync only syncs that file's descriptor (no lock is taken or released).
+    Ok(file)
+}
+
+/// Make the main database file of `c` durable (fsync) through SQLite's own file handle, taking
+/// no lock: capture flushes what the application's checkpoints copied into the database before
+/// it takes the checkpoint lock itself, so that its checkpoint's own sync (inside that lock) has
+/// little left to write. Going through SQLite's handle, not a descriptor of our own, matters:
+/// closing any descriptor on the file would drop the POSIX locks of this process's SQLite
+/// connections (see the brief's note on `-shm`).
+///
+/// # Errors
+/// SQLite's error code from the file control or the sync, as an `io::Error`.
+#[expect(unsafe_code)]
+pub fn sync_main_file(c: &Connection) -> std::io::Result<()> {
+    let file = main_file(c)?;
+    // SAFETY: `main_file` returned the connection's open main-database file, which stays open
+    // while `c` is borrowed; an open file always has its methods, and xSync only syncs that
+    // file's descriptor (no lock is taken or released).
     let rc = unsafe {
         match (*file).pMethods.as_ref().and_then(|m| m.xSync) {
-            Some(sync) => sync(file, ffi::SQLITE_SYNC_NORMAL),
-            None => ffi::SQLITE_OK,
+            Some(sync) => sync(file, rusqlite::ffi::SQLITE_SYNC_NORMAL),
+            None => rusqlite::ffi::SQLITE_OK,
         }
     };
-    if rc == ffi::SQLITE_OK {
+    if rc == rusqlite::ffi::SQLITE_OK {
         Ok(())
     } else {
         Err(std::io::Error::other(format!("sync: SQLite code {rc}")))
     }
+}
+
+/// Read `buf.len()` bytes at `offset` of the main database file of `c`, raw, through SQLite's
+/// own file handle (for the same reason as [`sync_main_file`]): what the file holds, not what a
+/// read transaction sees, so callers use it only as a hint they check. About a fifth of the
+/// cost of one `sqlite_dbpage` query per page. Returns false on any error or a short read.
+#[expect(unsafe_code)]
+pub fn read_main_file(c: &Connection, offset: u64, buf: &mut [u8]) -> bool {
+    let (Ok(file), Ok(off), Ok(amt)) = (
+        main_file(c),
+        i64::try_from(offset),
+        std::ffi::c_int::try_from(buf.len()),
+    ) else {
+        return false;
+    };
+    // SAFETY: as in `sync_main_file`; xRead writes at most `amt` bytes into `buf`, which is
+    // that long, and takes no lock (the unix and Windows VFSs read with pread/ReadFile).
+    let rc = unsafe {
+        match (*file).pMethods.as_ref().and_then(|m| m.xRead) {
+            Some(read) => read(file, buf.as_mut_ptr().cast(), amt, off),
+            None => rusqlite::ffi::SQLITE_IOERR,
+        }
+    };
+    rc == rusqlite::ffi::SQLITE_OK
 }

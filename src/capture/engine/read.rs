@@ -356,21 +356,39 @@ impl Capturer {
             let Some(&want) = self.terms.get(pgno as usize - 1) else {
                 continue;
             };
+            let holds = |p: &[u8]| {
+                p.len() == ps as usize && crate::bundle::checksum::page_term(pgno, p) == want
+            };
+            let body = FRAME_HEADER_LEN as usize..;
+            // Only a page whose term is the one capture holds is taken.
             let mut page = None;
             if let Some(&f) = self.cycle_frames.get(&pgno) {
                 let n = pread_full(wal, &mut buf, hdr.frame_offset(f)).unwrap_or(0);
                 let fh = FrameHeader::parse(&buf[..24]);
                 if n == buf.len() && fh.salts == hdr.salts && fh.pgno == pgno {
-                    page = Some(buf[FRAME_HEADER_LEN as usize..].to_vec());
+                    page = Some(&buf[body.clone()])
+                        .filter(|p| holds(p))
+                        .map(<[u8]>::to_vec);
                 }
+            } else if crate::sqlite::source::read_main_file(
+                &self.readers[self.active],
+                u64::from(pgno - 1) * u64::from(ps),
+                &mut buf[body.clone()],
+            ) {
+                // Not written in this WAL cycle (as far as capture has seen): every older
+                // version is backfilled, and no checkpoint copies a frame past capture's pin,
+                // so the database file holds the page as of the bundle's start. Read raw, it
+                // costs a fifth of a query. A page that does not check out (a resumed capture
+                // that missed its frame, a copy under way) is read through SQLite below.
+                page = Some(&buf[body.clone()])
+                    .filter(|p| holds(p))
+                    .map(<[u8]>::to_vec);
             }
             if page.is_none() {
-                page = crate::sqlite::source::read_page(&self.readers[self.active], pgno);
+                page = crate::sqlite::source::read_page(&self.readers[self.active], pgno)
+                    .filter(|p| holds(p));
             }
-            if let Some(p) = page
-                && p.len() == ps as usize
-                && crate::bundle::checksum::page_term(pgno, &p) == want
-            {
+            if let Some(p) = page {
                 pend.refs.insert(pgno, p);
                 self.stats.reference_pages += 1;
             }
@@ -399,13 +417,19 @@ impl Capturer {
             let (tmp, mut f) = self.set.temp_file(&self.cur.chain_id, &name)?;
             std::io::Write::write_all(&mut f, &[0u8; wbb::HEADER_LEN])
                 .ctx(&tmp, "writing bundle")?;
-            let body = BodyEncoder::deferred(
+            let mut body = BodyEncoder::deferred(
                 std::io::BufWriter::with_capacity(1 << 20, f),
                 ps,
                 self.opts.level,
                 self.opts.window_log,
             )
             .ctx(&tmp, "starting compression")?;
+            if self.opts.reference_pages {
+                // A quarter more than the last bundle's, in whole pages.
+                let (refs, raw) = self.last_sizes;
+                let more = |n: usize| (n + n / 4).next_multiple_of(ps as usize);
+                body.reserve(more(refs), more(raw));
+            }
             let header = BundleHeader {
                 set_id: wbb::set_id_bytes(&self.set.record().set_id).unwrap_or([0; 16]),
                 chain_id: self.cur.chain_id.clone(),

@@ -21,20 +21,14 @@ impl Capturer {
                 p.refs
             };
             let refs: Vec<u32> = taken.keys().copied().collect();
-            // Room for the body too: the compressor joins the two in this buffer (the
-            // reference as the body's prefix), so the join does not copy the reference again.
-            let body_room = if refs.is_empty() {
-                0
-            } else {
-                usize::try_from(p.body.raw_len()).unwrap_or(0)
-            };
-            let mut reference = Vec::with_capacity(refs.len() * header_ps + body_room);
-            for page in taken.values() {
-                reference.extend_from_slice(page);
-            }
+            // The next bundle's memory is sized after this one's (BodyEncoder::reserve).
+            self.last_sizes = (
+                refs.len() * header_ps,
+                usize::try_from(p.body.raw_len()).unwrap_or(0),
+            );
             let (w, raw) = p
                 .body
-                .finish_with_reference(&refs, reference)
+                .finish_with_pages(&refs, taken.values().map(Vec::as_slice))
                 .ctx(&tmp, "compressing")?;
             let mut f = w
                 .into_inner()
