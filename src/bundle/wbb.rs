@@ -355,7 +355,7 @@ pub struct BodyEncoder<W: Write = Vec<u8>> {
     /// Compress at [`BodyEncoder::finish_with_reference`], never before (reference pages).
     deferred: bool,
     /// Bytes kept free at the start of a staged body for the reference pages, so that the
-    /// reference can be put just before the body without copying the body ([`Self::reserve`]).
+    /// reference can be put just before the body without copying the body ([`Self::reserve_front`]).
     front: usize,
     level: i32,
     window_log: u32,
@@ -526,17 +526,16 @@ impl<W: Write> BodyEncoder<W> {
         Ok(e)
     }
 
-    /// Size the memory of a deferred body before anything is written: room for `front` bytes of
-    /// reference pages before it (zeroed now, so the reference later goes there without moving
-    /// the body) and `body` bytes of body (reserved, not touched). Guesses: a reference that
-    /// does not fit, or a body that outgrows its room, costs one copy, as with no guess.
-    pub fn reserve(&mut self, front: usize, body: usize) {
+    /// Keep room for `front` bytes of reference pages before a deferred body, before anything
+    /// is written (zeroed now): at [`Self::finish_with_pages`] a reference that fits goes there,
+    /// just before the body, so the body is not copied behind it. A guess: a reference that
+    /// does not fit costs that one copy, as with no room.
+    pub fn reserve_front(&mut self, front: usize) {
         if let Stage::Staged(buf, _) = &mut self.enc
             && self.deferred
             && buf.is_empty()
         {
             let front = front.min(MAX_REF_BYTES as usize);
-            buf.reserve(front + body.min(DEFER_BYTES));
             buf.resize(front, 0);
             self.front = front;
         }
@@ -663,7 +662,7 @@ impl<W: Write> BodyEncoder<W> {
 
     /// [`BodyEncoder::finish_with_reference`] with the reference pages given one by one (each
     /// `page_size` bytes, in the order of `refs`): they go straight into the room
-    /// [`BodyEncoder::reserve`] kept before the body, if they fit.
+    /// [`BodyEncoder::reserve_front`] kept before the body, if they fit.
     ///
     /// # Errors
     /// As [`BodyEncoder::finish_with_reference`].
@@ -779,7 +778,7 @@ pub fn finish_file(
     header.body_raw_len = raw_len;
     write_all_at(file, &header.encode(), 0).map_err(io)?;
     let mut sha = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; usize::try_from(end).unwrap_or(usize::MAX).clamp(1, 1 << 20)];
     let mut off = 0u64;
     while off < end {
         let n = read_at(file, &mut buf, off).map_err(io)?;
@@ -1230,10 +1229,10 @@ mod test {
     #[test]
     fn reserved_room_changes_no_byte_of_the_body() {
         let ps = 4096usize;
-        let encode = |room: Option<(usize, usize)>, pages: u32, refs: &[u32]| {
+        let encode = |room: Option<usize>, pages: u32, refs: &[u32]| {
             let mut body = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
-            if let Some((front, raw)) = room {
-                body.reserve(front, raw);
+            if let Some(front) = room {
+                body.reserve_front(front);
             }
             let meta = TxnMeta {
                 time_us: 1,
@@ -1254,7 +1253,7 @@ mod test {
         for (pages, refs) in [(5u32, vec![1u32, 2, 3]), (5, vec![]), (spill, vec![1, 2])] {
             let want = encode(None, pages, &refs);
             let fill = refs.len() * ps;
-            for room in [(0, 0), (ps, 10), (fill, 1 << 20), (fill + 3 * ps, 1 << 30)] {
+            for room in [0, ps, fill, fill + 3 * ps] {
                 assert!(
                     encode(Some(room), pages, &refs) == want,
                     "{pages} pages, room {room:?}"
@@ -1263,7 +1262,7 @@ mod test {
         }
         let body = || {
             let mut b = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
-            b.reserve(8 * ps, 0);
+            b.reserve_front(8 * ps);
             b
         };
         let short = vec![0u8; ps - 1];

@@ -296,9 +296,9 @@ pub struct Capturer {
     /// Tries to let a large WAL restart that failed in a row (they set the wait before the
     /// next one: `window::restart_wait`).
     restart_fails: u32,
-    /// Reference and raw body bytes of the last bundle sealed: the next one's memory is sized
-    /// after them, so its body is neither regrown nor copied behind its reference.
-    last_sizes: (usize, usize),
+    /// Reference bytes of the recent bundles sealed (the largest, fading): the next bundle
+    /// keeps room for as much before its body, so sealing does not copy the body behind it.
+    last_ref_bytes: usize,
     /// When the files' identity was last checked.
     identity_at: Instant,
     events: Vec<Event>,
@@ -507,7 +507,7 @@ impl Capturer {
             last_move: Instant::now(),
             last_restart_try: Instant::now(),
             restart_fails: 0,
-            last_sizes: (0, 0),
+            last_ref_bytes: 0,
             identity_at: Instant::now(),
             events: Vec::new(),
             stats: CaptureStats::default(),

@@ -425,10 +425,9 @@ impl Capturer {
             )
             .ctx(&tmp, "starting compression")?;
             if self.opts.reference_pages {
-                // A quarter more than the last bundle's, in whole pages.
-                let (refs, raw) = self.last_sizes;
-                let more = |n: usize| (n + n / 4).next_multiple_of(ps as usize);
-                body.reserve(more(refs), more(raw));
+                // A quarter more than the recent bundles' references, in whole pages.
+                let refs = self.last_ref_bytes;
+                body.reserve_front((refs + refs / 4).next_multiple_of(ps as usize));
             }
             let header = BundleHeader {
                 set_id: wbb::set_id_bytes(&self.set.record().set_id).unwrap_or([0; 16]),
@@ -467,7 +466,8 @@ impl Capturer {
         order.shrink_to_fit();
         order.sort_unstable_by_key(|e| e.0);
         order.retain(|e| e.0 <= commit_size);
-        let mut buf = vec![0u8; ps as usize + FRAME_HEADER_LEN as usize];
+        // Frames are read again only for a transaction larger than the scan keeps.
+        let mut buf = Vec::new();
         let lock = lock_byte_page(ps);
         if self.opts.reference_pages {
             self.take_references(wal, hdr, &order)?;
@@ -508,6 +508,7 @@ impl Capturer {
                 .at(&wp)
             };
             let read_page = |buf: &mut Vec<u8>, pgno: u32, frame: u32| -> Result<()> {
+                buf.resize(ps as usize + FRAME_HEADER_LEN as usize, 0);
                 let n =
                     pread_full(wal, buf, hdr.frame_offset(frame)).ctx(&wp, "reading WAL frame")?;
                 let again = FrameHeader::parse(&buf[..24]);

@@ -21,11 +21,11 @@ impl Capturer {
                 p.refs
             };
             let refs: Vec<u32> = taken.keys().copied().collect();
-            // The next bundle's memory is sized after this one's (BodyEncoder::reserve).
-            self.last_sizes = (
-                refs.len() * header_ps,
-                usize::try_from(p.body.raw_len()).unwrap_or(0),
-            );
+            // Room for the next bundle's reference is sized after the recent ones
+            // (BodyEncoder::reserve_front): the largest, fading by an eighth a bundle, as a
+            // bundle that starts a WAL cycle refers to more pages than the ones after it.
+            let last = self.last_ref_bytes;
+            self.last_ref_bytes = (refs.len() * header_ps).max(last - last / 8);
             let (w, raw) = p
                 .body
                 .finish_with_pages(&refs, taken.values().map(Vec::as_slice))
