@@ -697,15 +697,14 @@ impl<W: Write> BodyEncoder<W> {
                     buf = joined;
                 }
                 let at = front.saturating_sub(ref_len);
-                let mut n = 0;
-                for (room, p) in buf[at..at + ref_len].chunks_mut(ps.max(1)).zip(pages) {
-                    if p.len() != ps {
-                        return Err(disagree());
+                let mut pages = pages.into_iter();
+                for room in buf[at..at + ref_len].chunks_mut(ps.max(1)) {
+                    match pages.next() {
+                        Some(p) if p.len() == ps => room.copy_from_slice(p),
+                        _ => return Err(disagree()),
                     }
-                    room.copy_from_slice(p);
-                    n += 1;
                 }
-                if n != refs.len() {
+                if pages.next().is_some() {
                     return Err(disagree());
                 }
                 let frame = compress_with_prefix(&buf[at..], ref_len, self.level, self.window_log)?;
@@ -1269,6 +1268,8 @@ mod test {
         assert!(body().finish_with_pages(&[1], [short.as_slice()]).is_err());
         let one = vec![0u8; ps];
         assert!(body().finish_with_pages(&[1, 2], [one.as_slice()]).is_err());
+        let three = [one.as_slice(), one.as_slice(), one.as_slice()];
+        assert!(body().finish_with_pages(&[1, 2], three).is_err());
     }
 
     /// A deferred body with reference pages round-trips in memory and spilled to a temporary

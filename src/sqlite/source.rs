@@ -337,7 +337,7 @@ pub fn sync_main_file(c: &Connection) -> std::io::Result<()> {
 
 /// Read `buf.len()` bytes at `offset` of the main database file of `c`, raw, through SQLite's
 /// own file handle (for the same reason as [`sync_main_file`]): what the file holds, not what a
-/// read transaction sees, so callers use it only as a hint they check. About a fifth of the
+/// read transaction sees, so callers use it only as a hint they check. About a third of the
 /// cost of one `sqlite_dbpage` query per page. Returns false on any error or a short read.
 #[expect(unsafe_code)]
 pub fn read_main_file(c: &Connection, offset: u64, buf: &mut [u8]) -> bool {

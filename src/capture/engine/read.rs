@@ -378,7 +378,7 @@ impl Capturer {
                 // Not written in this WAL cycle (as far as capture has seen): every older
                 // version is backfilled, and no checkpoint copies a frame past capture's pin,
                 // so the database file holds the page as of the bundle's start. Read raw, it
-                // costs a fifth of a query. A page that does not check out (a resumed capture
+                // costs a third of a query. A page that does not check out (a resumed capture
                 // that missed its frame, a copy under way) is read through SQLite below.
                 page = Some(&buf[body.clone()])
                     .filter(|p| holds(p))
