@@ -1222,6 +1222,32 @@ mod test {
         assert_eq!(super::reference_hash_log(u64::MAX), 19);
     }
 
+    /// A deferred body (with `room` kept before it, if any) holding one transaction, at time
+    /// 100, of pages 1..=`pages` with the contents `page` gives.
+    fn one_txn_body(
+        ps: usize,
+        pages: u32,
+        room: Option<usize>,
+        page: impl Fn(u32) -> Vec<u8>,
+    ) -> BodyEncoder {
+        let mut body = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
+        if let Some(front) = room {
+            body.reserve_front(front);
+        }
+        let meta = TxnMeta {
+            time_us: 100,
+            page_count: pages,
+            commit_frame: pages,
+            state_after: 1,
+        };
+        body.begin_txn(&meta, pages).unwrap();
+        for p in 1..=pages {
+            body.page(p, &page(p)).unwrap();
+        }
+        body.end_txn().unwrap();
+        body
+    }
+
     /// Room reserved before a deferred body changes no byte of what it encodes, whether the
     /// reference fits the room, fills it exactly, does not fit, or the body spills anyway; and
     /// pages of the wrong size or number are refused.
@@ -1229,22 +1255,9 @@ mod test {
     fn reserved_room_changes_no_byte_of_the_body() {
         let ps = 4096usize;
         let encode = |room: Option<usize>, pages: u32, refs: &[u32]| {
-            let mut body = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
-            if let Some(front) = room {
-                body.reserve_front(front);
-            }
-            let meta = TxnMeta {
-                time_us: 1,
-                page_count: pages,
-                commit_frame: pages,
-                state_after: 1,
-            };
-            body.begin_txn(&meta, pages).unwrap();
-            for p in 1..=pages {
-                let v: Vec<u8> = (0..ps).map(|i| ((i / 7) as u32 ^ p) as u8).collect();
-                body.page(p, &v).unwrap();
-            }
-            body.end_txn().unwrap();
+            let body = one_txn_body(ps, pages, room, |p| {
+                (0..ps).map(|i| ((i / 7) as u32 ^ p) as u8).collect()
+            });
             let reference: Vec<u8> = (0..refs.len() * ps).map(|i| (i / 5) as u8).collect();
             body.finish_with_pages(refs, reference.chunks(ps)).unwrap()
         };
@@ -1285,18 +1298,7 @@ mod test {
                 v[..4].copy_from_slice(&p.to_le_bytes());
                 v
             };
-            let mut body = BodyEncoder::deferred(Vec::new(), ps as u32, 1, 24).unwrap();
-            let meta = TxnMeta {
-                time_us: 100,
-                page_count: pages,
-                commit_frame: pages,
-                state_after: 1,
-            };
-            body.begin_txn(&meta, pages).unwrap();
-            for p in 1..=pages {
-                body.page(p, &page(p)).unwrap();
-            }
-            body.end_txn().unwrap();
+            let body = one_txn_body(ps, pages, None, page);
             assert_eq!(body.is_spilled(), pages > 3);
             let (b, raw) = body
                 .finish_with_reference(&refs, reference.clone())
