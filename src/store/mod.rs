@@ -170,8 +170,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(0)
     }
 
-    /// Tries per request from now on (object stores: at least 1; a folder ignores it). Capture
-    /// lowers it so that an unreachable store never stalls its loop; it retries at every poll.
+    /// Tries per request from now on, one right after another (object stores: at least 1; 0
+    /// restores the configured retries with their backoff; a folder ignores it). Capture lowers
+    /// it so that an unreachable store never stalls its loop; it retries at every poll.
     fn set_patience(&self, attempts: u32) {
         let _ = attempts;
     }

@@ -428,7 +428,10 @@ impl S3Store {
         }
         let mut last = String::new();
         for n in 0..retry.attempts.max(1) {
-            if n > 0 {
+            // A lowered patience (capture's) retries at once: its caller tries again at its next
+            // poll, and a backoff here would stall its loop on every poll while the store is
+            // down (200 – 400 ms each, so commits were read that much later).
+            if n > 0 && patience == 0 {
                 std::thread::sleep(backoff(retry, n));
             }
             self.counts.count(kind);
