@@ -197,8 +197,10 @@ impl Capturer {
         if block.len() < len {
             block.resize(len, 0);
         }
-        let res = self.scan_frames(wal, hdr, bound, &mut block[..len]);
+        let mut kept = Kept::take(hdr.page_size as usize);
+        let res = self.scan_frames(wal, hdr, bound, &mut block[..len], &mut kept);
         SCAN_BUF.with_borrow_mut(|b| *b = block);
+        kept.give_back();
         res
     }
 
@@ -208,6 +210,7 @@ impl Capturer {
         hdr: &WalHeader,
         bound: u32,
         block: &mut [u8],
+        kept: &mut Kept,
     ) -> Result<Step> {
         let ps = hdr.page_size as usize;
         let wp = self.src.wal_path();
@@ -227,7 +230,6 @@ impl Capturer {
         // within TXN_KEEP_BYTES the bytes already read for the checksum, so most transactions
         // read each frame once.
         let mut txn_pages: HashMap<u32, u32> = HashMap::new();
-        let mut kept: HashMap<u32, Vec<u8>> = HashMap::new();
         let mut i = self.cur.frame + 1;
         let mut next_look = i + MARK_LAG_FRAMES / 4;
         while i <= bound {
@@ -282,18 +284,14 @@ impl Capturer {
             cksum = c;
             txn_pages.insert(fh.pgno, i);
             let page = &buf[FRAME_HEADER_LEN as usize..];
-            if let Some(old) = kept.get_mut(&fh.pgno) {
-                old.copy_from_slice(page); // the newest version wins
-            } else if (kept.len() + 1) * ps <= TXN_KEEP_BYTES {
-                kept.insert(fh.pgno, page.to_vec());
-            }
+            kept.keep(fh.pgno, page); // the newest version wins
             if fh.commit_size != 0 {
                 let commit = Commit {
                     frame: i,
                     size: fh.commit_size,
                     cksum: c,
                 };
-                self.emit_txn(wal, hdr, &mut txn_pages, &kept, commit)?;
+                self.emit_txn(wal, hdr, &mut txn_pages, kept, commit)?;
                 txn_pages.clear();
                 kept.clear();
                 // Bundles stay bounded however much a single scan finds (a backlog after a
@@ -402,7 +400,7 @@ impl Capturer {
         wal: &File,
         hdr: &WalHeader,
         pages: &mut HashMap<u32, u32>,
-        kept: &HashMap<u32, Vec<u8>>,
+        kept: &Kept,
         commit: Commit,
     ) -> Result<()> {
         let Commit {
@@ -592,5 +590,63 @@ impl Capturer {
         self.stats.txns += 1;
         self.stats.last_txn = self.cur.next_txn - 1;
         Ok(())
+    }
+}
+
+/// The open transaction's pages as the scan read them (the newest version of each), up to
+/// [`TXN_KEEP_BYTES`], so most transactions read each frame once. The bytes live in one
+/// buffer that the databases a thread captures share between scans (kept up to
+/// [`Kept::RETAIN`]): a page costs a copy, not an allocation.
+pub(super) struct Kept {
+    at: HashMap<u32, usize>,
+    bytes: Vec<u8>,
+    ps: usize,
+}
+
+thread_local! {
+    static KEPT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Kept {
+    /// Bytes of the buffer a thread keeps between scans; a larger transaction's is freed.
+    const RETAIN: usize = 1 << 20;
+
+    /// An empty set of pages of `ps` bytes, in this thread's buffer.
+    fn take(ps: usize) -> Self {
+        let mut bytes = KEPT_BUF.with_borrow_mut(std::mem::take);
+        bytes.clear();
+        Self {
+            at: HashMap::new(),
+            bytes,
+            ps,
+        }
+    }
+
+    /// Hand the buffer back to the thread.
+    fn give_back(self) {
+        if self.bytes.capacity() <= Self::RETAIN {
+            KEPT_BUF.with_borrow_mut(|b| *b = self.bytes);
+        }
+    }
+
+    /// Keep `page` as page `pgno`'s newest version, if it was kept before or fits the budget.
+    fn keep(&mut self, pgno: u32, page: &[u8]) {
+        if let Some(&i) = self.at.get(&pgno) {
+            self.bytes[i..i + self.ps].copy_from_slice(page);
+        } else if self.bytes.len() + self.ps <= TXN_KEEP_BYTES {
+            self.at.insert(pgno, self.bytes.len());
+            self.bytes.extend_from_slice(page);
+        }
+    }
+
+    /// Page `pgno`'s kept bytes.
+    pub(super) fn get(&self, pgno: &u32) -> Option<&[u8]> {
+        self.at.get(pgno).map(|&i| &self.bytes[i..i + self.ps])
+    }
+
+    /// Forget every page (the transaction was emitted); the buffer stays.
+    fn clear(&mut self) {
+        self.at.clear();
+        self.bytes.clear();
     }
 }
