@@ -62,7 +62,9 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub max_bundle_mib: u64,
     /// zstd level for bundles. With reference pages (format 2) level 1 stores within 1% of
-    /// level 3 at half its CPU; with --bundle-format 1, level 3 stores ~8% less than 1.
+    /// level 3 at half its CPU (a body compressed against its reference pages in memory gets
+    /// zstd's level -1 parameters: as small, and faster); with --bundle-format 1, level 3
+    /// stores ~8% less than 1.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub level: i32,
     /// zstd window for bundles, as a power of two (24 = 16 MiB: a whole bundle, so pages that
