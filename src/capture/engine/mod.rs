@@ -76,6 +76,11 @@ pub struct CaptureOptions {
     /// checkpoints of its own and a read mark on the fully backfilled WAL (default 4 MiB, about
     /// SQLite's own autocheckpoint threshold of 1,000 pages).
     pub max_wal_bytes: u64,
+    /// A WAL cycle younger than this is let grow to [`WAL_CAP_FACTOR`] times `max_wal_bytes`
+    /// before capture works to restart it (default 5 s): each restart costs capture a sync of
+    /// the WAL and of the database, so under fast writes it restarts the WAL about this often
+    /// instead of at every `max_wal_bytes`, while a slow writer's WAL stays at `max_wal_bytes`.
+    pub min_wal_cycle: Duration,
     /// Seal a bundle early once its uncompressed body reaches this.
     pub max_bundle_bytes: u64,
     /// zstd level for bundle bodies.
@@ -89,12 +94,17 @@ pub struct CaptureOptions {
     pub snapshot: SnapshotOptions,
 }
 
+/// How far past `max_wal_bytes` a WAL cycle younger than `min_wal_cycle` may grow before
+/// capture works to restart it anyway (16 MiB at the defaults).
+pub const WAL_CAP_FACTOR: u64 = 4;
+
 impl Default for CaptureOptions {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(1),
             poll: Duration::from_millis(100),
             max_wal_bytes: 4 << 20,
+            min_wal_cycle: Duration::from_secs(5),
             max_bundle_bytes: 8 << 20,
             level: 1,
             window_log: 24,
@@ -293,6 +303,8 @@ pub struct Capturer {
     /// When the pin last moved, and when capture last tried to let a large WAL restart.
     last_move: Instant,
     last_restart_try: Instant,
+    /// When capture started following the current WAL cycle (see `min_wal_cycle`).
+    cycle_since: Instant,
     /// Tries to let a large WAL restart that failed in a row (they set the wait before the
     /// next one: `window::restart_wait`).
     restart_fails: u32,
@@ -506,6 +518,7 @@ impl Capturer {
             last_seal: Instant::now(),
             last_move: Instant::now(),
             last_restart_try: Instant::now(),
+            cycle_since: Instant::now(),
             restart_fails: 0,
             last_ref_bytes: 0,
             identity_at: Instant::now(),

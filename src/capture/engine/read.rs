@@ -165,6 +165,9 @@ impl Capturer {
     pub(super) fn enter_cycle(&mut self, salts: (u32, u32)) -> Result<()> {
         self.seal()?;
         let changed = salts != self.cur.salts;
+        if changed {
+            self.cycle_since = Instant::now();
+        }
         self.cycle_frames.clear();
         self.cur.salts = salts;
         self.cur.frame = 0;

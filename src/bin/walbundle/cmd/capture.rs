@@ -54,7 +54,9 @@ pub struct Args {
     /// the read mark to the newest commit, flush the WAL and the database, backfill the rest
     /// with a PASSIVE checkpoint of our own and move the mark onto the fully backfilled WAL if
     /// nothing was committed meanwhile (under writes that never pause for a few milliseconds
-    /// the WAL grows until they do; walbundle never takes the write lock).
+    /// the WAL grows until they do; walbundle never takes the write lock). A WAL cycle younger
+    /// than 5 s may grow to 4x this first: under fast writes the WAL restarts about every 5 s
+    /// (each restart costs capture two syncs), a slow writer's at this size.
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub max_wal_mib: u64,
     /// Seal a bundle early once it holds this many MiB of pages (under a burst: smaller
