@@ -9,7 +9,8 @@
 //!   old pin still protects the WAL, and only then does the old reader end its transaction. At
 //!   no instant is the WAL unprotected;
 //! - the idle reader runs walbundle's own PASSIVE checkpoints (never RESTART/TRUNCATE, which
-//!   take the write lock), only when the WAL has grown past `max_wal_bytes`.
+//!   take the write lock), only when the WAL has grown past `max_wal_bytes` (past four times
+//!   that while its cycle is younger than `min_wal_cycle`: `window.rs`, `wal_bound`).
 //!
 //! The pin never stands in the application's way for long: every poll it moves to the newest
 //! commit (so the application's checkpoints can backfill everything), and once every committed
@@ -363,7 +364,8 @@ pub const HEARTBEAT_IDLE: Duration = Duration::from_secs(5);
 /// auto-checkpoint threshold).
 const MARK_LAG_FRAMES: u32 = 1000;
 
-/// How often an idle poll (the wal-index header unchanged) still checks the files' identity.
+/// How often capture checks the identity of the database, WAL and wal-index files (a `stat` of
+/// each name), whether polls find commits or not.
 const IDENTITY_EVERY: Duration = Duration::from_secs(1);
 
 /// How long committed frames may stay unreadable before capture gives up on the chain.
