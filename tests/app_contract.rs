@@ -170,6 +170,94 @@ fn no_busy_timeout_writer_never_sees_locked() {
     check_everything(&run);
 }
 
+/// Capture (with `args` besides the database and destination) beside a writer committing
+/// `txns` transactions of 2 rows of 100 – 4,096 bytes at `rate` a second; once the writer is
+/// done and capture has had 1.5 s more: the rig, the capture process (still running) and the
+/// largest size the WAL reached in each of its cycles ([`watch_wal`]).
+fn writes_beside_capture(
+    args: &[&str],
+    txns: u32,
+    rate: u32,
+) -> (Rig, std::process::Child, Vec<u64>) {
+    let mut run = Rig::new(400);
+    let log = run.t.path("capture.log");
+    let mut cmd = vec!["capture", s(&run.db), "--dest", s(&run.dest)];
+    cmd.extend_from_slice(args);
+    let cap = crate::support::rig::spawn_logged(&cmd, &[], &log);
+    run.wait_first_generation();
+    let wal = run.db.with_extension("db-wal");
+    let (txns, rate) = (txns.to_string(), rate.to_string());
+    let mut w = run.spawn_writer(
+        &[
+            "--txns",
+            &txns,
+            "--rate",
+            &rate,
+            "--rows-per-txn",
+            "2",
+            "--min-blob",
+            "100",
+            "--max-blob",
+            "4096",
+        ]
+        .map(String::from),
+    );
+    let cycles = watch_wal(&wal, &mut w);
+    std::thread::sleep(Duration::from_millis(1500));
+    (run, cap, cycles)
+}
+
+/// Sample the WAL every 10 ms until the writer `w` exits (it must succeed): the largest size
+/// the WAL file reached in each cycle (its salts mark a restart), oldest first.
+fn watch_wal(wal: &Path, w: &mut std::process::Child) -> Vec<u64> {
+    let (mut cycles, mut salts) = (vec![0u64], wal_salts(wal));
+    while w.try_wait().unwrap().is_none() {
+        let now = wal_salts(wal);
+        if now.is_some() && now != salts {
+            cycles.push(0);
+            salts = now;
+        }
+        let len = std::fs::metadata(wal).map_or(0, |m| m.len());
+        let last = cycles.last_mut().unwrap();
+        *last = (*last).max(len);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(w.wait().unwrap().success(), "the writer failed");
+    cycles
+}
+
+/// A slow writer beside capture (10 commits a second, about 150 KB of WAL a second): its WAL
+/// restarts near `--max-wal-mib` (1 here), not at the 4x a young cycle may reach. Capture lets
+/// a cycle younger than 5 s grow to 4x (fewer restarts under fast writes); a slow writer's
+/// cycle passes 5 s before it passes the bound, so with many slowly written databases each
+/// keeps a WAL of the bound's size, not four times it. Were the 4x applied always, this WAL
+/// would first restart after about 27 s.
+#[test]
+fn a_slow_writers_wal_restarts_at_the_bound() {
+    let (run, mut cap, cycles) = writes_beside_capture(&["--max-wal-mib", "1"], 300, 10);
+    stop_capture(&mut cap);
+    eprintln!("a slow writer beside capture: WAL cycles peaked at {cycles:?} bytes");
+    // Complete cycles: the first one began before the writer, the last one is cut short.
+    let done = &cycles[1..cycles.len().saturating_sub(1).max(1)];
+    assert!(
+        cycles.len() >= 3 && !done.is_empty(),
+        "the WAL restarted {} times in 30 s of 10 commits/s (cycles peaked at {cycles:?}); \
+         capture log:\n{}",
+        cycles.len() - 1,
+        run.capture_log()
+    );
+    let mut sorted = done.to_vec();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        median < 5 << 19,
+        "the WAL's cycles peaked at {cycles:?} bytes: past 2.5 MiB, a 1 MiB bound was let grow \
+         as if the writer were fast; capture log:\n{}",
+        run.capture_log()
+    );
+    check_everything(&run);
+}
+
 /// The WAL's salts (bytes 16..24 of its header), or none while it is missing or short.
 fn wal_salts(wal: &Path) -> Option<[u8; 8]> {
     use std::io::Read;
@@ -188,42 +276,8 @@ fn wal_salts(wal: &Path) -> Option<[u8; 8]> {
 /// capture's few-millisecond try depends on the machine's load.
 #[test]
 fn the_wal_stays_bounded_under_steady_writes() {
-    let mut run = Rig::new(400);
-    let log = run.t.path("capture.log");
-    let mut cap = crate::support::rig::spawn_logged(
-        &["capture", s(&run.db), "--dest", s(&run.dest)],
-        &[],
-        &log,
-    );
-    run.wait_first_generation();
-    let wal = run.db.with_extension("db-wal");
-    let mut w = run.spawn_writer(
-        &[
-            "--txns",
-            "6000",
-            "--rate",
-            "200",
-            "--rows-per-txn",
-            "2",
-            "--min-blob",
-            "100",
-            "--max-blob",
-            "4096",
-        ]
-        .map(String::from),
-    );
-    let (mut peak, mut restarts, mut salts) = (0u64, 0u32, wal_salts(&wal));
-    while w.try_wait().unwrap().is_none() {
-        peak = peak.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
-        let now = wal_salts(&wal);
-        if now.is_some() && now != salts {
-            restarts += 1;
-            salts = now;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(w.wait().unwrap().success(), "the writer failed");
-    std::thread::sleep(Duration::from_millis(1500));
+    let (run, mut cap, cycles) = writes_beside_capture(&[], 6000, 200);
+    let (peak, restarts) = (cycles.iter().copied().max().unwrap_or(0), cycles.len() - 1);
     stop_capture(&mut cap);
     // 6,000 commits of 2 rows of up to 4 KiB write about 90 MB of WAL frames.
     eprintln!(
