@@ -270,7 +270,7 @@ fn wal_salts(wal: &Path) -> Option<[u8; 8]> {
 /// of at least 5 s below 16 MiB): an application committing 200 transactions a second, a few
 /// pages each, never pauses long enough for one try a second to restart the WAL, and before
 /// this was fixed its WAL restarted once in 4,000 – 6,000 commits and grew to 70 – 100 MB (with
-/// no tool it stays at 4 MB). Now the WAL restarts again and again (about every 5 s: 6 times
+/// no tool it stays at 4 MB). Now the WAL restarts again and again (about every 5 s: 6 – 8 times
 /// in 6,000 commits on a quiet machine, peaking at 12 – 20 MB), and every restart is followed
 /// within one chain. The peak is printed, not asserted: how often a commit lands during
 /// capture's few-millisecond try depends on the machine's load.
