@@ -963,7 +963,8 @@ impl Bundle {
     /// Decode the body against `reference` (the contents of [`Bundle::refs`] in the state
     /// before the bundle, concatenated; empty for a version 1 bundle), calling
     /// `on_txn(txn_number, record)` before each record's pages (return false to stop before this
-    /// transaction) and `on_page(pgno, page)` for each page, then `on_commit(txn_number, record)`
+    /// transaction) and `on_page(pgno, page)` for each page (it may take the page by swapping
+    /// another buffer into `page`, of any length), then `on_commit(txn_number, record)`
     /// once the record's CRC has been checked (return false to stop after it).
     ///
     /// # Errors
@@ -974,7 +975,7 @@ impl Bundle {
         path: &std::path::Path,
         reference: &[u8],
         mut on_txn: impl FnMut(u64, &TxnRecord) -> Result<bool>,
-        mut on_page: impl FnMut(u32, &[u8]) -> Result<()>,
+        mut on_page: impl FnMut(u32, &mut Vec<u8>) -> Result<()>,
         mut on_commit: impl FnMut(u64, &TxnRecord) -> Result<bool>,
     ) -> Result<()> {
         let h = &self.header;
@@ -1103,7 +1104,9 @@ impl Bundle {
                         ),
                     ));
                 }
-                on_page(pgno, &page)?;
+                on_page(pgno, &mut page)?;
+                // The callback may keep the page by swapping in a buffer of its own.
+                page.resize(page_size, 0);
             }
             let mut c = [0u8; 4];
             if super::read_up_to(&mut dec, &mut c).map_err(zerr)? != 4 {
@@ -1346,7 +1349,7 @@ mod test {
                 &reference,
                 |_, _| Ok(true),
                 |p, d| {
-                    assert!(d == page(p).as_slice(), "page {p}");
+                    assert!(d.as_slice() == page(p).as_slice(), "page {p}");
                     n += 1;
                     Ok(())
                 },

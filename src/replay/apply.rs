@@ -204,21 +204,18 @@ impl Held {
         }
     }
 
-    /// Hold `page` as the newest version of `pgno`.
-    fn hold(&mut self, pgno: u32, page: &[u8]) {
+    /// Hold `page` as the newest version of `pgno`, taking its buffer: `page` is left holding
+    /// a spare one (the page's older version, or one a flush emptied) for the next page to be
+    /// decoded into, so no page is copied.
+    fn hold(&mut self, pgno: u32, page: &mut Vec<u8>) {
         use std::collections::btree_map::Entry;
         match self.dirty.entry(pgno) {
-            Entry::Occupied(mut e) => e.get_mut().copy_from_slice(page),
+            Entry::Occupied(mut e) => std::mem::swap(e.get_mut(), page),
             Entry::Vacant(e) => {
-                let buf = match self.spare.pop() {
-                    Some(mut b) if b.len() == page.len() => {
-                        b.copy_from_slice(page);
-                        b
-                    }
-                    _ => page.to_vec(),
-                };
-                e.insert(buf);
-                self.dirty_bytes += page.len();
+                let len = page.len();
+                let spare = self.spare.pop().unwrap_or_default();
+                e.insert(std::mem::replace(page, spare));
+                self.dirty_bytes += len;
             }
         }
     }
