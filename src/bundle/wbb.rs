@@ -1311,9 +1311,17 @@ mod test {
     #[test]
     fn reference_pages_round_trip_in_memory_and_spilled() {
         let ps = 4096usize;
-        for pages in [3u32, (DEFER_BYTES / ps) as u32 + 10] {
+        // The second reference begins with zstd's dictionary magic: it is still raw content
+        // (format §16), never parsed as a trained dictionary.
+        let cases = [3u32, (DEFER_BYTES / ps) as u32 + 10]
+            .into_iter()
+            .flat_map(|pages| [(pages, false), (pages, true)]);
+        for (pages, magic) in cases {
             let refs = [1u32, 2];
-            let reference: Vec<u8> = (0..2 * ps).map(|i| (i * 7 % 251) as u8).collect();
+            let mut reference: Vec<u8> = (0..2 * ps).map(|i| (i * 7 % 251) as u8).collect();
+            if magic {
+                reference[..4].copy_from_slice(&0xEC30_A437u32.to_le_bytes());
+            }
             let page = |p: u32| -> Vec<u8> {
                 let mut v = reference[(p as usize % 2) * ps..(p as usize % 2 + 1) * ps].to_vec();
                 v[..4].copy_from_slice(&p.to_le_bytes());
