@@ -348,7 +348,7 @@ pub fn replay_into_holding(
     {
         // Written in pieces of IMAGE_WRITE, not larger: the page cache makes each write's span
         // one folio, and a 4 KiB write into a large folio later costs the kernel a walk over
-        // all of its blocks (ext4; measured below).
+        // all of its blocks (ext4; see `IMAGE_WRITE`).
         let mut w = BufWriter::with_capacity(IMAGE_WRITE, &mut *out);
         let image = local_copy(plan.objects.as_ref(), &plan.image_key)?;
         decode_image(
