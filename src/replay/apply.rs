@@ -78,7 +78,7 @@ enum Found<'a> {
 }
 
 /// Cut `f` to `cut` pages if given, write `pages` (runs of consecutive pages in one call,
-/// at most [`WRITE_RUN`] bytes each), then set its length to `len` pages if given.
+/// at most [`WRITE_PIECE`] bytes each), then set its length to `len` pages if given.
 fn write_pages(
     f: &File,
     pages: &std::collections::BTreeMap<u32, Vec<u8>>,
@@ -91,11 +91,11 @@ fn write_pages(
         f.set_len(len_of(c))?;
     }
     // Runs of consecutive pages, each written with one vectored call (no copy into a buffer).
-    let mut run: Vec<&[u8]> = Vec::with_capacity(WRITE_RUN / ps as usize);
+    let mut run: Vec<&[u8]> = Vec::with_capacity(WRITE_PIECE / ps as usize);
     let mut run_start = 0u32;
     let mut next = 0u32;
     for (&pgno, page) in pages {
-        if !run.is_empty() && (pgno != next || (run.len() + 1) * ps as usize > WRITE_RUN) {
+        if !run.is_empty() && (pgno != next || (run.len() + 1) * ps as usize > WRITE_PIECE) {
             crate::sys::write_all_vectored_at(f, &run, len_of(run_start - 1))?;
             run.clear();
         }
@@ -141,18 +141,16 @@ struct Live {
 /// the writer, 32 MiB 1.16-1.30 s at 107 MB, 16 MiB 1.16-1.21 s at 80 MB.
 const DIRTY_LIMIT: usize = 16 << 20;
 
-/// The base image is written in pieces this large. Linux gives a buffered write's span one page
-/// cache folio, and ext4 then handles a later 4 KiB write into it block by block over the whole
-/// folio: 60,000 random page writes into a 380 MB file took 1.1 - 1.8 s when the file was
-/// written in 1 MiB pieces, 0.17 - 0.22 s in 4 - 16 KiB pieces and 0.29 s in 64 KiB pieces
-/// (Linux 6.18, ext4), while writing the file in 64 KiB pieces costs no more than in 1 MiB ones.
-const IMAGE_WRITE: usize = 64 << 10;
-
-/// Largest single write of contiguous pages, for the same reason as [`IMAGE_WRITE`]: most of a
+/// Largest single write: the base image is written in pieces this large, and so are the
+/// flushes' runs of contiguous pages. Linux gives a buffered write's span one page-cache folio,
+/// and ext4 then handles a later 4 KiB write into it block by block over the whole folio:
+/// 60,000 random page writes into a 380 MB file took 1.1 - 1.8 s when the file was written in
+/// 1 MiB pieces, 0.17 - 0.22 s in 4 - 16 KiB pieces and 0.29 s in 64 KiB pieces (Linux 6.18,
+/// ext4), while writing the file in 64 KiB pieces costs no more than in 1 MiB ones. Most of a
 /// long chain's database is first written by a flush (the burst preset's base image is 5 MB
-/// of 383), and later flushes rewrite single pages of it. With 1 MiB runs, ext4's
-/// `ext4_block_write_begin` took 9.5% of a restore's samples; with 64 KiB runs 2.9%.
-const WRITE_RUN: usize = 64 << 10;
+/// of 383) and later flushes rewrite single pages of it: with 1 MiB pieces,
+/// `ext4_block_write_begin` took 9.5% of a restore's samples; with 64 KiB pieces 2.9%.
+const WRITE_PIECE: usize = 64 << 10;
 
 impl Held {
     fn new(page_count: u32) -> Self {
@@ -346,10 +344,8 @@ pub fn replay_into_holding(
     );
     progress.begin("restoring", m.image.raw_size);
     {
-        // Written in pieces of IMAGE_WRITE, not larger: the page cache makes each write's span
-        // one folio, and a 4 KiB write into a large folio later costs the kernel a walk over
-        // all of its blocks (ext4; see `IMAGE_WRITE`).
-        let mut w = BufWriter::with_capacity(IMAGE_WRITE, &mut *out);
+        // Written in pieces of WRITE_PIECE, not larger (see there).
+        let mut w = BufWriter::with_capacity(WRITE_PIECE, &mut *out);
         let image = local_copy(plan.objects.as_ref(), &plan.image_key)?;
         decode_image(
             &image.path,
